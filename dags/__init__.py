@@ -1,0 +1,1 @@
+"""rankflow: dags."""

@@ -1,0 +1,32 @@
+"""The one logging setup. Call `configure_logging()` once at process start (CLI, DAG task, service).
+
+Airflow and Great Expectations both configure logging (structlog) on import; importing them
+together floods the console. We route everything through the standard library at one level
+and quieten the known-noisy loggers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+_NOISY = ("py4j", "great_expectations", "feast", "urllib3", "filelock", "matplotlib", "bentoml",
+          "alembic", "sqlalchemy", "fsspec", "asyncio", "numexpr")
+_configured = False
+
+
+def configure_logging(level: int | str = logging.INFO) -> None:
+    """Idempotent: the first call wins."""
+    global _configured
+    if _configured:
+        return
+    _configured = True
+    # GX prints usage-statistics banners and checks for updates unless told not to.
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in _NOISY:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def get_logger(name: str) -> logging.Logger:
+    return logging.getLogger(name)
