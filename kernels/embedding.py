@@ -91,12 +91,15 @@ if triton is not None:
         start = tl.load(offsets_ptr + bag)
         end = tl.load(offsets_ptr + bag + 1)
         acc = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-        for first in range(start, end, BLOCK_L):
+        first = start
+        # while, not for-range: Triton's interpreter cannot take a loaded scalar as a range bound.
+        while first < end:
             positions = first + tl.arange(0, BLOCK_L)
             in_bag = positions < end
             rows = tl.load(indices_ptr + positions, mask=in_bag, other=0).to(tl.int64)
             acc += tl.load(weight_ptr + rows[:, None] * dim + cols[None, :], mask=in_bag[:, None] & col_mask[None, :],
                            other=0.0).to(tl.float32)
+            first += BLOCK_L
         pooled = tl.sum(acc, axis=0)
         if MEAN:
             pooled = pooled / tl.maximum(end - start, 1).to(tl.float32)

@@ -110,13 +110,16 @@ if triton is not None:
         start = tl.load(starts_ptr + segment)
         end = tl.load(starts_ptr + segment + 1)
         acc = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float32)
-        for first in range(start, end, BLOCK_R):
+        first = start
+        # while, not for-range: Triton's interpreter cannot take a loaded scalar as a range bound.
+        while first < end:
             positions = first + tl.arange(0, BLOCK_R)
             row_mask = positions < end
             rows = tl.load(order_ptr + positions, mask=row_mask, other=0) if HAS_ORDER else positions
             mask = row_mask[:, None] & col_mask[None, :]
             acc += tl.load(values_ptr + rows.to(tl.int64)[:, None] * n_cols + cols[None, :], mask=mask,
                            other=0.0).to(tl.float32)
+            first += BLOCK_R
         out_offsets = segment.to(tl.int64) * n_cols + cols
         tl.store(out_ptr + out_offsets, tl.sum(acc, axis=0).to(out_ptr.dtype.element_ty), mask=col_mask)
 
@@ -132,7 +135,9 @@ if triton is not None:
         start = tl.load(starts_ptr + segment)
         end = tl.load(starts_ptr + segment + 1)
         acc = tl.zeros((BLOCK_D, BLOCK_D), dtype=tl.float32)
-        for first in range(start, end, BLOCK_R):
+        first = start
+        # while, not for-range: Triton's interpreter cannot take a loaded scalar as a range bound.
+        while first < end:
             positions = first + tl.arange(0, BLOCK_R)
             row_mask = positions < end
             rows = tl.load(order_ptr + positions, mask=row_mask, other=0) if HAS_ORDER else positions
@@ -144,6 +149,7 @@ if triton is not None:
             w = tl.load(weights_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
             # IEEE float32 products: tf32 would cost ~1e-3 relative error on a Hessian.
             acc += tl.dot(tl.trans(x_i * w[:, None]), x_j, input_precision="ieee")
+            first += BLOCK_R
         out_offsets = (segment.to(tl.int64) * n_cols + cols_i[:, None]) * n_cols + cols_j[None, :]
         tl.store(out_ptr + out_offsets, acc.to(out_ptr.dtype.element_ty), mask=mask_i[:, None] & mask_j[None, :])
 
@@ -164,7 +170,8 @@ if triton is not None:
                       mask=row_mask[:, None] & mask_i[None, :], other=0.0).to(tl.float32)
         gx = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)   # (G x)_i
         gtx = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)  # (G^T x)_i
-        for first_j in range(0, n_cols, BLOCK_D):
+        first_j = 0
+        while first_j < n_cols:  # while, not range: see _segment_sum_kernel
             cols_j = first_j + tl.arange(0, BLOCK_D)
             mask_j = cols_j < n_cols
             x_j = tl.load(features_ptr + rows.to(tl.int64)[:, None] * n_cols + cols_j[None, :],
@@ -176,6 +183,7 @@ if triton is not None:
                            mask=tile_mask, other=0.0).to(tl.float32)
             gx += tl.sum(g_ij * x_j[:, None, :], axis=2)
             gtx += tl.sum(g_ji * x_j[:, None, :], axis=2)
+            first_j += BLOCK_D
         w = tl.load(weights_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
         dx = w[:, None] * (gx + gtx)
         tl.store(dfeatures_ptr + rows.to(tl.int64)[:, None] * n_cols + cols_i[None, :],

@@ -1,0 +1,59 @@
+"""kernels.bce: fused sigmoid + weighted BCE (loss and gradient in one pass) vs the reference."""
+
+import pytest
+import torch
+from kernel_testing import TOLERANCE, relative_error, sizes
+
+from kernels.bce import bce_reference, bce_with_logits
+
+N = sizes(cpu=[1, 9001], gpu=[1, 8191, 64 * 1024 * 1024 + 7])
+
+
+@pytest.mark.parametrize("n", N)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_loss_and_gradient_match_reference(n, dtype, weighted, device, triton_backend):
+    logits = (4 * torch.randn(n, device=device)).to(dtype).requires_grad_()
+    labels = torch.randint(0, 2, (n,), device=device).float()
+    weights = torch.rand(n, device=device) + 0.1 if weighted else None
+    logits_ref = logits.detach().clone().requires_grad_()
+    loss = bce_with_logits(logits, labels, weights)
+    loss.backward()
+    expected = bce_reference(logits_ref, labels, weights)
+    expected.backward()
+    assert loss.dtype == torch.float32
+    assert relative_error(loss, expected) < TOLERANCE[dtype]
+    assert logits.grad.dtype == dtype
+    assert relative_error(logits.grad, logits_ref.grad) < TOLERANCE[dtype]
+
+
+def test_upstream_scale_and_integer_labels(device, triton_backend):
+    logits = torch.randn(1000, 1, device=device, requires_grad=True)
+    labels = torch.randint(0, 2, (1000, 1), device=device, dtype=torch.int8)
+    logits_ref = logits.detach().clone().requires_grad_()
+    (3.0 * bce_with_logits(logits, labels)).backward()
+    (3.0 * bce_reference(logits_ref, labels)).backward()
+    assert logits.grad.shape == (1000, 1)
+    assert relative_error(logits.grad, logits_ref.grad) < 1e-5
+
+
+def test_extreme_logits_stay_finite(device, triton_backend):
+    logits = torch.tensor([-200.0, -30.0, 0.0, 30.0, 200.0], device=device, requires_grad=True)
+    labels = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0], device=device)
+    loss = bce_with_logits(logits, labels)
+    loss.backward()
+    assert abs(loss.item() - bce_reference(logits.detach(), labels).item()) < 1e-4
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_second_backward_through_one_graph_is_refused(device, triton_backend):
+    logits = torch.randn(10, device=device, requires_grad=True)
+    loss = bce_with_logits(logits, torch.ones(10, device=device))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        loss.backward()
+
+
+def test_labels_requiring_grad_are_refused(device):
+    with pytest.raises(ValueError, match="constants"):
+        bce_with_logits(torch.randn(4, device=device), torch.rand(4, device=device, requires_grad=True))

@@ -1,0 +1,104 @@
+"""kernels.embedding: embedding bags with row-wise Adagrad fused into the backward."""
+
+import pytest
+import torch
+from kernel_testing import TOLERANCE, relative_error, sizes
+
+from kernels import dispatch
+from kernels.embedding import FusedEmbeddingBag, embedding_bag_reference, rowwise_adagrad_reference
+
+# (rows, dim, bags, max bag length): odd dims, empty bags, duplicate rows within and across bags.
+CASES = sizes(cpu=[(50, 37, 23, 6)], gpu=[(100_003, 64, 8_191, 7), (2_000, 129, 4_097, 40)])
+LR, EPS = 0.05, 1e-8
+
+
+def _batch(num_rows, n_bags, max_len, device):
+    lengths = torch.randint(0, max_len + 1, (n_bags,), device=device)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long, device=device), lengths.cumsum(0)])
+    # A small hot set makes duplicates certain.
+    indices = torch.randint(0, max(2, num_rows // 10), (int(offsets[-1]),), device=device)
+    return indices, offsets
+
+
+def _module(num_rows, dim, mode, dtype, device, backend):
+    torch.manual_seed(1)
+    module = FusedEmbeddingBag(num_rows, dim, mode=mode, lr=LR, eps=EPS, dtype=dtype, device=device)
+    module.weight.normal_()  # unit-scale rows, so the test sees the update against O(1) weights
+    module.momentum.uniform_(0.0, 1.0)
+    module.backend = backend
+    return module
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_forward_and_fused_update_match_reference(case, mode, dtype, device):
+    num_rows, dim, n_bags, max_len = case
+    indices, offsets = _batch(num_rows, n_bags, max_len, device)
+    ours = _module(num_rows, dim, mode, dtype, device, "triton")
+    weight_before, momentum_before = ours.weight.clone(), ours.momentum.clone()
+    with dispatch.backend("triton"):
+        out = ours(indices, offsets)
+    expected = embedding_bag_reference(weight_before.float(), indices, offsets, mode)
+    assert out.shape == (n_bags, dim) and out.dtype == dtype
+    assert relative_error(out, expected) < TOLERANCE[dtype]
+    grad = torch.randn(n_bags, dim, device=device)
+    with dispatch.backend("triton"):
+        out.backward(grad.to(dtype))
+    weight_ref, momentum_ref = weight_before.clone(), momentum_before.clone()
+    rowwise_adagrad_reference(weight_ref, momentum_ref, indices, offsets, grad.to(dtype), mode, LR, EPS)
+    touched = torch.unique(indices)
+    untouched = torch.ones(num_rows, dtype=torch.bool, device=device)
+    untouched[touched] = False
+    assert relative_error(ours.momentum[touched], momentum_ref[touched]) < TOLERANCE[torch.float32]
+    if dtype == torch.float32:  # the step itself, not only the weights it moved
+        step, step_ref = ours.weight - weight_before, weight_ref - weight_before
+        assert relative_error(step[touched], step_ref[touched]) < TOLERANCE[dtype]
+    assert relative_error(ours.weight[touched], weight_ref[touched]) < TOLERANCE[dtype]
+    assert torch.equal(ours.weight[untouched], weight_before[untouched])
+    assert torch.equal(ours.momentum[untouched], momentum_before[untouched])
+
+
+def test_update_is_bitwise_deterministic(device):
+    num_rows, dim, n_bags, max_len = sizes(cpu=(30, 16, 40, 5), gpu=(1000, 64, 8192, 20))
+    indices, offsets = _batch(num_rows, n_bags, max_len, device)
+    grad = torch.randn(n_bags, dim, device=device)
+    results = []
+    for _ in range(2):
+        module = _module(num_rows, dim, "sum", torch.float32, device, "triton")
+        with dispatch.backend("triton"):
+            module(indices, offsets).backward(grad)
+        results.append(module.weight.clone())
+    assert torch.equal(results[0], results[1])
+
+
+def test_dense_optimiser_never_sees_the_table_and_eval_does_not_update(device):
+    module = FusedEmbeddingBag(20, 8, device=device)
+    assert list(module.parameters()) == []
+    assert set(module.state_dict()) == {"weight", "momentum"}
+    before = module.weight.clone()
+    indices, offsets = torch.tensor([1, 2, 2], device=device), torch.tensor([0, 1, 3], device=device)
+    with dispatch.backend("triton"):
+        with torch.no_grad():
+            module(indices, offsets)
+        module.eval()
+        out = module(indices, offsets)
+    assert not out.requires_grad and torch.equal(module.weight, before)
+
+
+def test_one_training_step_moves_only_the_batch_rows_by_lr(device):
+    # First step from zero momentum: m = mean(g^2), so each touched row moves by lr * g / rms(g).
+    module = FusedEmbeddingBag(10, 4, lr=0.1, device=device)
+    before = module.weight.clone()
+    with dispatch.backend("triton"):
+        module(torch.tensor([3], device=device), torch.tensor([0, 1], device=device)).sum().backward()
+    moved = (module.weight - before).abs().sum(dim=1)
+    assert torch.allclose(moved[3], torch.tensor(0.4, device=device), atol=1e-5)
+    assert moved.sum() == moved[3]
+
+
+def test_bad_mode_and_offsets_are_refused():
+    with pytest.raises(ValueError, match="mode must be one of"):
+        FusedEmbeddingBag(4, 2, mode="max")
+    with pytest.raises(ValueError, match="CSR offsets"):
+        FusedEmbeddingBag(4, 2)(torch.tensor([[1]]), torch.tensor([0, 1]))

@@ -1,0 +1,72 @@
+"""kernels.segment: per-entity sums and weighted outer-product sums (GLMix gradient / Hessian)."""
+
+import pytest
+import torch
+from kernel_testing import TOLERANCE, relative_error, sizes
+
+from kernels.segment import segment_outer_sum, segment_outer_sum_reference, segment_sum, segment_sum_reference
+
+# (rows, features, segments): odd sizes, a feature count over one 64-wide tile, empty segments.
+CASES = sizes(cpu=[(301, 7, 23), (97, 70, 5)], gpu=[(100_003, 33, 5_001), (20_011, 130, 301)])
+
+
+def _ids(n, num_segments, device, ids_sorted):
+    # Leave the last segment empty on purpose: it must come back as zeros.
+    ids = torch.randint(0, num_segments - 1, (n,), device=device)
+    return ids.sort().values if ids_sorted else ids
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("ids_sorted", [False, True])
+def test_outer_sum_and_gradients_match_reference(case, dtype, ids_sorted, device, triton_backend):
+    n, d, num_segments = case
+    ids = _ids(n, num_segments, device, ids_sorted)
+    features = torch.randn(n, d, device=device, dtype=dtype, requires_grad=True)
+    weights = torch.rand(n, device=device, dtype=dtype, requires_grad=True)
+    features_ref, weights_ref = (t.detach().clone().requires_grad_() for t in (features, weights))
+    out = segment_outer_sum(features, weights, ids, num_segments, ids_sorted=ids_sorted)
+    expected = segment_outer_sum_reference(features_ref, weights_ref, ids, num_segments)
+    assert out.shape == (num_segments, d, d) and out.dtype == dtype
+    assert relative_error(out, expected) < TOLERANCE[dtype]
+    assert torch.all(out[-1] == 0)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    expected.backward(grad)
+    assert relative_error(features.grad, features_ref.grad) < TOLERANCE[dtype]
+    assert relative_error(weights.grad, weights_ref.grad) < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_segment_sum_and_gradient_match_reference(case, dtype, device, triton_backend):
+    n, d, num_segments = case
+    ids = _ids(n, num_segments, device, ids_sorted=False)
+    values = torch.randn(n, d, device=device, dtype=dtype, requires_grad=True)
+    values_ref = values.detach().clone().requires_grad_()
+    out = segment_sum(values, ids, num_segments)
+    expected = segment_sum_reference(values_ref, ids, num_segments)
+    assert relative_error(out, expected) < TOLERANCE[dtype]
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    expected.backward(grad)
+    assert relative_error(values.grad, values_ref.grad) < TOLERANCE[dtype]
+
+
+def test_outer_sum_is_bitwise_deterministic(device, triton_backend):
+    n, d, num_segments = sizes(cpu=(200, 9, 4), gpu=(200_000, 17, 100))
+    features, weights = torch.randn(n, d, device=device), torch.rand(n, device=device)
+    ids = torch.randint(0, num_segments, (n,), device=device)
+    first = segment_outer_sum(features, weights, ids, num_segments)
+    assert torch.equal(first, segment_outer_sum(features, weights, ids, num_segments))
+
+
+def test_hessian_of_one_row_is_its_weighted_outer_product(device, triton_backend):
+    x = torch.tensor([[1.0, 2.0, -1.0]], device=device)
+    out = segment_outer_sum(x, torch.tensor([0.5], device=device), torch.tensor([1], device=device), 2)
+    assert torch.allclose(out[1], 0.5 * x.T @ x) and torch.all(out[0] == 0)
+
+
+def test_out_of_range_ids_are_refused(device):
+    with pytest.raises(ValueError, match=r"segment_ids must lie in \[0, 3\)"):
+        segment_sum(torch.randn(2, 2, device=device), torch.tensor([0, 3], device=device), 3)
