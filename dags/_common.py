@@ -1,0 +1,182 @@
+"""Shared wiring of the rankflow DAGs: assets, schedule bounds, retry policy, and the stage call.
+
+DAG files stay thin: they declare schedules and task order and call `run_stage()`, which
+imports the real work (rankflow.stages.*) inside the task, so a DAG file parses without
+Spark, Feast, torch, BentoML or Great Expectations.
+
+Configuration comes from Airflow's own config, section `[rankflow]` (airflow.cfg or
+AIRFLOW__RANKFLOW__<KEY> env vars, written by `rankflow airflow up`):
+
+    data_dir   the rankflow data directory the tasks read and write
+    end_date   last logical day the daily/weekly schedules create runs for (empty: open-ended)
+    gpu_pool   Airflow pool of the ranker's train task (default: default_pool)
+    gpu_queue  executor queue of the ranker's train task (Celery/Kubernetes; default: default)
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any
+
+from airflow.sdk import Asset
+from airflow.sdk.configuration import conf
+
+FEATURES = Asset(name="features", uri="rankflow://features")
+PERSONALISATION = Asset(name="personalisation", uri="rankflow://personalisation")
+RANKER = Asset(name="ranker", uri="rankflow://ranker")
+
+# Transient errors (a Spark executor lost, the online store briefly unreachable) get retried with
+# exponential backoff: 30 s, 60 s, 120 s. Validation failures bypass this (AirflowFailException).
+DEFAULT_ARGS: dict[str, Any] = {
+    "owner": "rankflow",
+    "retries": 3,
+    "retry_delay": timedelta(seconds=30),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=10),
+}
+
+TAGS = ["rankflow"]
+
+
+def rankflow_option(key: str, fallback: str | None = None) -> str | None:
+    """One `[rankflow]` option from Airflow's configuration; empty strings count as unset."""
+    value = conf.get("rankflow", key, fallback=fallback)
+    return value or fallback
+
+
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time(), tzinfo=timezone.utc)
+
+
+def schedule_start() -> datetime:
+    """First logical day of every schedule: the generator's start date in the data dir's Settings."""
+    from rankflow.config import load_settings  # light: dataclasses + yaml
+
+    return _midnight(load_settings(rankflow_option("data_dir")).generator.start_date)
+
+
+def schedule_end() -> datetime | None:
+    """Last logical day the schedules create runs for; None runs on forever (production)."""
+    value = rankflow_option("end_date")
+    if not value:
+        return None
+    try:
+        return _midnight(date.fromisoformat(value))
+    except ValueError:
+        raise ValueError(f"[rankflow] end_date: expected YYYY-MM-DD, got {value!r}") from None
+
+
+def task_settings():
+    """Inside a task: set up logging once and read the Settings of the configured data dir."""
+    from rankflow.config import load_settings
+    from rankflow.logs import configure_logging
+
+    configure_logging()
+    return load_settings(rankflow_option("data_dir"))
+
+
+def logical_day(data_interval_start: datetime | None) -> date:
+    """The day a daily run is about: the start of its data interval (UTC)."""
+    if data_interval_start is None:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(
+            "this run has no data interval: trigger it with a logical date, or through a backfill"
+        )
+    return data_interval_start.astimezone(timezone.utc).date()
+
+
+def _validation_failure(error: BaseException) -> bool:
+    # The validation package (and Great Expectations behind it) is only imported by the stages;
+    # if it is not loaded, the error cannot be one of its failures.
+    failure_type = getattr(sys.modules.get("validation"), "ValidationFailed", None)
+    return failure_type is not None and isinstance(error, failure_type)
+
+
+def run_stage(area: str, function: str, *args: Any, **kwargs: Any) -> dict:
+    """Call `rankflow.stages.<area>.<function>(settings, *args, **kwargs)` from inside a task.
+
+    A validation failure fails the task at once (no retry can fix bad data) with the report path
+    in the task log; any other error propagates and is retried by DEFAULT_ARGS.
+    """
+    import importlib
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from rankflow.logs import get_logger
+
+    settings = task_settings()
+    stage = getattr(importlib.import_module(f"rankflow.stages.{area}"), function)
+    log = get_logger(f"dags.{area}")
+    try:
+        result = stage(settings, *args, **kwargs)
+    except Exception as error:
+        if not _validation_failure(error):
+            raise
+        summary = getattr(error, "summary", str(error))
+        report = getattr(error, "report_path", None)
+        log.error("validation failed in %s.%s: %s\nreport: %s", area, function, summary, report)
+        raise AirflowFailException(f"validation failed: {summary} (report: {report})") from error
+    log.info("%s.%s -> %s", area, function, result)
+    return result
+
+
+def triggered_days(triggering_asset_events: Any, asset: Asset, requested_day: str | None = None) -> list[date]:
+    """The logical days an asset-triggered run must process, oldest first.
+
+    One run can consume several events (upstream finished days faster than this DAG ran), so
+    every event's day counts. The day is the event's `extra["day"]`, else the data interval of
+    the upstream run that produced it. A manual run names its day in the `day` param instead.
+    """
+    if requested_day:
+        return [date.fromisoformat(requested_day)]
+    days: set[date] = set()
+    for event in (triggering_asset_events or {}).get(asset, []):
+        if event.extra and event.extra.get("day"):
+            days.add(date.fromisoformat(event.extra["day"]))
+        elif event.source_dag_run is not None and event.source_dag_run.data_interval_start is not None:
+            days.add(logical_day(event.source_dag_run.data_interval_start))
+    if not days:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(
+            f"no day to process: no {asset.name!r} event names one; trigger with conf {{\"day\": \"YYYY-MM-DD\"}}"
+        )
+    return sorted(days)
+
+
+def training_window(
+    data_interval_start: datetime | None, data_interval_end: datetime | None, params: dict | None
+) -> tuple[date, date]:
+    """First and last logical day (inclusive) a ranker run trains on.
+
+    A scheduled weekly run trains on its data interval [start, end); a manual run may name
+    `start`/`end` params, else it takes the week that ends at the newest built training set.
+    """
+    params = params or {}
+    if params.get("start") and params.get("end"):
+        first, last = date.fromisoformat(params["start"]), date.fromisoformat(params["end"])
+    elif data_interval_start is not None and data_interval_end is not None and data_interval_end > data_interval_start:
+        first = logical_day(data_interval_start)
+        last = logical_day(data_interval_end) - timedelta(days=1)
+    else:
+        last = _newest_training_day()
+        first = last - timedelta(days=6)
+    if last < first:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(f"training window ends ({last}) before it starts ({first})")
+    return first, last
+
+
+def _newest_training_day() -> date:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from rankflow.paths import DataPaths
+
+    table = DataPaths(task_settings().data_dir).feature_table("training_set")
+    days = sorted(p.name.removeprefix("dt=") for p in table.glob("dt=*") if p.is_dir())
+    if not days:
+        raise AirflowFailException(f"no training set partitions under {table}: run the features DAG first")
+    return date.fromisoformat(days[-1])
