@@ -1,0 +1,232 @@
+"""Run one expectation suite on one pandas frame as a Great Expectations checkpoint, and keep the result.
+
+Every suite in rankflow goes through `run_suite`:
+
+1. rules GX cannot state on a raw column (an id is known, every element of a vector is finite) are
+   computed in pandas as boolean *flag columns* named `<column>:<rule>` and checked with
+   `expect_column_values_to_be_in_set([True])`, so they appear in the report like any expectation;
+2. the suite, its ValidationDefinition and a Checkpoint with `UpdateDataDocsAction` are saved into a
+   file-backed GX context at `reports/validation/gx/` and run on the frame in-process;
+3. the result is written atomically to `reports/validation/<suite>/dt=D/result.json` (re-validating a
+   day replaces it; GX's own store and Data Docs page for that day are replaced too, because the run
+   id is the logical day, not the wall clock);
+4. a failure raises `ValidationFailed` with a readable summary.
+
+The GX context is built once per process and reports directory (building it and importing GX cost
+~3 s; a run on a 200k-row frame costs well under a second). A file lock serialises runs that share a
+reports directory, so parallel Airflow tasks cannot interleave their suite definitions.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+from urllib.parse import unquote
+
+import numpy as np
+import pandas as pd
+
+from rankflow.logs import configure_logging, get_logger
+from rankflow.paths import atomic_write_bytes, dt_partition
+from validation.result import ValidationFailed, ValidationResult
+from validation.summary import describe_failure
+
+log = get_logger(__name__)
+
+DATASOURCE = "rankflow"
+SITE = "rankflow"
+# Relative to the GX root (reports/validation/gx): the site lands in reports/data_docs.
+SITE_DIRECTORY = "../../data_docs/"
+RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": 5}
+SEQUENCE_TYPES = (list, tuple, np.ndarray)  # what a vector / multi-valued cell holds once read into pandas
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A per-row rule computed in pandas: `passed` is True where the row's `source` value obeys it."""
+
+    source: str
+    rule: str
+    passed: pd.Series
+
+    @property
+    def column(self) -> str:
+        return f"{self.source}:{self.rule}"
+
+
+def gx_modules():
+    """Import Great Expectations quietly, only when a suite actually runs (keeps `import validation` cheap)."""
+    configure_logging()
+    os.environ["GX_ANALYTICS_ENABLED"] = "false"
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    return gx, gxe
+
+
+def suite_dir(reports_dir: Path, suite: str, day: date) -> Path:
+    """Where one suite's result for one day is kept."""
+    return Path(reports_dir) / "validation" / suite / dt_partition(day)
+
+
+_contexts: dict[Path, Any] = {}
+_contexts_guard = threading.Lock()
+
+
+def gx_context(reports_dir: Path):
+    """The process-wide file-backed GX context of a reports directory, configured for rankflow."""
+    root = Path(reports_dir).resolve()
+    with _contexts_guard:
+        if root not in _contexts:
+            _contexts[root] = _open_context(root)
+        return _contexts[root]
+
+
+def _open_context(root: Path):
+    gx, _ = gx_modules()
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    (root / "validation").mkdir(parents=True, exist_ok=True)
+    context = gx.get_context(mode="file", project_root_dir=root / "validation")
+    site = {
+        "class_name": "SiteBuilder",
+        "show_how_to_buttons": False,
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": SITE_DIRECTORY},
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+    }
+    changed = False
+    # Only our site: GX's default one would render a second copy under uncommitted/.
+    if (context.variables.data_docs_sites or {}) != {SITE: site}:
+        context.variables.data_docs_sites = {SITE: site}
+        changed = True
+    bars = context.variables.progress_bars
+    if not bars or bars.get("globally", True):
+        # tqdm bars per metric batch flood task logs.
+        context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+        changed = True
+    if changed:
+        context.variables.save()
+    return context
+
+
+@contextmanager
+def _reports_lock(reports_dir: Path) -> Iterator[None]:
+    """Serialise suite runs across processes sharing one reports directory."""
+    lock_path = Path(reports_dir) / "validation" / ".lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _batch_definition(context, suite: str):
+    """A whole-dataframe batch definition per suite (the frame itself is passed at run time)."""
+    try:
+        source = context.data_sources.get(DATASOURCE)
+    except (KeyError, ValueError):
+        source = context.data_sources.add_pandas(DATASOURCE)
+    try:
+        asset = source.get_asset(suite)
+    except LookupError:
+        asset = source.add_dataframe_asset(suite)
+    try:
+        return asset.get_batch_definition(suite)
+    except (KeyError, LookupError):
+        return asset.add_batch_definition_whole_dataframe(suite)
+
+
+def _gx_view(frame: pd.DataFrame, flags: Sequence[Flag]) -> pd.DataFrame:
+    """The frame GX validates: the data plus the flag columns, with vector columns replaced by their lengths.
+
+    GX fingerprints every batch with `pd.util.hash_pandas_object`; a column of arrays is unhashable,
+    so it falls back to pickling the whole frame (6 s for 200k rows x 64 floats). Every rule about
+    a vector's contents is a flag column, so GX needs from a vector column only its name and where it
+    is null, and the length (NaN where null) keeps both.
+    """
+    replaced = {}
+    for column in frame.columns:
+        values = frame[column]
+        if values.dtype != object:
+            continue
+        first = values.first_valid_index()
+        if first is not None and isinstance(values.at[first], SEQUENCE_TYPES):
+            replaced[column] = [len(value) if isinstance(value, SEQUENCE_TYPES) else np.nan for value in values]
+    replaced.update({flag.column: flag.passed.to_numpy() for flag in flags})
+    return frame.assign(**replaced) if replaced else frame
+
+
+def run_suite(
+    suite: str,
+    day: date,
+    frame: pd.DataFrame,
+    expectations: Sequence[Any],
+    *,
+    reports_dir: Path,
+    flags: Sequence[Flag] = (),
+    raise_on_failure: bool = True,
+) -> ValidationResult:
+    """Validate `frame` (plus its flag columns) against `expectations`; keep and return the result."""
+    started = time.perf_counter()
+    gx, _ = gx_modules()
+    from great_expectations.checkpoint import UpdateDataDocsAction
+
+    validated = _gx_view(frame, flags)
+    run_id = gx.RunIdentifier(run_name=dt_partition(day),
+                              run_time=datetime(day.year, day.month, day.day, tzinfo=timezone.utc))
+    with _reports_lock(reports_dir):
+        context = gx_context(reports_dir)
+        expectation_suite = context.suites.add_or_update(gx.ExpectationSuite(name=suite, expectations=list(expectations)))
+        definition = context.validation_definitions.add_or_update(
+            gx.ValidationDefinition(name=suite, data=_batch_definition(context, suite), suite=expectation_suite))
+        checkpoint = context.checkpoints.add_or_update(gx.Checkpoint(
+            name=suite, validation_definitions=[definition], result_format=RESULT_FORMAT,
+            actions=[UpdateDataDocsAction(name="update_data_docs", site_names=[SITE])]))
+        outcome = checkpoint.run(batch_parameters={"dataframe": validated}, run_id=run_id)
+        ((result_key, suite_result),) = outcome.run_results.items()
+        urls = context.get_docs_sites_urls(resource_identifier=result_key, site_name=SITE, only_if_exists=False)
+
+    flag_sources = {flag.column: flag.source for flag in flags}
+    failures = [describe_failure(item, validated, flag_sources) for item in suite_result.results if not item.success]
+    statistics = dict(suite_result.statistics)
+    statistics.update(rows=int(len(frame)), seconds=round(time.perf_counter() - started, 3))
+    page = _url_to_path(urls[0]["site_url"]) if urls and urls[0].get("site_url") else None
+
+    report_path = suite_dir(reports_dir, suite, day) / "result.json"
+    result = ValidationResult(success=bool(suite_result.success), suite=suite, day=day, statistics=statistics,
+                              failures=failures, report_path=report_path, data_docs_page=page)
+    payload = {**result.to_dict(), "gx_result": suite_result.to_json_dict()}
+    atomic_write_bytes(report_path, json.dumps(payload, indent=1, default=str).encode())
+    if result.success:
+        log.info("validation %s %s passed (%d rows, %.2fs)", suite, day, len(frame), statistics["seconds"])
+    else:
+        log.warning("%s", result.summary)
+        if raise_on_failure:
+            raise ValidationFailed(result)
+    return result
+
+
+def _url_to_path(url: str) -> Path:
+    """GX returns file:// URLs with the path quoted (dt=D becomes dt%3DD) and '..' left in."""
+    return Path(unquote(url.removeprefix("file://"))).resolve()
+
+
+def build_data_docs(reports_dir: Path) -> Path:
+    """(Re)build the GX Data Docs site into `reports_dir/data_docs` and return its `index.html`."""
+    with _reports_lock(reports_dir):
+        context = gx_context(reports_dir)
+        context.build_data_docs(site_names=[SITE])
+    index = Path(reports_dir).resolve() / "data_docs" / "index.html"
+    if not index.exists():
+        raise FileNotFoundError(f"GX built Data Docs but {index} is missing")
+    return index
