@@ -1,0 +1,157 @@
+"""The batched random-effect update against the per-entity reference, and its incremental behaviour."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from glmix_reference import forgotten_prior, laplace_update
+
+from training.glmix.random_effects import (
+    EntityEvents,
+    RandomEffectConfig,
+    RandomEffectState,
+    update_random_effects,
+)
+
+EVENT_COUNTS = [1, 1, 2, 3, 5, 8, 13, 30, 70, 150, 400, 1200, 5000]
+
+
+def _problem(rng, dim, counts, covariance):
+    """Events of entities 0..len(counts)-1 with the given counts; a prior state for the even ids only."""
+    truth = rng.normal(0, 1.0, size=(len(counts), dim))
+    ids = np.repeat(np.arange(len(counts)) * 3 + 11, counts)  # sparse, unsorted-friendly ids
+    x = rng.normal(size=(ids.size, dim))
+    x[:, 0] = 1.0
+    offset = rng.normal(0, 0.5, size=ids.size)
+    entity_row = np.repeat(np.arange(len(counts)), counts)
+    p = 1 / (1 + np.exp(-(offset + (x * truth[entity_row]).sum(1))))
+    y = (rng.random(ids.size) < p).astype(np.float64)
+    w = rng.uniform(0.5, 2.0, size=ids.size)
+    shuffle = rng.permutation(ids.size)
+    known = np.arange(len(counts))[::2] * 3 + 11
+    mean = rng.normal(0, 0.3, size=(known.size, dim))
+    if covariance == "full":
+        a = rng.normal(size=(known.size, dim, dim))
+        precision = a @ a.transpose(0, 2, 1) / dim + np.eye(dim) * 0.5
+    else:
+        precision = rng.uniform(0.5, 3.0, size=(known.size, dim))
+    state = RandomEffectState(torch.tensor(known), torch.tensor(mean), torch.tensor(precision))
+    events = EntityEvents(torch.tensor(ids[shuffle]), torch.tensor(x[shuffle]), torch.tensor(y[shuffle]),
+                          torch.tensor(w[shuffle]), torch.tensor(offset[shuffle]))
+    return state, events
+
+
+def _reference(state, events, config):
+    """Loop over entities with numpy/scipy; returns {id: (mean, stored precision)}."""
+    pop_mean = np.broadcast_to(np.asarray(config.prior_mean, float), config.dim)
+    pop_precision = 1 / np.broadcast_to(np.asarray(config.prior_variance, float), config.dim)
+    ids = events.entity_ids.numpy()
+    known = {int(e): i for i, e in enumerate(state.entity_ids.numpy())}
+    out = {}
+    for entity in np.unique(ids):
+        if entity in known:
+            mean = state.mean[known[entity]].numpy()
+            precision = state.precision[known[entity]].numpy()
+            precision = precision if precision.ndim == 2 else np.diag(precision)
+            prior = forgotten_prior(mean, precision, config.forgetting, pop_mean, pop_precision,
+                                    config.revert_to_population)
+        else:
+            prior = (pop_mean.copy(), np.diag(pop_precision))
+        rows = ids == entity
+        mean, precision, _ = laplace_update(events.features.numpy()[rows], events.labels.numpy()[rows],
+                                            events.weights.numpy()[rows], events.offsets.numpy()[rows], *prior)
+        out[int(entity)] = (mean, precision if config.covariance == "full" else np.diag(precision))
+    return out
+
+
+@pytest.mark.parametrize("covariance", ["full", "diagonal"])
+@pytest.mark.parametrize("forgetting", [1.0, 0.8])
+def test_batched_update_equals_per_entity_reference(covariance, forgetting):
+    """Acceptance 1: means and precisions within 1e-5 relative of the reference, entities of 1..5000 events."""
+    rng = np.random.default_rng(3)
+    dim = 6
+    state, events = _problem(rng, dim, EVENT_COUNTS + list(rng.integers(1, 60, size=40)), covariance)
+    config = RandomEffectConfig(dim=dim, covariance=covariance, forgetting=forgetting, prior_variance=2.0,
+                                chunk_elements=20_000)  # several chunks, to test the chunking too
+    updated, summary = update_random_effects(state, events, config)
+    reference = _reference(state, events, config)
+    assert summary.entities_updated == len(reference)
+    assert summary.not_converged == 0
+    rows, found = updated.locate(torch.tensor(sorted(reference)))
+    assert bool(found.all())
+    for row, entity in zip(rows.tolist(), sorted(reference)):
+        ref_mean, ref_precision = reference[entity]
+        np.testing.assert_allclose(updated.mean[row].numpy(), ref_mean, rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(updated.precision[row].numpy(), ref_precision, rtol=1e-5, atol=1e-9)
+    # Entities without events (none here were untouched) and those in the prior state stay in id order.
+    assert torch.all(updated.entity_ids[1:] > updated.entity_ids[:-1])
+
+
+def test_entities_without_events_keep_their_posterior():
+    rng = np.random.default_rng(5)
+    state, events = _problem(rng, 4, [10, 20, 30, 40], "full")
+    keep = events.entity_ids != 11  # entity 11 (in the prior state) gets no events today
+    today = EntityEvents(events.entity_ids[keep], events.features[keep], events.labels[keep],
+                         events.weights[keep], events.offsets[keep])
+    updated, _ = update_random_effects(state, today, RandomEffectConfig(dim=4, forgetting=0.5))
+    row_before, _ = state.locate(torch.tensor([11]))
+    row_after, _ = updated.locate(torch.tensor([11]))
+    assert torch.equal(updated.mean[row_after], state.mean[row_before])
+    assert torch.equal(updated.precision[row_after], state.precision[row_before])
+
+
+def _incremental_and_batch(events_scale: int, dim: int = 5, days: int = 7, entities: int = 60):
+    """(incremental state after `days` daily updates, batch state over all days, events per entity, truth)."""
+    rng = np.random.default_rng(11)
+    per_day = rng.integers(30, 120, size=entities) * events_scale
+    truth = rng.normal(0, 0.8, size=(entities, dim))
+    config = RandomEffectConfig(dim=dim, covariance="full", forgetting=1.0)
+    incremental = RandomEffectState.empty(config, torch.float64)
+    all_days = []
+    for _ in range(days):
+        ids = np.repeat(np.arange(entities), per_day)
+        x = rng.normal(size=(ids.size, dim))
+        x[:, 0] = 1.0
+        offset = rng.normal(0, 0.5, ids.size)
+        y = (rng.random(ids.size) < 1 / (1 + np.exp(-(offset + (x * truth[ids]).sum(1))))).astype(float)
+        day = EntityEvents(torch.tensor(ids), torch.tensor(x), torch.tensor(y), None, torch.tensor(offset))
+        incremental, _ = update_random_effects(incremental, day, config)
+        all_days.append(day)
+    week = EntityEvents(*(torch.cat([getattr(d, f) for d in all_days]) for f in ("entity_ids", "features", "labels")),
+                        None, torch.cat([d.offsets for d in all_days]))
+    batch, _ = update_random_effects(RandomEffectState.empty(config, torch.float64), week, config)
+    return incremental, batch, per_day * days, truth
+
+
+def test_incremental_updates_equal_one_batch_update_within_laplace_tolerance():
+    """Acceptance 2: 7 daily updates (forgetting 1, full precision) vs one update over all 7 days.
+
+    Bound. With forgetting 1 the exact posterior after 7 days is prior x L_1 x ... x L_7, so the batch
+    update finds its mode theta_B (to 1e-14 Newton decrement). The incremental update replaces each
+    earlier day's log-likelihood by its second-order expansion at that day's mode; what it drops is the
+    third-order term. With n events a day, a day's mode is O(1/sqrt(n)) from theta_B and l''' = O(n), so
+    each day's gradient error at theta_B is O(n * 1/n) = O(1); over 7 days O(1), divided by the total
+    Hessian O(N): the mean error is O(1/N) in coefficients, O(1/sqrt(N)) posterior standard deviations.
+    Tested: for N = 896..3332 events per entity, every entity's ||mu_I - mu_B|| / ||mu_B|| < 2e-2
+    (measured max 1.7e-2, median 4.9e-3), Mahalanobis distance < 0.5 sd (measured max 0.38), precision
+    relative Frobenius difference < 0.1 (measured 0.06); and the 1/N rate itself: with 4x fewer events
+    (N = 224..833) the median relative error is more than 2.5x larger (theory 4x, measured 3.5x).
+    """
+    incremental, batch, events, truth = _incremental_and_batch(events_scale=4)
+    diff = incremental.mean - batch.mean
+    mahalanobis = torch.sqrt(torch.einsum("ni,nij,nj->n", diff, batch.precision, diff))
+    relative = diff.norm(dim=1) / batch.mean.norm(dim=1)
+    precision_relative = ((incremental.precision - batch.precision).flatten(1).norm(dim=1)
+                          / batch.precision.flatten(1).norm(dim=1))
+    assert events.min() >= 896
+    assert float(relative.max()) < 2e-2
+    assert float(mahalanobis.max()) < 0.5
+    assert float(precision_relative.max()) < 0.1
+    # The learned means are informative: far closer to the truth than the prior mean 0 is.
+    error = (batch.mean - torch.tensor(truth)).norm(dim=1).mean()
+    assert float(error) < 0.3 * float(np.linalg.norm(truth, axis=1).mean())
+
+    small_incremental, small_batch, _, _ = _incremental_and_batch(events_scale=1)
+    small_relative = (small_incremental.mean - small_batch.mean).norm(dim=1) / small_batch.mean.norm(dim=1)
+    assert float(small_relative.median()) > 2.5 * float(relative.median())
