@@ -75,7 +75,7 @@ RAW_SCHEMA = RawSchema(
 class MarketplaceTruth:
     """The known model behind the labels (saved in truth/params.json so models can be scored against it)."""
 
-    intercept: float = -3.3             # sets the overall apply rate (~7% with the effects below)
+    intercept: float = -3.45             # sets the overall apply rate (~7% with the effects below)
     industry_match: float = 0.8
     seniority_match: float = 0.5
     region_match: float = 0.4
@@ -164,11 +164,10 @@ def _draw_skills(rng: np.random.Generator, world: _World, industry: np.ndarray) 
     return np.bitwise_or.reduce(bits, axis=1)
 
 
-def _new_members(rng: np.random.Generator, world: _World, truth: MarketplaceTruth, first_id: int, n: int,
-                 start_us: int, span_us: int) -> _Population:
-    industry = rng.choice(len(INDUSTRIES), size=n, p=world.industry_p)
-    seniority = rng.choice(len(SENIORITIES), size=n, p=world.seniority_p)
-    base_years = np.array([1.0, 4.0, 9.0, 16.0])[seniority]
+def _arrivals(rng: np.random.Generator, world: _World, truth: MarketplaceTruth, first_id: int, n: int,
+              start_us: int, span_us: int, industry: np.ndarray, effect_std: float, spread: float,
+              numeric: np.ndarray, seniority: np.ndarray, company: np.ndarray) -> _Population:
+    """n members or jobs arriving uniformly in [start_us, start_us + span_us), ids from first_id."""
     return _Population(
         ids=np.arange(first_id, first_id + n, dtype=np.int64),
         arrived_us=np.sort(start_us + rng.integers(0, span_us, size=n)),
@@ -176,12 +175,21 @@ def _new_members(rng: np.random.Generator, world: _World, truth: MarketplaceTrut
         seniority=seniority,
         region=rng.choice(len(REGIONS), size=n, p=world.region_p),
         skills=_draw_skills(rng, world, industry),
-        numeric=np.round(base_years + rng.gamma(2.0, 1.0, size=n), 1),
-        company=np.full(n, -1, dtype=np.int64),
-        weight=rng.lognormal(0.0, truth.activity_sigma, size=n),
-        effects=rng.normal(0.0, truth.member_weight_std, size=(n, len(BASIS))),
+        numeric=numeric,
+        company=company,
+        weight=rng.lognormal(0.0, spread, size=n),
+        effects=rng.normal(0.0, effect_std, size=(n, len(BASIS))),
         latent=rng.normal(0.0, truth.latent_std, size=(n, truth.latent_dim)),
     )
+
+
+def _new_members(rng: np.random.Generator, world: _World, truth: MarketplaceTruth, first_id: int, n: int,
+                 start_us: int, span_us: int) -> _Population:
+    industry = rng.choice(len(INDUSTRIES), size=n, p=world.industry_p)
+    seniority = rng.choice(len(SENIORITIES), size=n, p=world.seniority_p)
+    years_experience = np.round(np.array([1.0, 4.0, 9.0, 16.0])[seniority] + rng.gamma(2.0, 1.0, size=n), 1)
+    return _arrivals(rng, world, truth, first_id, n, start_us, span_us, industry, truth.member_weight_std,
+                     truth.activity_sigma, years_experience, seniority, np.full(n, -1, dtype=np.int64))
 
 
 def _new_jobs(rng: np.random.Generator, world: _World, truth: MarketplaceTruth, first_id: int, n: int,
@@ -191,19 +199,8 @@ def _new_jobs(rng: np.random.Generator, world: _World, truth: MarketplaceTruth, 
     seniority = rng.choice(len(SENIORITIES), size=n, p=world.seniority_p)
     salary = np.exp(np.log(45_000.0) + 0.45 * seniority + 0.1 * industry / len(INDUSTRIES)
                     + rng.normal(0.0, 0.2, size=n))
-    return _Population(
-        ids=np.arange(first_id, first_id + n, dtype=np.int64),
-        arrived_us=np.sort(start_us + rng.integers(0, span_us, size=n)),
-        industry=industry,
-        seniority=seniority,
-        region=rng.choice(len(REGIONS), size=n, p=world.region_p),
-        skills=_draw_skills(rng, world, industry),
-        numeric=np.round(salary, -2),
-        company=company,
-        weight=rng.lognormal(0.0, truth.popularity_sigma, size=n),
-        effects=rng.normal(0.0, truth.job_weight_std, size=(n, len(BASIS))),
-        latent=rng.normal(0.0, truth.latent_std, size=(n, truth.latent_dim)),
-    )
+    return _arrivals(rng, world, truth, first_id, n, start_us, span_us, industry, truth.job_weight_std,
+                     truth.popularity_sigma, np.round(salary, -2), seniority, company)
 
 
 def _skill_lists(masks: np.ndarray) -> pa.Array:
