@@ -155,3 +155,80 @@ def test_incremental_updates_equal_one_batch_update_within_laplace_tolerance():
     small_incremental, small_batch, _, _ = _incremental_and_batch(events_scale=1)
     small_relative = (small_incremental.mean - small_batch.mean).norm(dim=1) / small_batch.mean.norm(dim=1)
     assert float(small_relative.median()) > 2.5 * float(relative.median())
+
+
+def _one_entity_day(x, y, w=None, offsets=None, entity=7):
+    x = torch.as_tensor(x, dtype=torch.float64)
+    return EntityEvents(torch.full((x.shape[0],), entity), x, torch.as_tensor(y, dtype=torch.float64),
+                        None if w is None else torch.as_tensor(w, dtype=torch.float64),
+                        None if offsets is None else torch.as_tensor(offsets, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("covariance", ["full", "diagonal"])
+def test_bad_inputs_stay_finite_and_bounded_by_the_prior(covariance):
+    """Acceptance 4: only positives / only negatives / one event / duplicates / NaN, inf / empty day."""
+    config = RandomEffectConfig(dim=3, covariance=covariance, prior_variance=1.0)
+    empty = RandomEffectState.empty(config, torch.float64)
+    ones = np.ones((400, 3))
+    cases = {
+        "only positives": _one_entity_day(ones, np.ones(400)),
+        "only negatives": _one_entity_day(ones, np.zeros(400)),
+        "single event": _one_entity_day([[1.0, 2.0, -1.0]], [1.0]),
+        "duplicates": _one_entity_day(np.repeat([[1.0, 0.5, 0.0]], 1000, 0), np.ones(1000)),
+        "huge features": _one_entity_day([[1e6, -1e6, 1e6]] * 5, [1, 0, 1, 0, 1]),
+        "huge offsets": _one_entity_day(ones[:50], np.zeros(50), offsets=np.full(50, 500.0)),
+    }
+    for name, day in cases.items():
+        state, summary = update_random_effects(empty, day, config)
+        assert torch.isfinite(state.mean).all() and torch.isfinite(state.precision).all(), name
+        assert summary.not_converged == 0, name
+        # Separable data: the likelihood alone has no finite mode; the N(0, I) prior keeps |theta| small.
+        # (0.5 |theta|^2 <= f(0) - f(theta) <= f(0) = n log 2 + offsets' softplus bounds it for any data.)
+        f0 = float(torch.nn.functional.softplus(day.offsets if day.offsets is not None
+                                                else torch.zeros(len(day.labels))).sum())
+        assert float(state.mean.norm()) <= np.sqrt(2 * f0) + 1e-9, name
+        if day.offsets is None:
+            assert float(state.mean.norm()) < 25.0, name
+        precision = state.precision if covariance == "diagonal" else state.precision.diagonal(dim1=-2, dim2=-1)
+        assert float(precision.min()) >= 1.0 - 1e-9, name  # never looser than the prior
+
+    # Only positives: the intercept direction moves up, by a bounded amount.
+    state, _ = update_random_effects(empty, cases["only positives"], config)
+    assert 0.5 < float(state.mean.sum()) < 15.0
+
+    # NaN / inf rows are dropped and counted; the rest is used as if the bad rows were never there.
+    x = np.random.default_rng(0).normal(size=(20, 3))
+    y = (np.arange(20) % 3 == 0).astype(float)
+    bad_x = x.copy()
+    bad_x[3, 1], bad_x[8, 0] = np.nan, np.inf
+    offsets = np.zeros(20)
+    offsets[11] = -np.inf
+    labels = y.copy()
+    labels[15] = np.nan
+    clean_rows = np.setdiff1d(np.arange(20), [3, 8, 11, 15])
+    dirty, summary = update_random_effects(empty, _one_entity_day(bad_x, labels, offsets=offsets), config)
+    clean, _ = update_random_effects(empty, _one_entity_day(x[clean_rows], y[clean_rows]), config)
+    assert summary.events_dropped == 4 and summary.events_used == 16
+    torch.testing.assert_close(dirty.mean, clean.mean)
+
+    # An entity whose every event is bad is not created; an empty day changes nothing.
+    all_bad, summary = update_random_effects(empty, _one_entity_day(np.full((3, 3), np.nan), [1, 0, 1]), config)
+    assert len(all_bad) == 0 and summary.events_dropped == 3
+    nothing = EntityEvents(torch.zeros(0, dtype=torch.int64), torch.zeros(0, 3, dtype=torch.float64),
+                           torch.zeros(0, dtype=torch.float64))
+    same, summary = update_random_effects(clean, nothing, config)
+    assert same is clean and summary.entities_updated == 0
+
+
+def test_float32_matches_float64():
+    """The float32 path (GPU default) lands within float32 tolerance of the float64 answer."""
+    rng = np.random.default_rng(8)
+    state, events = _problem(rng, 5, [3, 40, 300, 2000], "full")
+    config = RandomEffectConfig(dim=5, prior_variance=2.0)
+    double, _ = update_random_effects(state, events, config)
+    single_events = EntityEvents(events.entity_ids, events.features.float(), events.labels.float(),
+                                 events.weights.float(), events.offsets.float())
+    single, summary = update_random_effects(state.to(dtype=torch.float32), single_events, config)
+    assert summary.not_converged == 0
+    torch.testing.assert_close(single.mean.double(), double.mean, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(single.precision.double(), double.precision, rtol=1e-4, atol=1e-3)

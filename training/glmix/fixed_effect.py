@@ -1,0 +1,99 @@
+"""The global part of GLMix: an L2-regularised logistic regression over the day's dense features.
+
+    logit = b + w . (x - center) / scale,      minimise  sum_i v_i [softplus(logit_i) - y_i logit_i] + l2/2 |w|^2
+
+solved by damped Newton steps (features are few, tens). Refit daily, warm-started from yesterday's
+coefficients; its logit is the offset of the random-effect updates. When a serving ranker exists its
+logit replaces this model as the offset (see rankflow.stages.personalise).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class FixedEffectConfig:
+    l2: float = 1.0
+    max_newton_steps: int = 25
+    tolerance: float = 1e-10  # on the Newton decrement
+
+
+@dataclass
+class FixedEffectModel:
+    """Coefficients on standardised features; `feature_names` fixes the column order."""
+
+    feature_names: list[str]
+    center: np.ndarray
+    scale: np.ndarray
+    weights: np.ndarray
+    bias: float
+
+    def logit(self, features: np.ndarray) -> np.ndarray:
+        z = (np.asarray(features, dtype=np.float64) - self.center) / self.scale
+        return z @ self.weights + self.bias
+
+    def to_json(self) -> dict:
+        return {"feature_names": self.feature_names, "center": self.center.tolist(), "scale": self.scale.tolist(),
+                "weights": self.weights.tolist(), "bias": self.bias}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "FixedEffectModel":
+        return cls(list(data["feature_names"]), np.asarray(data["center"]), np.asarray(data["scale"]),
+                   np.asarray(data["weights"]), float(data["bias"]))
+
+
+def fit_fixed_effect(features: np.ndarray, labels: np.ndarray, feature_names: list[str],
+                     weights: np.ndarray | None = None, warm_start: FixedEffectModel | None = None,
+                     config: FixedEffectConfig = FixedEffectConfig()) -> FixedEffectModel:
+    """Fit (or refit from `warm_start` when its feature names match) on one day's rows."""
+    x = torch.as_tensor(np.asarray(features, dtype=np.float64))
+    if x.dim() != 2 or x.shape[1] != len(feature_names):
+        raise ValueError(f"fit_fixed_effect: features are {tuple(x.shape)}, expected (n, {len(feature_names)})")
+    y = torch.as_tensor(np.asarray(labels, dtype=np.float64))
+    v = torch.ones_like(y) if weights is None else torch.as_tensor(np.asarray(weights, dtype=np.float64))
+    if not (torch.isfinite(x).all() and torch.isfinite(y).all() and torch.isfinite(v).all()):
+        raise ValueError("fit_fixed_effect: features, labels and weights must be finite")
+    if warm_start is not None and warm_start.feature_names == list(feature_names):
+        center, scale = warm_start.center, warm_start.scale
+        theta = torch.as_tensor(np.concatenate([[warm_start.bias], warm_start.weights]))
+    else:
+        center = x.mean(0).numpy() if len(x) else np.zeros(x.shape[1])
+        scale = x.std(0).clamp_min(1e-6).numpy() if len(x) > 1 else np.ones(x.shape[1])
+        rate = float((v * y).sum() / v.sum().clamp_min(1e-12)) if len(x) else 0.5
+        rate = min(max(rate, 1e-4), 1 - 1e-4)
+        theta = torch.zeros(x.shape[1] + 1, dtype=torch.float64)
+        theta[0] = float(np.log(rate / (1 - rate)))
+    z = torch.cat([torch.ones(len(x), 1, dtype=torch.float64), (x - torch.as_tensor(center)) / torch.as_tensor(scale)], 1)
+    ridge = torch.full((z.shape[1],), config.l2, dtype=torch.float64)
+    ridge[0] = 0.0  # the bias is not shrunk
+
+    def objective(t: torch.Tensor) -> torch.Tensor:
+        eta = z @ t
+        return (v * (F.softplus(eta) - y * eta)).sum() + 0.5 * (ridge * t * t).sum()
+
+    value = objective(theta)
+    for _ in range(config.max_newton_steps):
+        p = torch.sigmoid(z @ theta)
+        gradient = z.T @ (v * (p - y)) + ridge * theta
+        hessian = (z * (v * p * (1 - p))[:, None]).T @ z + torch.diag(ridge + 1e-9)
+        newton = -torch.linalg.solve(hessian, gradient)
+        decrement = float(-(gradient @ newton))
+        if decrement <= config.tolerance:
+            break
+        step = 1.0
+        while step > 1e-8:
+            candidate = theta + step * newton
+            candidate_value = objective(candidate)
+            if candidate_value <= value - 1e-4 * step * decrement:
+                break
+            step *= 0.5
+        else:
+            break
+        theta, value = candidate, candidate_value
+    return FixedEffectModel(list(feature_names), np.asarray(center, dtype=np.float64),
+                            np.asarray(scale, dtype=np.float64), theta[1:].numpy().copy(), float(theta[0]))
