@@ -1,0 +1,336 @@
+"""Ranker stage: train a candidate, evaluate it, promote it only if it beats the serving model.
+
+    train(settings, start, end, eval_days=1, warm_start=True)  -> candidate tag + metrics
+    evaluate(settings, tag, day)                                -> metrics of a stored model on one day
+    promote(settings, tag, margin=...)                          -> serving / rejected (with the reason)
+    rollback(settings)                                          -> the previous serving model again
+
+Models live in the BentoML model store at <data_dir>/models/bentoml (name `rankflow-ranker`), each
+holding a safetensors checkpoint (training.ranker.checkpoint) and labels `logical_date` and `status`
+(`candidate` | `serving` | `rejected`); metrics and the rejection reason are custom metadata.
+`models/serving.json` is the one pointer to what serves (written atomically), with the history of
+previous serving tags for rollback. Training reports go to reports/ranker/<version>/.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, replace
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from rankflow.config import Settings
+from rankflow.logs import get_logger
+from rankflow.paths import atomic_write_bytes
+
+log = get_logger(__name__)
+
+MODEL_NAME = "rankflow-ranker"
+SERVING_FILE = "serving.json"
+
+
+@dataclass(frozen=True)
+class PromotionPolicy:
+    """A candidate replaces the serving model only if its AUC on the same day is higher by `margin`."""
+
+    metric: str = "auc"
+    margin: float = 0.001
+
+
+# ---------------------------------------------------------------------------------------------
+# Model store and serving pointer
+
+
+def model_store(settings: Settings):
+    """The BentoML model store of this data directory (no BENTOML_HOME needed)."""
+    from bentoml._internal.models.model import ModelStore
+
+    root = settings.paths.bentoml_home / "models"
+    root.mkdir(parents=True, exist_ok=True)
+    return ModelStore(str(root))
+
+
+def serving_state(settings: Settings) -> dict[str, Any]:
+    path = settings.paths.models / SERVING_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def serving_tag(settings: Settings, name: str = MODEL_NAME) -> str | None:
+    return serving_state(settings).get(name, {}).get("tag")
+
+
+def _write_serving(settings: Settings, name: str, tag: str | None, history: list[str]) -> None:
+    state = serving_state(settings)  # other models' entries are kept as they are
+    state[name] = {"tag": tag, "history": history, "updated": datetime.now(timezone.utc).isoformat()}
+    atomic_write_bytes(settings.paths.models / SERVING_FILE, json.dumps(state, indent=2).encode())
+
+
+def _relabel(settings: Settings, tag: str, status: str, **metadata: Any) -> None:
+    """Rewrite a stored model's status label (and metadata) in its model.yaml, atomically.
+
+    BentoML's ModelInfo is immutable after save; the store has no relabel call, so the yaml is
+    re-written through ModelInfo itself (same schema) and renamed into place.
+    """
+    from bentoml._internal.models.model import MODEL_YAML_FILENAME, ModelInfo
+
+    stored = model_store(settings).get(tag)
+    yaml_path = Path(stored.path) / MODEL_YAML_FILENAME
+    with yaml_path.open() as stream:
+        info = ModelInfo.from_yaml_file(stream)
+    updated = ModelInfo(
+        tag=info.tag, module=info.module, labels={**info.labels, "status": status},
+        options=info._options, metadata={**info.metadata, **metadata}, context=info.context,
+        signatures=info.signatures, api_version=info.api_version, creation_time=info.creation_time,
+    )
+    atomic_write_bytes(yaml_path, updated.dump().encode())
+
+
+def _load_model(settings: Settings, tag: str):
+    from training.ranker.checkpoint import load_checkpoint
+
+    stored = model_store(settings).get(tag)
+    return load_checkpoint(Path(stored.path)), stored
+
+
+def model_info(settings: Settings, tag: str) -> dict[str, Any]:
+    stored = model_store(settings).get(tag)
+    return {"tag": str(stored.tag), "labels": dict(stored.info.labels), "metadata": dict(stored.info.metadata)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def _training_set(settings: Settings) -> Path:
+    return settings.paths.feature_table("training_set")
+
+
+def _true_probabilities(settings: Settings, day: date, event_ids) -> Any:
+    """The generator's true_prob for these events, or None (ingested data has no truth)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    path = settings.paths.truth / "events" / f"dt={day.isoformat()}" / "part-0.parquet"
+    if event_ids is None or not path.exists():
+        return None
+    truth = pq.read_table(path, columns=["event_id", "true_prob"])
+    ids = truth.column("event_id").to_numpy()
+    probs = truth.column("true_prob").to_numpy()
+    order = np.argsort(ids)
+    where = np.searchsorted(ids[order], event_ids)
+    where = np.clip(where, 0, len(ids) - 1)
+    matched = ids[order][where] == event_ids
+    if not matched.all():
+        log.warning("truth for %s lacks %d of %d events; oracle AUC skipped", day, int((~matched).sum()), len(event_ids))
+        return None
+    return probs[order][where]
+
+
+def evaluate_model(settings: Settings, model, days: list[date], train_days: list[date]):
+    """training.ranker.evaluate.Evaluation of `model` on `days` (cold = members absent from train_days)."""
+    import numpy as np
+
+    from training.ranker import data
+    from training.ranker.evaluate import evaluate_predictions
+    from training.ranker.train import predict_logits
+
+    training_set = _training_set(settings)
+    spec = data.read_spec(training_set)
+    rows = data.load_rows(data.day_files(training_set, days), spec, model.config)
+    logits = predict_logits(model, rows)
+    probabilities = model.calibration(logits)
+    truth = None
+    if rows.event_id is not None:
+        parts, start = [], 0
+        for day in days:
+            count = sum(_row_count(f) for f in data.day_files(training_set, [day]))
+            parts.append(_true_probabilities(settings, day, rows.event_id[start:start + count].numpy()))
+            start += count
+        truth = None if any(p is None for p in parts) else np.concatenate(parts)
+    warm_members = np.unique(data.read_column(data.day_files(training_set, train_days), spec["member"]))
+    return evaluate_predictions(
+        logits.numpy(), probabilities.numpy(), rows.label.numpy(), rows.weight.numpy(),
+        rows.member_id.numpy(), warm_members, truth,
+    )
+
+
+def _row_count(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def _days(first: date, last: date) -> list[date]:
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def _train_days(metadata: dict[str, Any]) -> list[date]:
+    return _days(date.fromisoformat(metadata["train_start"]), date.fromisoformat(metadata["train_end"]))
+
+
+def evaluate(settings: Settings, tag: str, day: date) -> dict[str, Any]:
+    """Metrics of the stored model `tag` on the training-set rows of `day`."""
+    model, stored = _load_model(settings, tag)
+    result = evaluate_model(settings, model, [day], _train_days(stored.info.metadata))
+    return {"tag": str(stored.tag), "day": day.isoformat(), **result.summary()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Train, promote, rollback
+
+
+def train(
+    settings: Settings,
+    start: date,
+    end: date,
+    eval_days: int = 1,
+    warm_start: bool = True,
+    train_config=None,
+    model_overrides: dict[str, Any] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> dict[str, Any]:
+    """Train a candidate on start..end, evaluate it on the `eval_days` days after `end`, register it.
+
+    warm_start: continue from the serving model on the days after the ones it was trained on (at
+    least `end`); without a serving model (or with warm_start False) a full retrain on start..end.
+    """
+    from training.ranker import data
+    from training.ranker.checkpoint import load_checkpoint, save_checkpoint
+    from training.ranker.model import RankerConfig
+    from training.ranker.report import write_training_report
+    from training.ranker.train import TrainConfig, train_ranker
+
+    if end < start:
+        raise ValueError(f"ranker train: end {end} is before start {start}")
+    training_set = _training_set(settings)
+    spec = data.read_spec(training_set)
+    available = set(data.available_days(training_set))
+    missing = [d for d in _days(start, end) if d not in available]
+    if missing:
+        raise FileNotFoundError(f"{training_set}: no training-set partition for {', '.join(map(str, missing))}")
+    train_config = train_config or TrainConfig()
+
+    parent = serving_tag(settings) if warm_start else None
+    warm_model, days, first_day = None, _days(start, end), start
+    if parent is not None:
+        stored = model_store(settings).get(parent)
+        warm_model = load_checkpoint(Path(stored.path))
+        first_day = date.fromisoformat(stored.info.metadata["train_start"])
+        parent_end = date.fromisoformat(stored.info.metadata["train_end"])
+        days = _days(max(parent_end + timedelta(days=1), start), end) if parent_end < end else [end]
+        if warm_model.config != RankerConfig.from_spec(spec, **_architecture(warm_model.config, model_overrides)):
+            log.warning("serving model %s does not match the training-set spec: full retrain", parent)
+            warm_model, parent, days, first_day = None, None, _days(start, end), start
+    model_config = RankerConfig.from_spec(spec, **(model_overrides or {})) if warm_model is None else None
+    result = train_ranker(training_set, days, model_config, train_config, warm_model, on_step=on_step)
+
+    eval_range = [end + timedelta(days=i + 1) for i in range(eval_days)]
+    eval_range = [d for d in eval_range if d in available]
+    all_train_days = _days(min(first_day, start), end)
+    metrics, by_day, evaluation = {}, {}, None
+    if eval_range:
+        evaluation = evaluate_model(settings, result.model, eval_range, all_train_days)
+        metrics = evaluation.summary()
+        for day in eval_range:
+            by_day[day.isoformat()] = evaluate_model(settings, result.model, [day], all_train_days).auc
+    else:
+        log.warning("no training-set partition after %s to evaluate on; metrics left empty", end)
+
+    metadata = {
+        "train_start": min(first_day, start).isoformat(), "train_end": end.isoformat(),
+        "trained_days": [d.isoformat() for d in days], "warm_start_from": parent,
+        "eval_days": [d.isoformat() for d in eval_range], "metrics": metrics, "auc_by_day": by_day,
+        "train_seconds": round(result.seconds, 3), "train_rows": result.rows,
+        "samples_per_second": round(result.samples_per_second, 1), "train_config": asdict(train_config),
+    }
+    import bentoml
+
+    with tempfile.TemporaryDirectory(prefix="rankflow-ranker-") as scratch:
+        save_checkpoint(result.model, Path(scratch), metadata)
+        with bentoml.models.create(
+            MODEL_NAME, labels={"logical_date": end.isoformat(), "status": "candidate"},
+            metadata=_jsonable(metadata), _model_store=model_store(settings),
+        ) as stored:
+            for item in Path(scratch).iterdir():
+                shutil.copy2(item, Path(stored.path) / item.name)
+            tag = str(stored.tag)
+    report = write_training_report(
+        settings.paths.reports / "ranker" / tag.split(":")[1], tag, result.history, by_day, evaluation
+    )
+    return {"tag": tag, "warm_start_from": parent, "trained_days": metadata["trained_days"],
+            "eval_days": metadata["eval_days"], "train_seconds": metadata["train_seconds"],
+            "samples_per_second": metadata["samples_per_second"], "metrics": metrics, "report": str(report)}
+
+
+def _architecture(config, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """The architecture fields of `config` (so a spec-built config can be compared with it)."""
+    from training.ranker.model import RankerConfig
+
+    inputs = {"sparse_features", "sparse_buckets", "bag_features", "bag_buckets", "dense_features", "vector_features"}
+    values = {k: v for k, v in config.to_dict().items() if k not in inputs}
+    values.update(overrides or {})
+    values["id_buckets"] = config.sparse_buckets[0]
+    values["categorical_buckets"] = config.sparse_buckets[2] if len(config.sparse_buckets) > 2 else (
+        config.bag_buckets[0] if config.bag_buckets else RankerConfig().sparse_buckets[1])
+    return values
+
+
+def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(values, default=str))
+
+
+def promote(settings: Settings, tag: str, policy: PromotionPolicy = PromotionPolicy()) -> dict[str, Any]:
+    """Make `tag` the serving model if it beats the current one on the same evaluation day by the margin.
+
+    Both models are scored afresh on the candidate's first evaluation day. Otherwise the candidate
+    is labelled `rejected` with the reason, and the serving model stays as it is.
+    """
+    candidate_model, candidate = _load_model(settings, tag)
+    tag = str(candidate.tag)
+    current = serving_tag(settings)
+    history = serving_state(settings).get(MODEL_NAME, {}).get("history", [])
+    if current == tag:
+        return {"tag": tag, "status": "serving", "reason": "already serving"}
+    eval_days = candidate.info.metadata.get("eval_days") or []
+    if current is None:
+        _write_serving(settings, MODEL_NAME, tag, history)
+        _relabel(settings, tag, "serving", promoted_at=datetime.now(timezone.utc).isoformat())
+        return {"tag": tag, "status": "serving", "reason": "no model was serving"}
+    if not eval_days:
+        reason = "candidate has no evaluation day (no training-set partition after its last training day)"
+        _relabel(settings, tag, "rejected", rejection_reason=reason)
+        return {"tag": tag, "status": "rejected", "reason": reason, "serving": current}
+
+    day = date.fromisoformat(eval_days[0])
+    serving_model, serving = _load_model(settings, current)
+    ours = evaluate_model(settings, candidate_model, [day], _train_days(candidate.info.metadata)).summary()
+    theirs = evaluate_model(settings, serving_model, [day], _train_days(serving.info.metadata)).summary()
+    ours_value, theirs_value = ours[policy.metric], theirs[policy.metric]
+    comparison = {"day": day.isoformat(), "metric": policy.metric, "candidate": ours_value,
+                  "serving": theirs_value, "margin": policy.margin, "serving_tag": current}
+    if ours_value is not None and theirs_value is not None and ours_value >= theirs_value + policy.margin:
+        _write_serving(settings, MODEL_NAME, tag, [current, *history])
+        _relabel(settings, current, "candidate", replaced_by=tag)
+        _relabel(settings, tag, "serving", promotion=comparison)
+        return {"tag": tag, "status": "serving", "reason": f"{policy.metric} {ours_value:.4f} >= {theirs_value:.4f} + {policy.margin}", **comparison}
+    reason = (f"{policy.metric} {ours_value:.4f} on {day} does not beat the serving model's "
+              f"{theirs_value:.4f} by the margin {policy.margin}")
+    _relabel(settings, tag, "rejected", rejection_reason=reason, promotion=comparison)
+    return {"tag": tag, "status": "rejected", "reason": reason, **comparison}
+
+
+def rollback(settings: Settings) -> dict[str, Any]:
+    """Serve the previous serving model again; the one serving now is labelled rejected."""
+    state = serving_state(settings).get(MODEL_NAME, {})
+    history = list(state.get("history", []))
+    if not history:
+        raise RuntimeError(f"{settings.paths.models / SERVING_FILE}: no previous {MODEL_NAME} to roll back to")
+    previous, current = history.pop(0), state.get("tag")
+    _write_serving(settings, MODEL_NAME, previous, history)
+    if current:
+        _relabel(settings, current, "rejected", rejection_reason="rolled back")
+    _relabel(settings, previous, "serving")
+    return {"tag": previous, "status": "serving", "rolled_back": current}

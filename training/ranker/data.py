@@ -1,0 +1,378 @@
+"""Streaming loader: `features/training_set/dt=D/*.parquet` + `spec.json` -> model-ready tensors.
+
+The layout is docs/contracts.md "Training set". Values become row ids by deterministic hashing
+(same bucket in every process and on every machine, unlike Python's salted `hash`):
+
+    integer ids (member_id, item_id):   row = 1 + splitmix64(v) mod (buckets - 1)
+    strings (categoricals, bag values): row = 1 + blake2b_64(v) mod (buckets - 1)
+    null / missing:                     row = 0
+
+Dense columns must be finite (nulls read as 0); fixed-width vector columns (the meta embedding)
+read as zeros for rows that have none yet. pyarrow is imported inside the functions, so
+`training` imports with torch and numpy alone; serving calls `encode_table` on the rows it scores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import threading
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from training.ranker.model import RankerConfig
+
+SPEC_FILE = "spec.json"
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+@dataclass
+class Batch:
+    """Model inputs and targets for a set of rows (CPU or device tensors)."""
+
+    sparse: torch.Tensor                   # [B, F] int64 hashed ids
+    dense: torch.Tensor                    # [B, D] float32 raw dense ++ vector columns
+    bag_values: list[torch.Tensor]         # per bag feature: [N_i] int64 hashed ids
+    bag_offsets: list[torch.Tensor]        # per bag feature: [B] int64 start of each row's bag
+    label: torch.Tensor                    # [B] float32 in {0, 1}
+    weight: torch.Tensor                   # [B] float32
+    member_id: torch.Tensor                # [B] int64 raw ids (cold/warm buckets)
+    event_id: torch.Tensor | None = None   # [B] int64 when the training set has it (truth join)
+
+    def __len__(self) -> int:
+        return int(self.label.shape[0])
+
+    @property
+    def inputs(self) -> tuple:
+        return (self.sparse, self.dense, self.bag_values, self.bag_offsets)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return Batch(
+            move(self.sparse), move(self.dense), [move(v) for v in self.bag_values],
+            [move(o) for o in self.bag_offsets], move(self.label), move(self.weight),
+            move(self.member_id), move(self.event_id),
+        )
+
+    def pin_memory(self) -> "Batch":
+        pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
+        return Batch(
+            pin(self.sparse), pin(self.dense), [pin(v) for v in self.bag_values],
+            [pin(o) for o in self.bag_offsets], pin(self.label), pin(self.weight),
+            pin(self.member_id), pin(self.event_id),
+        )
+
+    def take(self, index: torch.Tensor) -> "Batch":
+        """The rows `index` (any order), bags re-packed."""
+        values, offsets = [], []
+        for bag_values, bag_offsets in zip(self.bag_values, self.bag_offsets):
+            lengths = torch.diff(bag_offsets, append=torch.tensor([bag_values.numel()]))
+            starts, picked = bag_offsets[index], lengths[index]
+            new_offsets = torch.cumsum(picked, 0) - picked
+            within = torch.arange(int(picked.sum())) - torch.repeat_interleave(new_offsets, picked)
+            values.append(bag_values[torch.repeat_interleave(starts, picked) + within])
+            offsets.append(new_offsets)
+        return Batch(
+            self.sparse[index], self.dense[index], values, offsets, self.label[index], self.weight[index],
+            self.member_id[index], None if self.event_id is None else self.event_id[index],
+        )
+
+
+def concat_batches(batches: list[Batch]) -> Batch:
+    """Rows of several batches, in order."""
+    if len(batches) == 1:
+        return batches[0]
+    values, offsets = [], []
+    for bag in range(len(batches[0].bag_values)):
+        shift, parts_v, parts_o = 0, [], []
+        for b in batches:
+            parts_v.append(b.bag_values[bag])
+            parts_o.append(b.bag_offsets[bag] + shift)
+            shift += b.bag_values[bag].numel()
+        values.append(torch.cat(parts_v))
+        offsets.append(torch.cat(parts_o))
+    event_ids = [b.event_id for b in batches]
+    return Batch(
+        torch.cat([b.sparse for b in batches]), torch.cat([b.dense for b in batches]), values, offsets,
+        torch.cat([b.label for b in batches]), torch.cat([b.weight for b in batches]),
+        torch.cat([b.member_id for b in batches]),
+        None if any(e is None for e in event_ids) else torch.cat(event_ids),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Hashing
+
+
+def hash_integers(values: np.ndarray, buckets: int) -> np.ndarray:
+    """1 + splitmix64(v) mod (buckets - 1) for int64 values."""
+    z = values.astype(np.int64).view(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (1 + (z % np.uint64(buckets - 1))).astype(np.int64)
+
+
+def hash_strings(values: list[str], buckets: int) -> np.ndarray:
+    """1 + blake2b_64(v) mod (buckets - 1) for strings (called on distinct values only)."""
+    digests = [int.from_bytes(hashlib.blake2b(v.encode(), digest_size=8).digest(), "little") for v in values]
+    return (1 + np.array(digests, dtype=np.uint64) % np.uint64(buckets - 1)).astype(np.int64)
+
+
+def _hash_column(column: Any, buckets: int) -> np.ndarray:
+    """Any single-valued Arrow column -> hashed row ids (0 for null)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if pa.types.is_integer(array.type):
+        valid = np.asarray(array.is_valid())
+        raw = np.asarray(array.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)
+        return np.where(valid, hash_integers(raw, buckets), 0)
+    if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+        array = pc.cast(array, pa.string())
+    encoded = pc.dictionary_encode(array)
+    dictionary_rows = np.concatenate([[0], hash_strings(encoded.dictionary.to_pylist(), buckets)])
+    indices = np.asarray(encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
+    return dictionary_rows[indices + 1]
+
+
+def _column(table: Any, name: str, source: str) -> Any:
+    if name not in table.column_names:
+        raise KeyError(f"{source}: column {name!r} named by the training-set spec is missing "
+                       f"(columns: {', '.join(table.column_names)})")
+    return table.column(name)
+
+
+def encode_table(table: Any, spec: dict[str, Any], config: RankerConfig, source: str = "training set") -> Batch:
+    """A pyarrow Table of training-set rows -> a CPU Batch, columns chosen by `config` (from `spec`)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    rows = table.num_rows
+    sparse = np.stack(
+        [_hash_column(_column(table, name, source), buckets) for name, buckets in
+         zip(config.sparse_features, config.sparse_buckets)], axis=1,
+    ) if rows else np.zeros((0, len(config.sparse_features)), dtype=np.int64)
+
+    bag_values, bag_offsets = [], []
+    for name, buckets in zip(config.bag_features, config.bag_buckets):
+        lists = _column(table, name, source).combine_chunks()
+        lengths = np.asarray(pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)
+        flat = lists.flatten()
+        ids = _hash_column(flat, buckets) if len(flat) else np.zeros(0, dtype=np.int64)
+        bag_values.append(torch.from_numpy(np.ascontiguousarray(ids)))
+        bag_offsets.append(torch.from_numpy(np.cumsum(lengths) - lengths))
+
+    dense_parts = []
+    for name in config.dense_features:
+        # Null means 'no value yet' (e.g. a rate with no impressions): 0, like the feature jobs' default.
+        values = np.asarray(_column(table, name, source).fill_null(0).to_numpy(zero_copy_only=False), dtype=np.float32)
+        if not np.isfinite(values).all():
+            bad = int(np.flatnonzero(~np.isfinite(values))[0])
+            raise ValueError(f"{source}: dense column {name!r} has a non-finite value {values[bad]} at row {bad}")
+        dense_parts.append(values[:, None])
+    for name, width in config.vector_features:
+        lists = _column(table, name, source).combine_chunks()
+        lengths = np.asarray(pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)
+        wrong = np.flatnonzero((lengths != 0) & (lengths != width))
+        if wrong.size:
+            raise ValueError(f"{source}: vector column {name!r} row {int(wrong[0])} has {int(lengths[wrong[0]])} "
+                             f"values, expected {width}")
+        matrix = np.zeros((rows, width), dtype=np.float32)
+        present = lengths == width
+        if present.any():
+            matrix[present] = np.asarray(lists.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, width)
+        dense_parts.append(matrix)
+    dense = np.concatenate(dense_parts, axis=1) if dense_parts else np.zeros((rows, 0), dtype=np.float32)
+
+    label_name, weight_name = spec.get("label", "label"), spec.get("weight", "weight")
+    label = np.asarray(_column(table, label_name, source).to_numpy(zero_copy_only=False), dtype=np.float32)
+    if weight_name in table.column_names:
+        weight = np.asarray(table.column(weight_name).fill_null(1.0).to_numpy(zero_copy_only=False), dtype=np.float32)
+    else:
+        weight = np.ones(rows, dtype=np.float32)
+    member = np.asarray(_column(table, spec.get("member", "member_id"), source).fill_null(-1).to_numpy(zero_copy_only=False))
+    if not np.issubdtype(member.dtype, np.integer):
+        member = _hash_column(_column(table, spec["member"], source), 1 << 62)
+    event = None
+    if "event_id" in table.column_names:
+        event = torch.from_numpy(np.array(table.column("event_id").to_numpy(zero_copy_only=False), dtype=np.int64))
+    return Batch(
+        torch.from_numpy(np.ascontiguousarray(sparse, dtype=np.int64)), torch.from_numpy(np.ascontiguousarray(dense)),
+        bag_values, bag_offsets, torch.from_numpy(label), torch.from_numpy(weight),
+        torch.from_numpy(member.astype(np.int64)), event,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The training-set folder
+
+
+def read_spec(training_set: Path) -> dict[str, Any]:
+    path = Path(training_set) / SPEC_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: training-set spec not found (build the training set first)")
+    spec = json.loads(path.read_text())
+    for key in ("label", "member", "item"):
+        if key not in spec:
+            raise ValueError(f"{path}: spec has no {key!r} entry (docs/contracts.md, 'Training set')")
+    return spec
+
+
+def available_days(training_set: Path) -> list[date]:
+    """Days with a dt=D partition, in order."""
+    days = []
+    for folder in Path(training_set).glob("dt=*"):
+        if folder.is_dir() and any(folder.glob("*.parquet")):
+            days.append(date.fromisoformat(folder.name[3:]))
+    return sorted(days)
+
+
+@dataclass(frozen=True)
+class RowRange:
+    """Rows [start, stop) of one Parquet file (stop None = to the end)."""
+
+    path: Path
+    start: int = 0
+    stop: int | None = None
+
+
+def _as_range(item: "Path | RowRange") -> RowRange:
+    return item if isinstance(item, RowRange) else RowRange(Path(item))
+
+
+def split_holdout(files: list[Path], fraction: float) -> tuple[list["Path | RowRange"], list[RowRange]]:
+    """(training rows, held-out rows): the held-out rows are the last `fraction` of the newest file.
+
+    Rows of a day are sorted by time, so the holdout is the most recent slice: calibration is fitted
+    on data the model has not seen, as close in time as possible to the day it will score.
+    """
+    import pyarrow.parquet as pq
+
+    if not 0 < fraction < 1:
+        raise ValueError(f"holdout fraction must be in (0, 1), got {fraction}")
+    newest = Path(files[-1])
+    rows = pq.ParquetFile(newest).metadata.num_rows
+    cut = int(round(rows * (1 - fraction)))
+    if cut <= 0 or cut >= rows:
+        raise ValueError(f"{newest}: {rows} rows are too few to hold out {fraction:.0%} for calibration")
+    return [*files[:-1], RowRange(newest, 0, cut)], [RowRange(newest, cut, rows)]
+
+
+def day_files(training_set: Path, days: list[date]) -> list[Path]:
+    files = []
+    for day in days:
+        folder = Path(training_set) / f"dt={day.isoformat()}"
+        found = sorted(folder.glob("*.parquet"))
+        if not found:
+            raise FileNotFoundError(f"{folder}: no training-set partition for {day} (build features for that day)")
+        files.extend(found)
+    return files
+
+
+def _read_range(item: "Path | RowRange") -> Any:
+    import pyarrow.parquet as pq
+
+    rows = _as_range(item)
+    table = pq.read_table(rows.path)
+    stop = table.num_rows if rows.stop is None else rows.stop
+    return table.slice(rows.start, stop - rows.start)
+
+
+def load_rows(files: list["Path | RowRange"], spec: dict[str, Any], config: RankerConfig) -> Batch:
+    """Every row of `files` as one CPU Batch (evaluation, calibration)."""
+    return concat_batches([encode_table(_read_range(f), spec, config, source=str(_as_range(f).path)) for f in files])
+
+
+def read_column(files: list[Path], name: str) -> np.ndarray:
+    """One column of several files, concatenated (e.g. the member ids seen in training)."""
+    import pyarrow.parquet as pq
+
+    if not files:
+        return np.zeros(0)
+    return np.concatenate([pq.read_table(f, columns=[name]).column(name).to_numpy(zero_copy_only=False) for f in files])
+
+
+def first_chunk(files: list["Path | RowRange"], spec: dict[str, Any], config: RankerConfig, rows: int) -> Batch:
+    """The first `rows` training rows, unshuffled (dense statistics; identical on every rank)."""
+    return next(_chunks(files, spec, config, StreamConfig(chunk_rows=rows)))
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """How training rows are streamed: global batch, shuffle buffer, this process's shard."""
+
+    batch_size: int = 1024
+    chunk_rows: int = 1 << 18          # rows shuffled together (a file is read in chunks of this many)
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    prefetch: int = 2                  # chunks encoded ahead by a background thread
+    pin_memory: bool = False
+
+
+def _chunks(files: list["Path | RowRange"], spec: dict[str, Any], config: RankerConfig, stream: StreamConfig) -> Iterator[Batch]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for item in files:
+        rows = _as_range(item)
+        position = 0
+        for record_batch in pq.ParquetFile(rows.path).iter_batches(batch_size=stream.chunk_rows):
+            begin, end = position, position + record_batch.num_rows
+            position = end
+            lo, hi = max(begin, rows.start), end if rows.stop is None else min(end, rows.stop)
+            if hi <= lo:
+                continue
+            table = pa.Table.from_batches([record_batch.slice(lo - begin, hi - lo)])
+            yield encode_table(table, spec, config, source=str(rows.path))
+
+
+def _prefetched(source: Iterator[Batch], depth: int) -> Iterator[Batch]:
+    """Run `source` in a background thread (Parquet decode and hashing release the GIL)."""
+    if depth <= 0:
+        yield from source
+        return
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in source:
+                slots.put(item)
+        except BaseException as error:  # re-raised in the consumer
+            slots.put(error)
+        slots.put(done)
+
+    threading.Thread(target=produce, daemon=True).start()
+    while (item := slots.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def stream_batches(
+    files: list["Path | RowRange"], spec: dict[str, Any], config: RankerConfig, stream: StreamConfig, epoch: int = 0
+) -> Iterator[Batch]:
+    """Shuffled global batches of `stream.batch_size` rows, of which this rank gets rows rank::world_size.
+
+    Deterministic in (seed, epoch): every process draws the same permutation, so the union of the
+    ranks' shards is exactly the single-process batch (same loss curve under torchrun).
+    """
+    generator = torch.Generator().manual_seed(stream.seed * 1_000_003 + epoch)
+    for chunk in _prefetched(_chunks(files, spec, config, stream), stream.prefetch):
+        order = torch.randperm(len(chunk), generator=generator)
+        for start in range(0, len(order), stream.batch_size):
+            rows = order[start:start + stream.batch_size]
+            if len(rows) < stream.world_size:
+                continue  # every rank must see a non-empty shard, or collectives would hang
+            shard = chunk.take(rows[stream.rank::stream.world_size])
+            yield shard.pin_memory() if stream.pin_memory else shard

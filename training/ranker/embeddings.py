@@ -1,0 +1,94 @@
+"""Hashed embedding tables for unbounded id spaces, and mean-pooled bags for multi-valued features.
+
+Every single-valued sparse feature f (member, job, company, industry, ...) is hashed into its own
+block of rows of ONE table (TorchRec's "fused tables"): for raw value v,
+
+    row_f(v) = offset_f + 1 + (hash(v) mod (buckets_f - 1)),      row offset_f = missing / null,
+    e_f      = E[row_f(v)]                                          E in R^{(sum_f buckets_f) x d}
+
+so all of them are gathered by a single lookup. A multi-valued feature (skills) is a bag
+B = {v_1..v_n}; its embedding is the mean  e_B = (1/n) sum_i E_B[row(v_i)]  (zero for an empty bag).
+
+Hashing itself happens in `training.ranker.data` (deterministic across processes); this module
+only sees row ids. The tables are trained by row-wise Adagrad, separate from the dense optimiser,
+in one of two ways (training.ranker.train chooses):
+- fused (one process): `enable_fused_optimizer` routes training lookups through
+  `kernels.embedding.FusedEmbeddingBag`, which applies the row-wise Adagrad step inside the
+  backward on the same storage; no gradient tensor for the table is ever built;
+- row gradients (`sparse=True`, or dense under DDP) consumed by `optim.RowWiseAdagrad`.
+Either way the parameter is `weight`, so checkpoints do not depend on how a model was trained.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from kernels.embedding import FusedEmbeddingBag
+
+
+def _fused_table(weight: nn.Parameter, mode: str, lr: float) -> FusedEmbeddingBag:
+    """A FusedEmbeddingBag whose weight buffer IS `weight`'s storage (updated in place by backward)."""
+    fused = FusedEmbeddingBag(1, weight.shape[1], mode=mode, lr=lr, dtype=weight.dtype, device=weight.device)
+    fused._buffers["weight"] = weight.data
+    fused._buffers["momentum"] = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device)
+    fused.num_embeddings = weight.shape[0]
+    return fused
+
+
+class HashedEmbeddings(nn.Module):
+    """One table holding a block of `buckets[f]` rows per single-valued feature f."""
+
+    def __init__(self, buckets: list[int], dim: int, sparse: bool = True, init_std: float = 0.01):
+        super().__init__()
+        if any(b < 2 for b in buckets):
+            raise ValueError(f"every feature needs at least 2 hash buckets (one is 'missing'), got {buckets}")
+        self.dim = dim
+        self.sparse = sparse
+        offsets = torch.tensor([0] + list(buckets[:-1]), dtype=torch.long).cumsum(0)
+        self.register_buffer("row_offsets", offsets, persistent=False)
+        self.weight = nn.Parameter(torch.randn(int(sum(buckets)), dim) * init_std)
+        self._fused: list[FusedEmbeddingBag] = []   # a list keeps it out of state_dict and .to()
+
+    def enable_fused_optimizer(self, lr: float) -> None:
+        """Train by kernels.embedding's fused row-wise Adagrad (call after moving to the device)."""
+        self._fused = [_fused_table(self.weight, "sum", lr)]
+
+    @property
+    def fused(self) -> bool:
+        return bool(self._fused)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [B, F] (already hashed into 0..buckets_f-1) -> embeddings [B, F, d]."""
+        rows = ids + self.row_offsets
+        if self._fused and self.training and torch.is_grad_enabled():
+            # Every (row, feature) is a bag of one: CSR offsets 0, 1, .., B*F.
+            flat = rows.reshape(-1)
+            offsets = torch.arange(flat.numel() + 1, device=flat.device)
+            return self._fused[0](flat, offsets).view(*rows.shape, self.dim)
+        return F.embedding(rows, self.weight, sparse=self.sparse)
+
+
+class EmbeddingBags(nn.Module):
+    """One mean-pooled bag table per multi-valued feature."""
+
+    def __init__(self, buckets: list[int], dim: int, sparse: bool = True, init_std: float = 0.01):
+        super().__init__()
+        self.tables = nn.ModuleList()
+        for count in buckets:
+            bag = nn.EmbeddingBag(count, dim, mode="mean", sparse=sparse)
+            nn.init.normal_(bag.weight, std=init_std)
+            self.tables.append(bag)
+        self._fused: list[FusedEmbeddingBag] = []
+
+    def enable_fused_optimizer(self, lr: float) -> None:
+        self._fused = [_fused_table(table.weight, "mean", lr) for table in self.tables]
+
+    def forward(self, values: list[torch.Tensor], offsets: list[torch.Tensor]) -> torch.Tensor:
+        """values[i] [N_i] row ids, offsets[i] [B] start of each row's bag -> [B, n_bags, d]."""
+        if self._fused and self.training and torch.is_grad_enabled():
+            pooled = [fused(v, torch.cat([o, o.new_tensor([v.numel()])])) for fused, v, o in zip(self._fused, values, offsets)]
+        else:
+            pooled = [table(v, o) for table, v, o in zip(self.tables, values, offsets)]
+        return torch.stack(pooled, dim=1)

@@ -1,0 +1,315 @@
+"""Training loop of the ranker: one script for CPU, one GPU and several (torchrun + DDP).
+
+    loss(theta) = sum_i w_i BCE(s_theta(x_i), y_i) / sum_i w_i   [+ lambda ||theta - theta_prev||^2 when warm]
+
+- Precision: bf16 autocast on CUDA, float32 on CPU; the loss is always reduced in float32.
+- Optimisers: row-wise Adagrad for the embedding tables (sparse rows, optim.py), Adam (fused on
+  CUDA) for everything else.
+- Determinism: parameters and the row order come from `seed` only (data.stream_batches).
+- Incremental training (LiRank, "Incremental Training"): warm start from the serving checkpoint,
+  train on the newest day(s) only, optionally pulled towards the previous weights by lambda.
+- Distributed: under `torchrun --nproc_per_node=N` each process takes rows rank::N of every global
+  batch and DDP averages gradients, so N processes follow the single-process loss curve. The
+  embedding tables then produce dense gradients (DDP all-reduces dense tensors); row-wise Adagrad
+  updates the same rows either way.
+- Calibration: the last `holdout_fraction` of the newest day is never trained on; the isotonic layer
+  is fitted on it after training.
+
+Run as a script:  python -m training.ranker.train --training-set DIR --start D1 --end D2 --out CKPT
+(or torchrun --nproc_per_node=2 -m training.ranker.train ... with the same flags).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F
+
+from training.ranker import data
+from training.ranker.model import Ranker, RankerConfig
+from training.ranker.optim import RowWiseAdagrad
+
+from kernels.bce import bce_with_logits
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings; the defaults train the demo-size ranker on CPU in about a minute."""
+
+    epochs: int = 2
+    warm_start_epochs: int = 1
+    batch_size: int = 512
+    dense_lr: float = 1e-3
+    embedding_lr: float = 0.05
+    warm_start_l2: float = 0.0
+    holdout_fraction: float = 0.2
+    seed: int = 0
+    device: str = "auto"                 # "auto" | "cpu" | "cuda" | "cuda:N"
+    compile: bool = False                # torch.compile the model (GPU)
+    # "fused": kernels.embedding row-wise Adagrad inside the backward (one process);
+    # "rowwise": row gradients + optim.RowWiseAdagrad (always used under DDP, where gradients are all-reduced).
+    embedding_optimizer: str = "fused"
+    log_every: int = 10                  # steps between loss records (1 = every step)
+    chunk_rows: int = 1 << 18
+    normalizer_rows: int = 1 << 16
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process sits among the torchrun workers (1 process: rank 0 of 1)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    history: list[dict[str, float]] = field(default_factory=list)   # step, epoch, rows, loss, seconds
+    seconds: float = 0.0
+    rows: int = 0
+    holdout: list = field(default_factory=list)                      # data.RowRange of the calibration rows
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds else 0.0
+
+
+def distributed_from_environment(backend: str | None = None) -> DistributedContext:
+    """Join the torchrun process group when launched by torchrun (its env vars are the boundary)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistributedContext()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        chosen = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        if chosen == "nccl":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=chosen)
+    return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def resolve_device(name: str, context: DistributedContext) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{context.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(name)
+
+
+def weighted_bce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum_i w_i BCE(s_i, y_i) / sum_i w_i in float32."""
+    return bce_with_logits(logits.float(), labels.float(), weights.float())
+
+
+def _proximal_penalty(model: nn.Module, prior: dict[str, torch.Tensor]) -> torch.Tensor:
+    terms = [(p - prior[name]).pow(2).sum() for name, p in model.named_parameters() if name in prior]
+    return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+def train_model(
+    model: nn.Module,
+    rows: list,
+    spec: dict[str, Any],
+    config: TrainConfig,
+    epochs: int,
+    context: DistributedContext = DistributedContext(),
+    fit_normalizer: bool = True,
+    prior_weight: float = 0.0,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train `model` (a Ranker or LogisticRegression) in place on `rows`; returns the loss history."""
+    device = resolve_device(config.device, context)
+    model.to(device)
+    if fit_normalizer:
+        model.normalizer.fit(data.first_chunk(rows, spec, model.config, config.normalizer_rows).dense.to(device))
+    prior = {n: p.detach().clone() for n, p in model.named_parameters()} if prior_weight > 0 else None
+
+    if config.embedding_optimizer not in ("fused", "rowwise"):
+        raise ValueError(f"embedding_optimizer must be 'fused' or 'rowwise', got {config.embedding_optimizer!r}")
+    fused_embeddings = config.embedding_optimizer == "fused" and not context.enabled
+    if fused_embeddings:
+        model.embeddings.enable_fused_optimizer(config.embedding_lr)
+        model.bags.enable_fused_optimizer(config.embedding_lr)
+    dense_params, sparse_params = model.dense_parameters(), model.embedding_parameters()
+    dense_opt = torch.optim.Adam(dense_params, lr=config.dense_lr, fused=device.type == "cuda") if dense_params else None
+    sparse_opt = None if fused_embeddings else RowWiseAdagrad(sparse_params, lr=config.embedding_lr)
+
+    network: nn.Module = model
+    if context.enabled:
+        network = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+        )
+    if config.compile:
+        # Only the dense tower: the embedding lookups run the fused-optimiser kernels eagerly.
+        model.tower.compile()
+    forward = network
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    stream = data.StreamConfig(
+        batch_size=config.batch_size, chunk_rows=config.chunk_rows, seed=config.seed,
+        rank=context.rank, world_size=context.world_size, pin_memory=device.type == "cuda",
+    )
+
+    result = TrainResult(model=model, holdout=[])
+    model.train()
+    started, step = time.perf_counter(), 0
+    for epoch in range(epochs):
+        for batch in data.stream_batches(rows, spec, model.config, stream, epoch=epoch):
+            batch = batch.to(device, non_blocking=True)
+            with autocast:
+                logits = forward(*batch.inputs)
+            loss = weighted_bce(logits, batch.label, batch.weight)
+            objective = loss + prior_weight * _proximal_penalty(model, prior) if prior is not None else loss
+            for optimizer in (dense_opt, sparse_opt):
+                if optimizer is not None:
+                    optimizer.zero_grad(set_to_none=True)
+            objective.backward()  # with fused embeddings, this also steps the tables
+            for optimizer in (dense_opt, sparse_opt):
+                if optimizer is not None:
+                    optimizer.step()
+            step += 1
+            result.rows += len(batch) * context.world_size
+            if step % config.log_every == 0 or step == 1:
+                value = loss.detach()
+                if context.enabled:
+                    dist.all_reduce(value)
+                    value = value / context.world_size
+                record = {"step": step, "epoch": epoch, "rows": result.rows, "loss": float(value),
+                          "seconds": time.perf_counter() - started}
+                result.history.append(record)
+                if on_step is not None:
+                    on_step(step, record["loss"])
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    result.seconds = time.perf_counter() - started
+    model.embeddings._fused, model.bags._fused = [], []  # the fused tables alias storage; drop them
+    model.eval()
+    return result
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, batch: data.Batch, batch_size: int = 8192) -> torch.Tensor:
+    """Uncalibrated logits for every row of a CPU batch, on the model's device, as float32 CPU."""
+    device = next(model.parameters()).device
+    model.eval()
+    outputs = []
+    for start in range(0, len(batch), batch_size):
+        part = batch.take(torch.arange(start, min(start + batch_size, len(batch)))).to(device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            outputs.append(model(*part.inputs).float().cpu())
+    return torch.cat(outputs) if outputs else torch.zeros(0)
+
+
+def fit_calibration(model: nn.Module, holdout: list, spec: dict[str, Any]) -> dict[str, float]:
+    """Fit the isotonic layer on held-out rows; returns how many rows and knots it used."""
+    rows = data.load_rows(holdout, spec, model.config)
+    logits = predict_logits(model, rows)
+    model.calibration.fit(logits, rows.label, rows.weight)
+    knots = int(torch.unique(model.calibration.knots).numel())
+    return {"calibration_rows": len(rows), "calibration_knots": knots}
+
+
+def train_ranker(
+    training_set: Path,
+    days: list[date],
+    model_config: RankerConfig | None = None,
+    config: TrainConfig = TrainConfig(),
+    warm_start: nn.Module | None = None,
+    model_factory: Callable[[RankerConfig, bool], nn.Module] = Ranker,
+    context: DistributedContext = DistributedContext(),
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Full retrain on `days` (warm_start None) or incremental training of `warm_start` on them.
+
+    The newest day's last `holdout_fraction` is held out and the calibration is fitted on it.
+    """
+    spec = data.read_spec(training_set)
+    files = data.day_files(training_set, days)
+    train_rows, holdout = data.split_holdout(files, config.holdout_fraction)
+    torch.manual_seed(config.seed)
+    if warm_start is not None:
+        model = warm_start
+        if context.enabled:
+            _use_dense_embedding_gradients(model)
+        epochs, fit_normalizer, prior_weight = config.warm_start_epochs, False, config.warm_start_l2
+    else:
+        if model_config is None:
+            model_config = RankerConfig.from_spec(spec)
+        model = model_factory(model_config, not context.enabled)
+        epochs, fit_normalizer, prior_weight = config.epochs, True, 0.0
+    result = train_model(model, train_rows, spec, config, epochs, context, fit_normalizer, prior_weight, on_step)
+    result.holdout = holdout
+    fit_calibration(model, holdout, spec)
+    return result
+
+
+def _use_dense_embedding_gradients(model: nn.Module) -> None:
+    model.embeddings.sparse = False
+    for table in model.bags.tables:
+        table.sparse = False
+
+
+def _days(start: str, end: str) -> list[date]:
+    first, last = date.fromisoformat(start), date.fromisoformat(end)
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry for plain python and torchrun (same flags)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--training-set", type=Path, required=True, help="features/training_set folder")
+    parser.add_argument("--start", required=True)
+    parser.add_argument("--end", required=True)
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint folder (written by rank 0)")
+    parser.add_argument("--warm-start", type=Path, default=None, help="checkpoint to continue from")
+    parser.add_argument("--backend", default=None, help="process-group backend (default nccl on GPU, gloo on CPU)")
+    parser.add_argument("--model-config", type=str, default="{}", help="JSON of RankerConfig architecture fields")
+    for name, value in asdict(TrainConfig()).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value) if not isinstance(value, bool) else
+                            lambda v: v.lower() in ("1", "true", "yes"), default=value)
+    args = parser.parse_args(argv)
+    context = distributed_from_environment(args.backend)
+    train_config = TrainConfig(**{k: getattr(args, k) for k in asdict(TrainConfig())})
+    warm = None
+    if args.warm_start is not None:
+        from training.ranker.checkpoint import load_checkpoint
+
+        warm = load_checkpoint(args.warm_start, sparse_gradients=not context.enabled)
+    spec = data.read_spec(args.training_set)
+    model_config = RankerConfig.from_spec(spec, **json.loads(args.model_config))
+    result = train_ranker(args.training_set, _days(args.start, args.end), model_config, train_config, warm,
+                          context=context)
+    if context.is_main:
+        from training.ranker.checkpoint import save_checkpoint
+
+        save_checkpoint(result.model, args.out, {"days": [args.start, args.end], "world_size": context.world_size,
+                                                  "seconds": result.seconds, "rows": result.rows})
+        (args.out / "history.json").write_text(json.dumps(
+            {"history": result.history, "seconds": result.seconds, "rows": result.rows,
+             "samples_per_second": result.samples_per_second, "world_size": context.world_size}, indent=1))
+        print(f"trained on {result.rows} rows in {result.seconds:.1f}s "
+              f"({result.samples_per_second:,.0f} samples/s, {context.world_size} process(es)); "
+              f"final loss {result.history[-1]['loss']:.4f}")
+    if context.enabled:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
