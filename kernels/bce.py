@@ -77,7 +77,7 @@ if triton is not None:
             inv_weight_sum = 1.0 / tl.load(weight_sum_ptr)
         else:
             w = tl.where(mask, 1.0, 0.0)
-            inv_weight_sum = 1.0 / n_elements.to(tl.float32)
+            inv_weight_sum = 1.0 / n_elements  # n_elements may be the constexpr 1
         # log(1 + e^-|z|) keeps exp from overflowing for either sign of z.
         loss = tl.maximum(z, 0.0) - z * y + tl.log(1.0 + tl.exp(-tl.abs(z)))
         tl.store(loss_partial_ptr + pid, tl.sum(w * loss, axis=0) * inv_weight_sum)

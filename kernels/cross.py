@@ -68,19 +68,17 @@ if triton is not None:
 
     @triton.jit
     def _cross_forward_kernel(
-        x0_ptr, proj_ptr, bias_ptr, resid_ptr, out_ptr, n_rows, n_cols,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        x0_ptr, proj_ptr, bias_ptr, resid_ptr, out_ptr, n_elements, n_cols, BLOCK: tl.constexpr,
     ):
-        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-        cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-        col_mask = cols < n_cols
-        mask = (rows < n_rows)[:, None] & col_mask[None, :]
-        offsets = rows.to(tl.int64)[:, None] * n_cols + cols[None, :]
+        # Flat, not [rows, cols] tiles: rows of an odd width (1677) are not 16-byte aligned, and a flat
+        # block keeps every load wide; the bias is re-read through the cache by column index.
+        offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offsets < n_elements
         x0 = tl.load(x0_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         proj = tl.load(proj_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         resid = tl.load(resid_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        bias = tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
-        out = x0 * (proj + bias[None, :]) + resid
+        bias = tl.load(bias_ptr + offsets % n_cols, mask=mask, other=0.0).to(tl.float32)
+        out = x0 * (proj + bias) + resid
         tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
@@ -124,9 +122,9 @@ class _CrossTail(torch.autograd.Function):
         bias_c = bias.contiguous()
         n_rows = x0_2d.shape[0]
         out = torch.empty((n_rows, n_cols), dtype=common_dtype(x0, projected, bias, residual), device=x0.device)
-        grid = (triton.cdiv(n_rows, _BLOCK_M), triton.cdiv(n_cols, _BLOCK_N))
-        _cross_forward_kernel[grid](x0_2d, proj_2d, bias_c, resid_2d, out, n_rows, n_cols,
-                                    BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N, num_warps=4)
+        n_elements = n_rows * n_cols
+        _cross_forward_kernel[(triton.cdiv(n_elements, 2048),)](x0_2d, proj_2d, bias_c, resid_2d, out, n_elements,
+                                                               n_cols, BLOCK=2048, num_warps=8)
         ctx.save_for_backward(x0_2d, proj_2d, bias_c)
         ctx.shape = x0.shape
         ctx.residual_dtype = residual.dtype

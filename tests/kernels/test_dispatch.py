@@ -17,6 +17,7 @@ def test_reference_backend_wins_everywhere():
         assert dispatch.use_triton(torch.ones(3)) is False
 
 
+@pytest.mark.skipif(HAS_CUDA, reason="the interpreter is only switched on where there is no GPU")
 def test_forced_triton_backend_runs_cpu_tensors_under_the_interpreter():
     with dispatch.backend("triton"):
         assert dispatch.use_triton(torch.ones(3)) is True

@@ -1,0 +1,239 @@
+"""Per-kernel benchmark: ours (Triton) vs the PyTorch reference, eager and under torch.compile.
+
+Each row times forward + backward (triton.testing.do_bench, median of many runs) and converts the
+fewest bytes the op must move (each input read once, each output written once) into GB/s, next to
+the device-to-device copy bandwidth measured in the same run. Writes a markdown table and a PNG
+per op under --out (default benchmarks/results/).
+
+    PYTHONPATH=. python3 benchmarks/bench_kernels.py --out benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import triton
+from triton.testing import do_bench
+
+from kernels import dispatch
+from kernels.bce import bce_reference, bce_with_logits
+from kernels.cross import cross_reference, cross_tail
+from kernels.embedding import FusedEmbeddingBag, embedding_bag_reference, rowwise_adagrad_reference
+from kernels.gate import dense_gate, gate_reference
+from kernels.segment import segment_outer_sum, segment_outer_sum_reference
+
+DEVICE = "cuda"
+
+
+@dataclass
+class Row:
+    op: str
+    shape: str
+    dtype: str
+    bytes_moved: float
+    ours_ms: float
+    eager_ms: float
+    compiled_ms: float | None
+    note: str = ""
+
+
+def median_ms(fn) -> float:
+    return float(do_bench(fn, warmup=25, rep=200, return_mode="median"))
+
+
+def copy_bandwidth_gbs() -> float:
+    source = torch.randn(256 * 1024 * 1024, device=DEVICE)  # 1 GiB
+    target = torch.empty_like(source)
+    ms = median_ms(lambda: target.copy_(source))
+    return 2 * source.numel() * 4 / ms / 1e6
+
+
+def fwd_bwd(fn, inputs, grad):
+    """A closure that runs fn forward and backward to the inputs (no .grad accumulation)."""
+    needs = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+
+    def run():
+        out = fn(*inputs)
+        torch.autograd.grad(out, needs, grad)
+    return run
+
+
+def compiled(fn):
+    return torch.compile(fn, dynamic=False)
+
+
+def time_elementwise(rows, op, fn, reference, inputs, grad, bytes_moved, label, compile_it=True):
+    with dispatch.backend("triton"):
+        ours = median_ms(fwd_bwd(fn, inputs, grad))
+    with dispatch.backend("reference"):
+        eager = median_ms(fwd_bwd(reference, inputs, grad))
+        comp = median_ms(fwd_bwd(compiled(reference), inputs, grad)) if compile_it else None
+    rows.append(Row(op, label, str(inputs[0].dtype).replace("torch.", ""), bytes_moved, ours, eager, comp))
+
+
+def bench_cross(rows):
+    for (m, n), dtype in [((8192, 1677), torch.bfloat16), ((65536, 1677), torch.bfloat16),
+                          ((65536, 1677), torch.float32)]:
+        x0, p, r = (torch.randn(m, n, device=DEVICE, dtype=dtype, requires_grad=True) for _ in range(3))
+        b = torch.randn(n, device=DEVICE, dtype=dtype, requires_grad=True)
+        grad = torch.randn(m, n, device=DEVICE, dtype=dtype)
+        # forward: read x0, p, r, write out; backward: read g, x0, p, write dx0, dp (d residual is g itself)
+        bytes_moved = 9 * m * n * x0.element_size()
+        time_elementwise(rows, "cross_tail", cross_tail, cross_reference, (x0, p, b, r), grad, bytes_moved, f"{m}x{n}")
+
+
+def bench_gate(rows):
+    for (m, n), dtype in [((8192, 1024), torch.bfloat16), ((65536, 1024), torch.bfloat16),
+                          ((65536, 1024), torch.float32)]:
+        h, z = (torch.randn(m, n, device=DEVICE, dtype=dtype, requires_grad=True) for _ in range(2))
+        grad = torch.randn(m, n, device=DEVICE, dtype=dtype)
+        bytes_moved = 8 * m * n * h.element_size()  # fwd: h, z, out; bwd: g, h, z, dh, dz
+        time_elementwise(rows, "dense_gate", dense_gate, gate_reference, (h, z), grad, bytes_moved, f"{m}x{n}")
+
+
+def bench_bce(rows):
+    for n, dtype, weighted in [(8192, torch.float32, False), (64 * 1024 * 1024, torch.float32, False),
+                               (64 * 1024 * 1024, torch.bfloat16, True)]:
+        z = torch.randn(n, device=DEVICE, dtype=dtype, requires_grad=True)
+        y = torch.randint(0, 2, (n,), device=DEVICE).to(dtype)
+        w = torch.rand(n, device=DEVICE) if weighted else None
+        grad = torch.ones((), device=DEVICE)
+        bytes_moved = n * (3 * z.element_size() + (4 if weighted else 0))  # z, y, dz (+ w)
+        label = f"{n}" + (" weighted" if weighted else "")
+        time_elementwise(rows, "bce_with_logits", bce_with_logits, bce_reference, (z, y, w), grad, bytes_moved, label)
+
+
+def bench_embedding(rows):
+    dim = 64
+    for label, num_rows, n_bags, bag_len in [("26 one-hot x 8192, 2.6M rows", 2_600_000, 26 * 8192, 1),
+                                             ("8192 bags of 20, 1M rows", 1_000_000, 8192, 20)]:
+        offsets = torch.arange(0, n_bags * bag_len + 1, bag_len, device=DEVICE)
+        indices = (torch.rand(n_bags * bag_len, device=DEVICE) ** 3 * num_rows).long()  # skewed: hot rows repeat
+        grad = torch.randn(n_bags, dim, device=DEVICE)
+        module = FusedEmbeddingBag(num_rows, dim, lr=0.01, device=DEVICE)
+        weight, momentum = module.weight, module.momentum
+
+        def ours():
+            module(indices, offsets).backward(grad)
+
+        def reference():
+            embedding_bag_reference(weight, indices, offsets, "sum")
+            rowwise_adagrad_reference(weight, momentum, indices, offsets, grad, "sum", 0.01, 1e-8)
+
+        # The baseline this replaces: dense gradient of the whole table + fused Adam over every row.
+        dense_weight = torch.nn.Parameter(weight.clone())
+        adam = torch.optim.Adam([dense_weight], lr=0.01, fused=True)
+
+        def dense_adam():
+            out = torch.nn.functional.embedding_bag(indices, dense_weight, offsets, mode="sum",
+                                                    include_last_offset=True)
+            out.backward(grad)
+            adam.step()
+            adam.zero_grad(set_to_none=True)
+
+        unique_rows = int(torch.unique(indices).numel())
+        # fwd: nnz rows read + bags written; bwd: grad per occurrence read, unique rows read+written, momentum
+        bytes_moved = (2 * indices.numel() * dim + n_bags * dim + 2 * unique_rows * dim + 2 * unique_rows) * 4
+        with dispatch.backend("triton"):
+            ours_ms = median_ms(ours)
+        eager_ms = median_ms(reference)
+        dense_ms = median_ms(dense_adam)
+        rows.append(Row("embedding_bag + rowwise adagrad", label, "float32", bytes_moved, ours_ms, eager_ms, None,
+                        f"dense grad + fused Adam over the table: {dense_ms:.3f} ms"))
+
+
+def bench_segment(rows):
+    for n, d, segments, dtype in [(1_000_000, 32, 100_000, torch.float32), (1_000_000, 16, 10_000, torch.bfloat16)]:
+        x = torch.randn(n, d, device=DEVICE, dtype=dtype, requires_grad=True)
+        w = torch.rand(n, device=DEVICE, dtype=dtype, requires_grad=True)
+        ids = torch.randint(0, segments, (n,), device=DEVICE)
+        grad = torch.randn(segments, d, d, device=DEVICE, dtype=dtype)
+        size = x.element_size()
+        # fwd: x, w read, [S, d, d] written; bwd: G gathered per row, x, w read, dx, dw written
+        bytes_moved = (2 * n * d + 2 * n + segments * d * d + n * d * d + 2 * n * d + 2 * n) * size
+
+        def ours():
+            out = segment_outer_sum(x, w, ids, segments)
+            torch.autograd.grad(out, (x, w), grad)
+
+        def reference():
+            out = segment_outer_sum_reference(x, w, ids, segments)
+            torch.autograd.grad(out, (x, w), grad)
+        with dispatch.backend("triton"):
+            ours_ms = median_ms(ours)
+        rows.append(Row("segment_outer_sum", f"N={n} d={d} S={segments}", str(dtype).replace("torch.", ""),
+                        bytes_moved, ours_ms, median_ms(reference), None, "unsorted ids"))
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    return (f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
+            f"CPU {cpu} ({torch.get_num_threads()} threads), {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")
+
+
+def write(rows: list[Row], copy_gbs: float, out_dir: Path) -> None:
+    lines = [f"# Kernel benchmark ({machine()})", "",
+             f"Copy bandwidth measured in this run (device-to-device, read + write): **{copy_gbs:.0f} GB/s**. "
+             "Times are forward + backward, triton.testing.do_bench median, in ms. GB/s counts the fewest bytes "
+             "the op must move; % copy = that over the copy bandwidth.", "",
+             "| op | shape | dtype | ours ms | eager ms | compiled ms | vs eager | vs compiled | ours GB/s | % copy | note |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        gbs = r.bytes_moved / r.ours_ms / 1e6
+        comp = f"{r.compiled_ms:.3f}" if r.compiled_ms else "n/a"
+        vs_comp = f"{r.compiled_ms / r.ours_ms:.2f}x" if r.compiled_ms else "n/a"
+        lines.append(f"| {r.op} | {r.shape} | {r.dtype} | {r.ours_ms:.3f} | {r.eager_ms:.3f} | {comp} | "
+                     f"{r.eager_ms / r.ours_ms:.2f}x | {vs_comp} | {gbs:.0f} | {100 * gbs / copy_gbs:.0f}% | {r.note} |")
+    text = "\n".join(lines) + "\n"
+    gpu = torch.cuda.get_device_name().replace(" ", "-").lower()
+    (out_dir / f"kernels-{gpu}.md").write_text(text)
+    print(text)
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    ops = list(dict.fromkeys(r.op for r in rows))
+    fig, axes = plt.subplots(1, len(ops), figsize=(5 * len(ops), 4.5))
+    for ax, op in zip(axes, ops):
+        subset = [r for r in rows if r.op == op]
+        xs = range(len(subset))
+        width = 0.27
+        ax.bar([x - width for x in xs], [r.ours_ms for r in subset], width, label="ours (Triton)")
+        ax.bar(list(xs), [r.eager_ms for r in subset], width, label="PyTorch eager")
+        ax.bar([x + width for x in xs], [r.compiled_ms or 0 for r in subset], width, label="torch.compile")
+        ax.set_xticks(list(xs), [f"{r.shape}\n{r.dtype}" for r in subset], fontsize=7)
+        ax.set_title(op)
+        ax.set_ylabel("fwd+bwd ms (median)")
+        ax.set_yscale("log")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(machine(), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / f"kernels-{gpu}.png", dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_kernels needs a CUDA GPU")
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    copy_gbs = copy_bandwidth_gbs()
+    rows: list[Row] = []
+    for bench in (bench_cross, bench_gate, bench_bce, bench_embedding, bench_segment):
+        bench(rows)
+        torch.cuda.empty_cache()
+    write(rows, copy_gbs, args.out)
+
+
+if __name__ == "__main__":
+    main()
