@@ -84,7 +84,8 @@ def logical_day(data_interval_start: datetime | None) -> date:
         raise AirflowFailException(
             "this run has no data interval: trigger it with a logical date, or through a backfill"
         )
-    return data_interval_start.astimezone(timezone.utc).date()
+    utc = data_interval_start.astimezone(timezone.utc)
+    return date(utc.year, utc.month, utc.day)  # a plain date, not pendulum's subclass
 
 
 def _validation_failure(error: BaseException) -> bool:
@@ -114,10 +115,13 @@ def run_stage(area: str, function: str, *args: Any, **kwargs: Any) -> dict:
     except Exception as error:
         if not _validation_failure(error):
             raise
+        # ValidationFailed.summary names the failed expectations, the report and the Data Docs page.
         summary = getattr(error, "summary", str(error))
         report = getattr(error, "report_path", None)
-        log.error("validation failed in %s.%s: %s\nreport: %s", area, function, summary, report)
-        raise AirflowFailException(f"validation failed: {summary} (report: {report})") from error
+        if report is not None and str(report) not in summary:
+            summary += f"\n  report: {report}"
+        log.error("validation failed in %s.%s:\n%s", area, function, summary)
+        raise AirflowFailException(f"validation failed, not retrying:\n{summary}") from error
     log.info("%s.%s -> %s", area, function, result)
     return result
 

@@ -1,0 +1,73 @@
+"""The shared wiring: which days a run processes, and how stage failures reach Airflow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+
+import pytest
+from airflow.sdk.exceptions import AirflowFailException
+
+from dags._common import FEATURES, logical_day, run_stage, training_window, triggered_days
+from tests.dags.conftest import validation_failure
+
+
+@dataclass
+class FakeSourceRun:
+    data_interval_start: datetime | None
+
+
+@dataclass
+class FakeEvent:
+    extra: dict
+    source_dag_run: FakeSourceRun | None = None
+
+
+def utc(day: str) -> datetime:
+    return datetime.fromisoformat(day).replace(tzinfo=timezone.utc)
+
+
+def test_one_run_consuming_several_feature_events_processes_every_day_oldest_first():
+    events = {FEATURES: [FakeEvent({"day": "2026-01-03"}), FakeEvent({"day": "2026-01-02"}),
+                         FakeEvent({}, FakeSourceRun(utc("2026-01-04"))), FakeEvent({"day": "2026-01-03"})]}
+    assert triggered_days(events, FEATURES) == [date(2026, 1, 2), date(2026, 1, 3), date(2026, 1, 4)]
+
+
+def test_a_manual_day_wins_and_no_day_at_all_fails_without_retry():
+    assert triggered_days({}, FEATURES, "2026-01-05") == [date(2026, 1, 5)]
+    with pytest.raises(AirflowFailException, match="no day to process"):
+        triggered_days({FEATURES: []}, FEATURES)
+
+
+def test_logical_day_is_the_utc_start_of_the_data_interval():
+    assert logical_day(datetime(2026, 1, 2, 23, 0, tzinfo=timezone.utc)) == date(2026, 1, 2)
+    assert type(logical_day(utc("2026-01-02"))) is date
+    with pytest.raises(AirflowFailException, match="no data interval"):
+        logical_day(None)
+
+
+def test_weekly_window_is_the_data_interval_and_params_override_it():
+    assert training_window(utc("2026-01-04"), utc("2026-01-11"), {}) == (date(2026, 1, 4), date(2026, 1, 10))
+    params = {"start": "2026-01-01", "end": "2026-01-03"}
+    assert training_window(utc("2026-01-04"), utc("2026-01-11"), params) == (date(2026, 1, 1), date(2026, 1, 3))
+
+
+def test_manual_window_without_interval_ends_at_the_newest_training_set(rankflow_data_dir, tmp_path):
+    data_dir = rankflow_data_dir(tmp_path / "data")
+    for day in ("2026-01-02", "2026-01-09"):
+        (data_dir / "features" / "training_set" / f"dt={day}").mkdir(parents=True)
+    assert training_window(None, None, {}) == (date(2026, 1, 3), date(2026, 1, 9))
+
+
+def test_validation_failure_fails_fast_with_the_report_and_other_errors_propagate(fake_stages, rankflow_data_dir,
+                                                                                   tmp_path):
+    report = tmp_path / "reports/validation/raw_events/dt=2026-01-02/result.json"
+    fake_stages.failures["validate_raw"] = validation_failure(date(2026, 1, 2), report)
+    with pytest.raises(AirflowFailException) as failed:
+        run_stage("features", "validate_raw", date(2026, 1, 2))
+    assert str(report) in str(failed.value) and "label: values outside" in str(failed.value)
+
+    fake_stages.failures["build_features"] = ConnectionError("spark driver lost")
+    with pytest.raises(ConnectionError):  # not AirflowFailException: DEFAULT_ARGS retries it
+        run_stage("features", "build_features", date(2026, 1, 2))
+    assert run_stage("features", "materialize", date(2026, 1, 2))["args"] == ["2026-01-02"]
