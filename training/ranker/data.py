@@ -207,7 +207,7 @@ def encode_table(table: Any, spec: dict[str, Any], config: RankerConfig, source:
         event = torch.from_numpy(np.array(table.column("event_id").to_numpy(zero_copy_only=False), dtype=np.int64))
     return Batch(
         torch.from_numpy(np.ascontiguousarray(sparse, dtype=np.int64)), torch.from_numpy(np.ascontiguousarray(dense)),
-        bag_values, bag_offsets, torch.from_numpy(label), torch.from_numpy(weight),
+        bag_values, bag_offsets, torch.from_numpy(np.array(label)), torch.from_numpy(np.array(weight)),
         torch.from_numpy(member.astype(np.int64)), event,
     )
 

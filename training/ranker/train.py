@@ -15,7 +15,7 @@
 - Calibration: the last `holdout_fraction` of the newest day is never trained on; the isotonic layer
   is fitted on it after training.
 
-Run as a script:  python -m training.ranker.train --training-set DIR --start D1 --end D2 --out CKPT
+Run as a script:  python -m training.ranker.train --training-set DIR --first-day D1 --last-day D2 --out CKPT
 (or torchrun --nproc_per_node=2 -m training.ranker.train ... with the same flags).
 """
 
@@ -275,8 +275,8 @@ def main(argv: list[str] | None = None) -> None:
     """Command-line entry for plain python and torchrun (same flags)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--training-set", type=Path, required=True, help="features/training_set folder")
-    parser.add_argument("--start", required=True)
-    parser.add_argument("--end", required=True)
+    parser.add_argument("--first-day", required=True, help="first training day YYYY-MM-DD (not --start: torchrun owns --start-method)")
+    parser.add_argument("--last-day", required=True)
     parser.add_argument("--out", type=Path, required=True, help="checkpoint folder (written by rank 0)")
     parser.add_argument("--warm-start", type=Path, default=None, help="checkpoint to continue from")
     parser.add_argument("--backend", default=None, help="process-group backend (default nccl on GPU, gloo on CPU)")
@@ -294,12 +294,12 @@ def main(argv: list[str] | None = None) -> None:
         warm = load_checkpoint(args.warm_start, sparse_gradients=not context.enabled)
     spec = data.read_spec(args.training_set)
     model_config = RankerConfig.from_spec(spec, **json.loads(args.model_config))
-    result = train_ranker(args.training_set, _days(args.start, args.end), model_config, train_config, warm,
+    result = train_ranker(args.training_set, _days(args.first_day, args.last_day), model_config, train_config, warm,
                           context=context)
     if context.is_main:
         from training.ranker.checkpoint import save_checkpoint
 
-        save_checkpoint(result.model, args.out, {"days": [args.start, args.end], "world_size": context.world_size,
+        save_checkpoint(result.model, args.out, {"days": [args.first_day, args.last_day], "world_size": context.world_size,
                                                   "seconds": result.seconds, "rows": result.rows})
         (args.out / "history.json").write_text(json.dumps(
             {"history": result.history, "seconds": result.seconds, "rows": result.rows,

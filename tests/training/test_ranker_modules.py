@@ -1,0 +1,175 @@
+"""Each ranker module against the equation in its docstring, plus the loader, metrics and checkpoints."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from training.ranker import data
+from training.ranker.calibration import IsotonicCalibration, pool_adjacent_violators
+from training.ranker.checkpoint import load_checkpoint, save_checkpoint
+from training.ranker.cross import ResidualCrossLayer
+from training.ranker.embeddings import EmbeddingBags, HashedEmbeddings
+from training.ranker.evaluate import auc, expected_calibration_error, normalized_entropy
+from training.ranker.gate import DenseGate
+from training.ranker.model import Ranker, RankerConfig
+from training.ranker.optim import RowWiseAdagrad
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 shared cores: oversubscribed OpenMP threads are 20x slower here
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_residual_cross_layer_is_its_equation(attention):
+    torch.manual_seed(0)
+    layer = ResidualCrossLayer(dim=12, rank=5, attention=attention, temperature=2.0)
+    with torch.no_grad():
+        layer.bias.normal_()
+    x0, x = torch.randn(7, 12), torch.randn(7, 12)
+    low = x @ layer.down.weight.T
+    v = low[:, :5]
+    if attention:
+        q, k = low[:, 5:10], low[:, 10:15]
+        scores = torch.softmax(q.unsqueeze(2) * k.unsqueeze(1) / 2.0, dim=-1)   # [B, r, r] explicitly
+        z = v + (scores @ v.unsqueeze(2)).squeeze(2)
+    else:
+        z = v
+    expected = x0 * (z @ layer.up.weight.T + layer.bias) + x
+    torch.testing.assert_close(layer(x0, x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_dense_gate_is_its_equation():
+    torch.manual_seed(0)
+    gate = DenseGate(6, 4)
+    h = torch.randn(5, 6)
+    w, g = gate.linear.weight[:4], gate.linear.weight[4:]
+    b, c = gate.linear.bias[:4], gate.linear.bias[4:]
+    expected = torch.relu(h @ w.T + b) * torch.sigmoid(h @ g.T + c)
+    torch.testing.assert_close(gate(h), expected)
+
+
+def test_hashed_embeddings_use_one_block_per_feature_and_bags_average():
+    table = HashedEmbeddings([4, 3], dim=2)
+    ids = torch.tensor([[1, 2], [0, 0]])
+    out = table(ids)
+    torch.testing.assert_close(out[0, 1], table.weight[4 + 2])
+    torch.testing.assert_close(out[1, 0], table.weight[0])
+    bags = EmbeddingBags([5], dim=3)
+    values, offsets = torch.tensor([1, 2, 4]), torch.tensor([0, 2, 3])   # bags {1,2}, {4}, {}
+    pooled = bags([values], [offsets])
+    weight = bags.tables[0].weight
+    torch.testing.assert_close(pooled[0, 0], (weight[1] + weight[2]) / 2)
+    assert torch.equal(pooled[2, 0], torch.zeros(3))
+
+
+def test_fused_table_update_equals_rowwise_adagrad():
+    torch.manual_seed(0)
+    ids = torch.tensor([[1, 0], [1, 2], [3, 2]])
+    upstream = torch.randn(3, 2, 4)
+    fused, plain = HashedEmbeddings([5, 5], 4), HashedEmbeddings([5, 5], 4)
+    plain.weight.data.copy_(fused.weight.data)
+    fused.enable_fused_optimizer(lr=0.1)
+    (fused(ids) * upstream).sum().backward()
+    optimizer = RowWiseAdagrad([plain.weight], lr=0.1)
+    (plain(ids) * upstream).sum().backward()
+    optimizer.step()
+    torch.testing.assert_close(fused.weight.data, plain.weight.data)
+    assert not torch.equal(fused.weight.data[1], HashedEmbeddings([5, 5], 4).weight.data[1])
+
+
+def test_rowwise_adagrad_dense_and_sparse_gradients_agree():
+    torch.manual_seed(0)
+    weight_sparse = torch.nn.Parameter(torch.randn(6, 3))
+    weight_dense = torch.nn.Parameter(weight_sparse.detach().clone())
+    ids, upstream = torch.tensor([0, 4, 4]), torch.randn(3, 3)
+    for weight, sparse in ((weight_sparse, True), (weight_dense, False)):
+        (torch.nn.functional.embedding(ids, weight, sparse=sparse) * upstream).sum().backward()
+        RowWiseAdagrad([weight], lr=0.2).step()
+    torch.testing.assert_close(weight_sparse, weight_dense)
+
+
+def test_pool_adjacent_violators_gives_the_weighted_isotonic_fit():
+    values, _, index = pool_adjacent_violators(np.array([1.0, 3.0, 2.0, 4.0]), np.array([1.0, 1.0, 3.0, 1.0]))
+    assert values.tolist() == [1.0, 2.25, 4.0] and index.tolist() == [0, 1, 1, 2]
+
+
+def test_isotonic_calibration_fixes_miscalibrated_scores_and_keeps_order():
+    rng = np.random.default_rng(0)
+    true_logit = rng.normal(-1.5, 1.2, 40_000)
+    labels = (rng.uniform(size=true_logit.size) < 1 / (1 + np.exp(-true_logit))).astype(np.float32)
+    model_logit = torch.tensor(2.0 * true_logit + 1.0)          # overconfident and shifted
+    raw = torch.sigmoid(model_logit).numpy()
+    calibration = IsotonicCalibration(32).fit(model_logit[:20_000], torch.tensor(labels[:20_000]))
+    calibrated = calibration(model_logit[20_000:]).numpy()
+    truth = 1 / (1 + np.exp(-true_logit[20_000:]))
+    noise_floor = expected_calibration_error(truth, labels[20_000:])   # ECE of the true probabilities
+    assert expected_calibration_error(raw[20_000:], labels[20_000:]) > 0.05
+    assert expected_calibration_error(calibrated, labels[20_000:]) < noise_floor + 0.006
+    grid = torch.linspace(-8, 8, 500)
+    assert (torch.diff(calibration(grid)) >= 0).all()            # monotone: ranking never reversed
+
+
+def test_auc_matches_pairwise_count_and_entropy_metrics():
+    rng = np.random.default_rng(1)
+    scores, labels = rng.integers(0, 5, 300).astype(float), rng.integers(0, 2, 300)
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    pairwise = ((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])).mean()
+    assert auc(scores, labels) == pytest.approx(pairwise)
+    base = labels.mean()
+    assert normalized_entropy(np.full(300, base), labels) == pytest.approx(1.0, abs=1e-9)
+
+
+def _table() -> pa.Table:
+    return pa.table({
+        "member_id": pa.array([7, 8, None], pa.int64()), "item_id": pa.array([1, 1, 2], pa.int64()),
+        "m_industry": pa.array(["tech", None, "tech"]), "j_skills": pa.array([["a", "b"], None, ["b"]], pa.list_(pa.string())),
+        "rate": pa.array([0.5, None, 2.0], pa.float32()), "meta": pa.array([[1.0, 2.0], None, [3.0, 4.0]], pa.list_(pa.float32())),
+        "label": pa.array([1, 0, 1], pa.int8()),
+    })
+
+
+SPEC = {"label": "label", "member": "member_id", "item": "item_id", "categorical": ["m_industry"],
+        "multi_valued": ["j_skills"], "dense": ["rate"], "embeddings": {"meta": 2}}
+
+
+def test_encode_table_hashes_deterministically_and_reads_nulls_as_missing():
+    config = RankerConfig.from_spec(SPEC, id_buckets=1000, categorical_buckets=50)
+    batch = data.encode_table(_table(), SPEC, config)
+    assert batch.sparse[2, 0] == 0 and batch.sparse[1, 2] == 0            # null id / category -> row 0
+    assert batch.sparse[0, 2] == batch.sparse[2, 2] != 0                 # same string, same row
+    assert torch.equal(batch.sparse, data.encode_table(_table(), SPEC, config).sparse)
+    assert batch.bag_offsets[0].tolist() == [0, 2, 2] and batch.bag_values[0][1] == batch.bag_values[0][2]
+    assert batch.dense.tolist() == [[0.5, 1.0, 2.0], [0.0, 0.0, 0.0], [2.0, 3.0, 4.0]]
+    assert batch.weight.tolist() == [1.0, 1.0, 1.0]
+    picked = batch.take(torch.tensor([2, 0]))
+    assert picked.bag_offsets[0].tolist() == [0, 1] and picked.bag_values[0].tolist() == [
+        batch.bag_values[0][2].item(), *batch.bag_values[0][:2].tolist()]
+
+
+def test_encode_table_names_the_missing_column():
+    config = RankerConfig.from_spec({**SPEC, "dense": ["rate", "salary"]})
+    with pytest.raises(KeyError, match="salary"):
+        data.encode_table(_table(), SPEC, config, source="dt=2026-01-02/part-0.parquet")
+
+
+def test_checkpoint_round_trip_without_pickle(tmp_path):
+    torch.manual_seed(0)
+    config = RankerConfig.from_spec(SPEC, id_buckets=100, categorical_buckets=20, transformer_layers=1)
+    model = Ranker(config).eval()
+    batch = data.encode_table(_table(), SPEC, config)
+    model.calibration.fit(torch.randn(200), (torch.rand(200) < 0.3).float())
+    save_checkpoint(model, tmp_path, {"note": "test"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    assert not (tmp_path / "model.safetensors").read_bytes().startswith(b"\x80")   # not a pickle stream
+    loaded = load_checkpoint(tmp_path)
+    torch.testing.assert_close(loaded.probability(*batch.inputs), model.probability(*batch.inputs))
+    assert loaded.config == config

@@ -1,0 +1,98 @@
+"""Training: deterministic by seed, beats logistic regression, warm start, and torchrun DDP = one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ranker_testdata import days, write_training_set
+from training.ranker import data
+from training.ranker.evaluate import auc
+from training.ranker.logistic import LogisticRegression
+from training.ranker.model import RankerConfig
+from training.ranker.train import TrainConfig, predict_logits, train_ranker
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL = {"cross_layers": 1, "cross_rank": 8, "mlp_widths": (32, 16), "embedding_dim": 8}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def training_set(tmp_path_factory) -> Path:
+    return write_training_set(tmp_path_factory.mktemp("ranker"), days=4, rows_per_day=3000)
+
+
+def _config(training_set: Path, **overrides) -> RankerConfig:
+    return RankerConfig.from_spec(data.read_spec(training_set), **{**SMALL, **overrides})
+
+
+def _next_day_auc(model, training_set: Path) -> float:
+    spec = data.read_spec(training_set)
+    rows = data.load_rows(data.day_files(training_set, days(4)[3:]), spec, model.config)
+    return auc(predict_logits(model, rows).numpy(), rows.label.numpy())
+
+
+def test_same_seed_same_model_other_seed_differs(training_set):
+    config = TrainConfig(epochs=1, seed=3, log_every=1)
+    first = train_ranker(training_set, days(2), _config(training_set), config)
+    second = train_ranker(training_set, days(2), _config(training_set), config)
+    other = train_ranker(training_set, days(2), _config(training_set), TrainConfig(epochs=1, seed=4, log_every=1))
+    assert [h["loss"] for h in first.history] == [h["loss"] for h in second.history]
+    assert [h["loss"] for h in first.history] != [h["loss"] for h in other.history]
+    assert first.history[-1]["loss"] < first.history[0]["loss"]
+
+
+def test_ranker_beats_logistic_regression_next_day(training_set):
+    config = TrainConfig(epochs=3)
+    ranker = train_ranker(training_set, days(3), _config(training_set), config).model
+    logistic = train_ranker(training_set, days(3), _config(training_set), config, model_factory=LogisticRegression).model
+    ranker_auc, logistic_auc = _next_day_auc(ranker, training_set), _next_day_auc(logistic, training_set)
+    assert ranker_auc > 0.74
+    assert ranker_auc > logistic_auc
+
+
+def test_warm_start_continues_from_the_previous_model(training_set):
+    config = TrainConfig(epochs=2)
+    base = train_ranker(training_set, days(2), _config(training_set), config).model
+    before = _next_day_auc(base, training_set)
+    normalizer = base.normalizer.mean.clone()
+    warm = train_ranker(training_set, [days(3)[2]], None, config, warm_start=base)
+    assert warm.model is base and torch.equal(base.normalizer.mean, normalizer)   # statistics kept
+    assert warm.rows < 3000                                                        # one day only
+    assert _next_day_auc(warm.model, training_set) > before - 0.01
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_follow_the_single_process_loss_curve(training_set, tmp_path):
+    common = ["--training-set", str(training_set), "--first-day", days(2)[0].isoformat(), "--last-day", days(2)[1].isoformat(),
+              "--epochs", "1", "--batch-size", "256", "--log-every", "1", "--device", "cpu",
+              "--model-config", json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in SMALL.items()})]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    single = subprocess.run([sys.executable, "-m", "training.ranker.train", *common, "--out", str(tmp_path / "one")],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533"]
+    double = subprocess.run([*torchrun, "-m", "training.ranker.train", *common, "--backend", "gloo",
+                             "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
+    assert double.returncode == 0, double.stderr[-2000:]
+    one = json.loads((tmp_path / "one" / "history.json").read_text())
+    two = json.loads((tmp_path / "two" / "history.json").read_text())
+    assert two["world_size"] == 2 and one["rows"] == two["rows"]
+    losses_one = torch.tensor([h["loss"] for h in one["history"]])
+    losses_two = torch.tensor([h["loss"] for h in two["history"]])
+    assert losses_one.shape == losses_two.shape
+    # Same global batches, gradients averaged over the two shards: the curves coincide up to float noise.
+    assert (losses_one - losses_two).abs().max() < 1e-3
