@@ -47,6 +47,13 @@ def segment_outer_sum(
     fused = _fused_outer_sum(features)
     if fused is not None:
         return fused(features, weights, segment_ids, num_segments, ids_sorted=sorted_ids)
+    if sorted_ids:
+        return _bucketed_outer_sum(features, weights, segment_ids, num_segments, block_elements)
+    return _blocked_outer_sum(features, weights, segment_ids, num_segments, block_elements)
+
+
+def _blocked_outer_sum(features, weights, segment_ids, num_segments, block_elements):
+    """index_add_ of per-event outer products, a block of events at a time (any id order)."""
     events, dim = features.shape
     out = features.new_zeros((num_segments, dim * dim))
     block = max(1, block_elements // (dim * dim))
@@ -55,3 +62,36 @@ def segment_outer_sum(
         outer = (x * weights[start : start + block, None]).unsqueeze(2) * x.unsqueeze(1)
         out.index_add_(0, segment_ids[start : start + block], outer.reshape(-1, dim * dim))
     return out.view(num_segments, dim, dim)
+
+
+def _bucketed_outer_sum(features, weights, segment_ids, num_segments, block_elements):
+    """X_s^T W_s X_s by batched matmul, segments grouped by length rounded up to a power of two.
+
+    Events are contiguous per segment (sorted ids). A segment of c events is padded to the bucket length
+    L = 2^ceil(log2 c) < 2c, so the padded copy is under twice the events (never the largest segment's
+    length for all), and no (events, d, d) tensor exists: the d x d sums come out of BLAS.
+    """
+    events, dim = features.shape
+    out = features.new_zeros((num_segments, dim, dim))
+    if events == 0:
+        return out
+    counts = torch.bincount(segment_ids, minlength=num_segments)
+    starts = torch.cumsum(counts, 0) - counts
+    weighted = features * weights.unsqueeze(1)
+    present = (counts > 0).nonzero().squeeze(1)
+    exponent = torch.ceil(torch.log2(counts[present].double())).long()
+    for power in torch.unique(exponent).tolist():
+        length = 1 << power
+        group = present[exponent == power]
+        # Bound the (group, length, d) gathers by block_elements, a slice of segments at a time.
+        per_slice = max(1, block_elements // (length * dim))
+        for first in range(0, group.numel(), per_slice):
+            segments = group[first : first + per_slice]
+            offsets = torch.arange(length, device=features.device)
+            rows = starts[segments, None] + offsets
+            valid = offsets < counts[segments, None]
+            rows = torch.where(valid, rows, 0)
+            x = features[rows]
+            xw = weighted[rows] * valid.unsqueeze(2)
+            out[segments] = torch.bmm(xw.transpose(1, 2), x)
+    return out
