@@ -278,8 +278,18 @@ def _architecture(config, overrides: dict[str, Any] | None) -> dict[str, Any]:
     return values
 
 
-def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(values, default=str))
+def _jsonable(values: Any) -> Any:
+    """JSON types only, with None left out (BentoML rejects None in metadata)."""
+    values = json.loads(json.dumps(values, default=str))
+
+    def clean(item: Any) -> Any:
+        if isinstance(item, dict):
+            return {k: clean(v) for k, v in item.items() if v is not None}
+        if isinstance(item, list):
+            return [clean(v) for v in item if v is not None]
+        return item
+
+    return clean(values)
 
 
 def promote(settings: Settings, tag: str, policy: PromotionPolicy = PromotionPolicy()) -> dict[str, Any]:
@@ -314,11 +324,11 @@ def promote(settings: Settings, tag: str, policy: PromotionPolicy = PromotionPol
     if ours_value is not None and theirs_value is not None and ours_value >= theirs_value + policy.margin:
         _write_serving(settings, MODEL_NAME, tag, [current, *history])
         _relabel(settings, current, "candidate", replaced_by=tag)
-        _relabel(settings, tag, "serving", promotion=comparison)
+        _relabel(settings, tag, "serving", promotion=_jsonable(comparison))
         return {"tag": tag, "status": "serving", "reason": f"{policy.metric} {ours_value:.4f} >= {theirs_value:.4f} + {policy.margin}", **comparison}
     reason = (f"{policy.metric} {ours_value:.4f} on {day} does not beat the serving model's "
               f"{theirs_value:.4f} by the margin {policy.margin}")
-    _relabel(settings, tag, "rejected", rejection_reason=reason, promotion=comparison)
+    _relabel(settings, tag, "rejected", rejection_reason=reason, promotion=_jsonable(comparison))
     return {"tag": tag, "status": "rejected", "reason": reason, **comparison}
 
 

@@ -1,0 +1,55 @@
+"""The ranker stage: register candidates in the BentoML store, promote only a better model, roll back."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from rankflow.config import load_settings
+from rankflow.stages import ranker as stage
+from ranker_testdata import days, write_training_set
+from training.ranker.train import TrainConfig
+
+SMALL = {"cross_layers": 1, "cross_rank": 8, "mlp_widths": (32, 16), "embedding_dim": 8}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_promotion_refuses_a_worse_model_and_keeps_the_serving_one(tmp_path):
+    write_training_set(tmp_path, days=4, rows_per_day=3000)
+    settings = load_settings(tmp_path)
+    good = stage.train(settings, days(3)[0], days(3)[2], eval_days=1, warm_start=False,
+                       train_config=TrainConfig(epochs=3), model_overrides=SMALL)
+    assert good["metrics"]["auc"] > 0.7 and good["eval_days"] == [days(4)[3].isoformat()]
+    assert stage.promote(settings, good["tag"])["status"] == "serving"
+    assert stage.serving_tag(settings) == good["tag"]
+    assert (tmp_path / "reports" / "ranker" / good["tag"].split(":")[1] / "report.png").stat().st_size > 10_000
+
+    # Deliberately worse: one pass with learning rates too small to learn anything.
+    worse = stage.train(settings, days(3)[0], days(3)[2], eval_days=1, warm_start=False,
+                        train_config=TrainConfig(epochs=1, dense_lr=1e-7, embedding_lr=1e-7), model_overrides=SMALL)
+    decision = stage.promote(settings, worse["tag"])
+    assert decision["status"] == "rejected" and decision["candidate"] < decision["serving"]
+    assert stage.serving_tag(settings) == good["tag"]
+    info = stage.model_info(settings, worse["tag"])
+    assert info["labels"]["status"] == "rejected" and "does not beat" in info["metadata"]["rejection_reason"]
+    assert stage.model_info(settings, good["tag"])["labels"]["status"] == "serving"
+
+    # Warm start from the serving model on the newest day only, then roll back to the first.
+    warm = stage.train(settings, days(3)[0], days(3)[2], eval_days=1, warm_start=True,
+                       train_config=TrainConfig(epochs=3))
+    assert warm["warm_start_from"] == good["tag"] and warm["trained_days"] == [days(3)[2].isoformat()]
+    promoted = stage.promote(settings, warm["tag"], stage.PromotionPolicy(margin=-1.0))   # force a promotion
+    assert promoted["status"] == "serving"
+    history = json.loads((tmp_path / "models" / "serving.json").read_text())["rankflow-ranker"]["history"]
+    assert history == [good["tag"]]
+    assert stage.rollback(settings)["tag"] == good["tag"] and stage.serving_tag(settings) == good["tag"]
+    assert stage.evaluate(settings, good["tag"], days(4)[3])["auc"] == pytest.approx(good["metrics"]["auc"])
