@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?= data
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast venv clean-venv gpu-test
+.PHONY: demo test test-fast venv clean-venv chromium
 
 $(STAMP): pyproject.toml
 	@command -v java >/dev/null || { echo "Java 17+ is needed for Spark (apt-get install openjdk-17-jre-headless)"; exit 1; }
@@ -22,8 +22,12 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/rankflow demo --data-dir $(DATA_DIR)
 
+# Headless Chromium renders Data Docs and the Airflow grid in tests (Debian package, installed once).
+chromium:
+	@bash scripts/ensure_chromium.sh
+
 # All tests, slow ones included. pytest exits 5 when it collects nothing: make fails on it.
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
