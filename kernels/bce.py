@@ -78,8 +78,12 @@ if triton is not None:
         else:
             w = tl.where(mask, 1.0, 0.0)
             inv_weight_sum = 1.0 / n_elements  # n_elements may be the constexpr 1
-        # log(1 + e^-|z|) keeps exp from overflowing for either sign of z.
-        loss = tl.maximum(z, 0.0) - z * y + tl.log(1.0 + tl.exp(-tl.abs(z)))
+        # log1p(e^-|z|) keeps exp from overflowing for either sign of z; Kahan's log1p form
+        # log(u) * t / (u - 1) stays exact to float32 rounding when t = e^-|z| is tiny.
+        t = tl.exp(-tl.abs(z))
+        u = 1.0 + t
+        log1p_t = tl.where(u == 1.0, t, tl.log(u) * t / (u - 1.0))
+        loss = tl.maximum(z, 0.0) - z * y + log1p_t
         tl.store(loss_partial_ptr + pid, tl.sum(w * loss, axis=0) * inv_weight_sum)
         if STORE_GRAD:
             grad = (tl.sigmoid(z) - y) * w * inv_weight_sum
