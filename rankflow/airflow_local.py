@@ -71,9 +71,12 @@ class AirflowOptions:
     def sql_alchemy_conn(self) -> str:
         if self.db_url is None:
             return f"sqlite:///{self.home / 'airflow.db'}"
-        if not self.db_url.startswith(("postgresql://", "postgresql+psycopg2://")):
+        if self.db_url.startswith("postgresql+psycopg2://"):
+            return self.db_url
+        if not self.db_url.startswith("postgresql://"):
             raise ValueError(f"--db: expected postgresql://user@host:port/database, got {self.db_url!r}")
-        return self.db_url
+        # SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3; the installed driver is psycopg2.
+        return "postgresql+psycopg2://" + self.db_url.removeprefix("postgresql://")
 
 
 @dataclass(frozen=True)
