@@ -10,7 +10,8 @@ Every suite in rankflow goes through `run_suite`:
 3. the result is written atomically to `reports/validation/<suite>/dt=D/result.json` (re-validating a
    day replaces it; GX's own store and Data Docs page for that day are replaced too, because the run
    id is the logical day, not the wall clock);
-4. a failure raises `ValidationFailed` with a readable summary.
+4. the Data Docs index gets a static list of every kept result (`offline_index`: GX's own list needs
+   CDN scripts), and a failure raises `ValidationFailed` with a readable summary.
 
 The GX context is built once per process and reports directory (building it and importing GX cost
 ~3 s; a run on a 200k-row frame costs well under a second). A file lock serialises runs that share a
@@ -36,6 +37,7 @@ import pandas as pd
 
 from rankflow.logs import configure_logging, get_logger
 from rankflow.paths import atomic_write_bytes, dt_partition
+from validation.offline_index import write_offline_index
 from validation.result import ValidationFailed, ValidationResult
 from validation.summary import describe_failure
 
@@ -196,8 +198,8 @@ def run_suite(
         ((result_key, suite_result),) = outcome.run_results.items()
         urls = context.get_docs_sites_urls(resource_identifier=result_key, site_name=SITE, only_if_exists=False)
 
-    flag_sources = {flag.column: flag.source for flag in flags}
-    failures = [describe_failure(item, validated, flag_sources) for item in suite_result.results if not item.success]
+    by_column = {flag.column: flag for flag in flags}
+    failures = [describe_failure(item, frame, by_column) for item in suite_result.results if not item.success]
     statistics = dict(suite_result.statistics)
     statistics.update(rows=int(len(frame)), seconds=round(time.perf_counter() - started, 3))
     page = _url_to_path(urls[0]["site_url"]) if urls and urls[0].get("site_url") else None
@@ -206,7 +208,9 @@ def run_suite(
     result = ValidationResult(success=bool(suite_result.success), suite=suite, day=day, statistics=statistics,
                               failures=failures, report_path=report_path, data_docs_page=page)
     payload = {**result.to_dict(), "gx_result": suite_result.to_json_dict()}
-    atomic_write_bytes(report_path, json.dumps(payload, indent=1, default=str).encode())
+    with _reports_lock(reports_dir):
+        atomic_write_bytes(report_path, json.dumps(payload, indent=1, default=str).encode())
+        write_offline_index(reports_dir)
     if result.success:
         log.info("validation %s %s passed (%d rows, %.2fs)", suite, day, len(frame), statistics["seconds"])
     else:
@@ -226,6 +230,7 @@ def build_data_docs(reports_dir: Path) -> Path:
     with _reports_lock(reports_dir):
         context = gx_context(reports_dir)
         context.build_data_docs(site_names=[SITE])
+        write_offline_index(reports_dir)
     index = Path(reports_dir).resolve() / "data_docs" / "index.html"
     if not index.exists():
         raise FileNotFoundError(f"GX built Data Docs but {index} is missing")

@@ -50,11 +50,20 @@ def _expected(kwargs: Mapping[str, Any]) -> str:  # noqa: C901 (one branch per k
     return "; ".join(parts) or "the expectation to hold"
 
 
-def describe_failure(outcome: Any, frame: pd.DataFrame, flag_sources: Mapping[str, str]) -> str:
+def _example(value: Any, rule: str) -> Any:
+    """An offending value as a person wants to see it: for a vector that is not finite, where it is not."""
+    if rule == "finite" and isinstance(value, (list, tuple, np.ndarray)):
+        elements = np.asarray(value, dtype=np.float64)
+        positions = np.flatnonzero(~np.isfinite(elements))[:3]
+        return "{" + ", ".join(f"[{position}]={elements[position]}" for position in positions) + "}"
+    return value
+
+
+def describe_failure(outcome: Any, frame: pd.DataFrame, flags: Mapping[str, Any]) -> str:
     """Render one failed GX `ExpectationValidationResult` as a line.
 
-    `flag_sources` maps a derived flag column (e.g. `member_id:known`) to the column it judges, so
-    the examples show offending member ids rather than `False`.
+    `frame` is the caller's frame (not the one GX saw); `flags` maps a flag column (e.g.
+    `member_id:known`) to its `Flag`, so the examples show offending member ids rather than `False`.
     """
     config = outcome.expectation_config
     kwargs = dict(config.kwargs)
@@ -67,13 +76,13 @@ def describe_failure(outcome: Any, frame: pd.DataFrame, flag_sources: Mapping[st
 
     result = outcome.result or {}
     if "column_set" in kwargs:  # flag columns are ours, not the data's: keep them out of the schema
-        kwargs["column_set"] = [column for column in kwargs["column_set"] if column not in flag_sources]
+        kwargs["column_set"] = [column for column in kwargs["column_set"] if column not in flags]
     expected = _expected(kwargs)
     details = result.get("details") or {}
     mismatched = details.get("mismatched") if isinstance(details, dict) else None
     if mismatched:
-        missing = [column for column in mismatched.get("missing", []) if column not in flag_sources]
-        extra = [column for column in mismatched.get("unexpected", []) if column not in flag_sources]
+        missing = [column for column in mismatched.get("missing", []) if column not in flags]
+        extra = [column for column in mismatched.get("unexpected", []) if column not in flags]
         return (f"{head}: schema changed: missing columns {_short(missing, 50)}, "
                 f"unexpected columns {_short(extra, 50)}; expected {expected}")
     if "observed_value" in result:
@@ -82,11 +91,11 @@ def describe_failure(outcome: Any, frame: pd.DataFrame, flag_sources: Mapping[st
     unexpected = result.get("unexpected_count", 0)
     total = result.get("element_count", len(frame))
     share = unexpected / total if total else 0.0
-    source = flag_sources.get(kwargs.get("column", ""))
-    if source is not None and source in frame.columns:
-        bad_rows = frame[kwargs["column"]] != True  # noqa: E712 (a flag may be False or missing)
-        examples = frame.loc[bad_rows, source].head(EXAMPLES).tolist()
-        example_text = f"example {source} values {_short(examples)}"
+    flag = flags.get(kwargs.get("column", ""))
+    if flag is not None and flag.source in frame.columns:
+        examples = frame.loc[~flag.passed.to_numpy(), flag.source].head(EXAMPLES)
+        shown = [_example(value, flag.rule) for value in examples]
+        example_text = f"example {flag.source} values {_short(shown)} at rows {_short(examples.index.tolist())}"
     elif config.type == "expect_column_values_to_not_be_null":
         rows = result.get("partial_unexpected_index_list") or []
         example_text = f"null at rows {_short(rows[:EXAMPLES])}"
