@@ -9,6 +9,8 @@ the batched torch solver with it; the benchmark times it per entity.
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
 from scipy.linalg import cho_factor, cho_solve
 from scipy.special import expit
 
@@ -66,3 +68,13 @@ def reference_update(entity_ids, x, y, w, offset, priors):
         mean, precision, _ = laplace_update(x[rows], y[rows], w[rows], offset[rows], prior_mean, prior_precision)
         result[entity] = (mean, precision)
     return result
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """GLMix tests run torch on one thread: on a shared, loaded 2-core box, OpenMP's two threads wait on each
+    other at every small op (measured 100 s vs 6 s for the recovery test); results do not depend on it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from glmix_reference import forgotten_prior, laplace_update
+from glmix_reference import forgotten_prior, laplace_update, one_torch_thread  # noqa: F401 (autouse)
 
 from training.glmix.random_effects import (
     EntityEvents,

@@ -1,6 +1,7 @@
 """Segment sums: the bucketed (sorted ids) and blocked outer sums equal a plain per-segment loop."""
 
 import torch
+from glmix_reference import one_torch_thread  # noqa: F401 (autouse fixture)
 
 from training.glmix.segments import segment_outer_sum, segment_sum
 

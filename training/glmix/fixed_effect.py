@@ -1,9 +1,11 @@
 """The global part of GLMix: an L2-regularised logistic regression over the day's dense features.
 
-    logit = b + w . (x - center) / scale,      minimise  sum_i v_i [softplus(logit_i) - y_i logit_i] + l2/2 |w|^2
+    logit = b + w . (x - center) / scale,
+    minimise  sum_i v_i [softplus(o_i + logit_i) - y_i (o_i + logit_i)] + l2/2 |w|^2
 
 solved by damped Newton steps (features are few, tens). Refit daily, warm-started from yesterday's
-coefficients; its logit is the offset of the random-effect updates. When a serving ranker exists its
+coefficients, with the random effects' current scores as offsets o_i (GAME's fixed-effect step); its logit
+is then the offset of the random-effect updates. When a serving ranker exists its
 logit replaces this model as the offset (see rankflow.stages.personalise).
 """
 
@@ -49,15 +51,20 @@ class FixedEffectModel:
 
 def fit_fixed_effect(features: np.ndarray, labels: np.ndarray, feature_names: list[str],
                      weights: np.ndarray | None = None, warm_start: FixedEffectModel | None = None,
+                     offsets: np.ndarray | None = None,
                      config: FixedEffectConfig = FixedEffectConfig()) -> FixedEffectModel:
-    """Fit (or refit from `warm_start` when its feature names match) on one day's rows."""
+    """Fit (or refit from `warm_start` when its feature names match) on one day's rows.
+
+    `offsets`: per-row scores added to the logit while fitting (the random effects), not part of the model.
+    """
     x = torch.as_tensor(np.asarray(features, dtype=np.float64))
     if x.dim() != 2 or x.shape[1] != len(feature_names):
         raise ValueError(f"fit_fixed_effect: features are {tuple(x.shape)}, expected (n, {len(feature_names)})")
     y = torch.as_tensor(np.asarray(labels, dtype=np.float64))
     v = torch.ones_like(y) if weights is None else torch.as_tensor(np.asarray(weights, dtype=np.float64))
-    if not (torch.isfinite(x).all() and torch.isfinite(y).all() and torch.isfinite(v).all()):
-        raise ValueError("fit_fixed_effect: features, labels and weights must be finite")
+    o = torch.zeros_like(y) if offsets is None else torch.as_tensor(np.asarray(offsets, dtype=np.float64))
+    if not all(bool(torch.isfinite(t).all()) for t in (x, y, v, o)):
+        raise ValueError("fit_fixed_effect: features, labels, weights and offsets must be finite")
     if warm_start is not None and warm_start.feature_names == list(feature_names):
         center, scale = warm_start.center, warm_start.scale
         theta = torch.as_tensor(np.concatenate([[warm_start.bias], warm_start.weights]))
@@ -73,12 +80,12 @@ def fit_fixed_effect(features: np.ndarray, labels: np.ndarray, feature_names: li
     ridge[0] = 0.0  # the bias is not shrunk
 
     def objective(t: torch.Tensor) -> torch.Tensor:
-        eta = z @ t
+        eta = o + z @ t
         return (v * (F.softplus(eta) - y * eta)).sum() + 0.5 * (ridge * t * t).sum()
 
     value = objective(theta)
     for _ in range(config.max_newton_steps):
-        p = torch.sigmoid(z @ theta)
+        p = torch.sigmoid(o + z @ theta)
         gradient = z.T @ (v * (p - y)) + ridge * theta
         hessian = (z * (v * p * (1 - p))[:, None]).T @ z + torch.diag(ridge + 1e-9)
         newton = -torch.linalg.solve(hessian, gradient)

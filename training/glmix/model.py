@@ -10,10 +10,12 @@ passes refine the other side's offset, never count a day's evidence twice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 
+from training.glmix.fixed_effect import FixedEffectModel, fit_fixed_effect
 from training.glmix.random_effects import (
     EntityEvents,
     RandomEffectConfig,
@@ -108,3 +110,27 @@ def daily_update(prior: GLMixState, events: GLMixEvents, config: GLMixConfig) ->
         summary.passes += 1
     summary.member, summary.job = member_summary.as_dict(), job_summary.as_dict()
     return GLMixState(member_state, job_current), summary
+
+
+def update_day(prior: GLMixState, events: GLMixEvents, config: GLMixConfig, dense: np.ndarray | None = None,
+               dense_names: list[str] | None = None, fixed_effect: FixedEffectModel | None = None,
+               ) -> tuple[GLMixState, FixedEffectModel | None, dict]:
+    """One logical day of GAME: the global part, then the random effects.
+
+    With `events.offsets` set (e.g. the serving ranker's logit), that is the global part and no fixed
+    effect is fitted. Otherwise the fixed-effect logistic regression is refit on `dense`, warm-started from
+    yesterday's `fixed_effect`, with the random effects' scores under yesterday's posteriors as offsets,
+    and its logit becomes the offset of the random-effect update.
+    """
+    if events.offsets is None:
+        if dense is None or dense_names is None:
+            raise ValueError("update_day: give events.offsets (ranker logit) or dense features for the fixed effect")
+        re_scores = random_effect_logit(prior, config, torch.as_tensor(events.member_ids),
+                                        torch.as_tensor(events.item_ids), torch.as_tensor(events.member_design),
+                                        torch.as_tensor(events.job_design))
+        fixed_effect = fit_fixed_effect(dense, torch.as_tensor(events.labels).cpu().numpy(), dense_names,
+                                        None if events.weights is None else torch.as_tensor(events.weights).cpu().numpy(),
+                                        warm_start=fixed_effect, offsets=re_scores.cpu().numpy())
+        events = replace(events, offsets=torch.as_tensor(fixed_effect.logit(dense)))
+    state, summary = daily_update(prior, events, config)
+    return state, fixed_effect, summary.as_dict()

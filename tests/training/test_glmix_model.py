@@ -1,0 +1,105 @@
+"""GLMix on the synthetic marketplace: recovery of the true member weights and next-day AUC."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import pytest
+import torch
+from glmix_reference import one_torch_thread  # noqa: F401 (autouse fixture)
+from scipy.stats import rankdata
+
+from features.contract import read_partitions, read_raw
+from features.synthetic import BASIS, generate
+from rankflow.config import GeneratorSettings
+from rankflow.paths import DataPaths
+from training.glmix.design import CategoricalBasis
+from training.glmix.model import GLMixConfig, GLMixEvents, GLMixState, random_effect_logit, update_day
+from training.glmix.random_effects import RandomEffectConfig
+
+DENSE = ["industry_match", "seniority_match", "region_match", "skill_overlap", "log_position"]
+# Few members, many impressions: most members pass 1,000 events in the 7 training days.
+MARKET = GeneratorSettings(members=60, jobs=300, days=8, impressions_per_day=30_000, seed=3)
+
+
+def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    ranks = rankdata(scores)
+    positives = labels == 1
+    n1, n0 = positives.sum(), (~positives).sum()
+    return float((ranks[positives].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory):
+    """Per day: GLMix events built straight from raw + attributes, and the global model's dense features."""
+    paths = DataPaths(tmp_path_factory.mktemp("market"))
+    generate(MARKET, paths)
+    members = read_raw(paths, "members").set_index("member_id")
+    items = read_raw(paths, "items").set_index("item_id")
+    basis = CategoricalBasis.from_names(BASIS)
+    days = []
+    for index in range(MARKET.days):
+        day = MARKET.start_date + timedelta(days=index)
+        events = read_raw(paths, "events", day=day)
+        m, j = members.loc[events.member_id.values], items.loc[events.item_id.values]
+        overlap = [len(set(a) & set(b)) for a, b in zip(m.skills.values, j.skills.values)]
+        dense = np.stack([m.industry.values == j.industry.values, m.seniority.values == j.seniority.values,
+                          m.region.values == j.region.values, overlap, np.log(events.position.values)], 1)
+        days.append((day, GLMixEvents(
+            torch.tensor(events.member_id.values), torch.tensor(events.item_id.values),
+            torch.tensor(basis.design({"industry": j.industry.values, "seniority": j.seniority.values})),
+            torch.tensor(basis.design({"industry": m.industry.values, "seniority": m.seniority.values})),
+            torch.tensor(events.label.values.astype(np.float64))), dense.astype(np.float64)))
+    return paths, basis, days
+
+
+def test_recovers_member_weights_and_beats_global_and_last_day_models(market):
+    """Acceptance 3, on 7 days of 30,000 impressions (60 members, ~3,500 events each; the 8th day held out).
+
+    Weights are compared as functions, beta_m . phi(job) over all 32 (industry, seniority) job types: phi has
+    an intercept plus full one-hot blocks, so the coefficients themselves are only identified up to moving
+    mass between the intercept and a block (the prior picks one split; the truth's split is arbitrary).
+    Measured here: correlation 0.91 over members with >= 50 events (0.93 for >= 1,000 events); per raw
+    coefficient 0.80. On a wider market (100 members, 40,000 impressions/day) the same model measures
+    0.72 / 0.78 / 0.87 / 0.95 for members with 50-150 / 150-400 / 400-1,000 / >= 1,000 events: recovery is
+    limited by events (a 7% apply rate), not by the solver.
+    """
+    paths, basis, days = market
+    config = GLMixConfig(member=RandomEffectConfig(dim=basis.dim, prior_variance=1.0),
+                         job=RandomEffectConfig(dim=basis.dim, prior_variance=0.25), passes=2)
+    state, fixed_effect = GLMixState.empty(config, torch.float64), None
+    for _, events, dense in days[:-1]:
+        state, fixed_effect, summary = update_day(state, events, config, dense, DENSE, fixed_effect)
+        assert summary["member"]["not_converged"] == 0 and summary["job"]["not_converged"] == 0
+
+    # Correlation with truth/member_weights on the last training day, members with >= 50 events.
+    last_day = days[-2][0]
+    member_ids, counts = torch.unique(torch.cat([events.member_ids for _, events, _ in days[:-1]]), return_counts=True)
+    active = member_ids[counts >= 50]
+    assert active.numel() >= 50
+    truth = read_partitions(paths.truth / "member_weights", day=last_day).set_index("member_id")
+    rows, found = state.member.locate(active)
+    assert bool(found.all())
+    job_types = basis.design({"industry": np.repeat(basis.columns[0][1], 4), "seniority": np.tile(basis.columns[1][1], 8)})
+    learned = state.member.mean[rows].numpy() @ job_types.T
+    true = truth.loc[active.numpy(), BASIS].to_numpy() @ job_types.T
+    correlation = np.corrcoef(learned.ravel(), true.ravel())[0, 1]
+    assert correlation >= 0.9, correlation
+
+    # Next-day AUC: GLMix > global model alone, and > per-member models fitted from scratch on the last day.
+    _, test_events, test_dense = days[-1]
+    labels = test_events.labels.numpy()
+    global_logit = fixed_effect.logit(test_dense)
+
+    def glmix_logit(glmix_state):
+        return global_logit + random_effect_logit(glmix_state, config, test_events.member_ids, test_events.item_ids,
+                                                  test_events.member_design, test_events.job_design).numpy()
+
+    _, last_events, last_dense = days[-2]
+    scratch, _, _ = update_day(GLMixState.empty(config, torch.float64), last_events, config, last_dense, DENSE,
+                               fixed_effect)
+    auc_global, auc_glmix, auc_scratch = _auc(global_logit, labels), _auc(glmix_logit(state), labels), _auc(
+        glmix_logit(scratch), labels)
+    assert auc_glmix > auc_global + 0.1, (auc_glmix, auc_global)
+    assert auc_glmix > auc_scratch + 0.01, (auc_glmix, auc_scratch)
