@@ -16,6 +16,9 @@ O(r) memory (the head is zero-padded to 8 so the fused GPU kernels accept it; ze
 q.k and the padded value columns are dropped).
 
 The elementwise tail x_0 * (p + b) + x_l is `kernels.cross.cross_tail` (fused in Triton on GPU).
+x_0 and x_l may carry trailing zero columns (the Tower aligns the width to a multiple of 8 for the
+tensor cores, kernels.alignment): U, V, Q, K and b are zero-padded to match, so the real columns
+follow the equation above and the padding columns stay exactly zero (x_0 is zero there).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from kernels.alignment import pad_columns, padded_linear
 from kernels.cross import cross_tail
 
 
@@ -59,13 +63,14 @@ class ResidualCrossLayer(nn.Module):
         nn.init.normal_(self.up.weight, std=1.0 / math.sqrt(rank))
 
     def forward(self, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        low = self.down(x)
+        width = x.shape[-1]  # >= dim: trailing zero columns are alignment padding
+        low = padded_linear(x, self.down.weight)
         if self.attention:
             value, query, key = low.split(self.rank, dim=-1)
             z = value + low_rank_attention(query, key, value, self.scale)
         else:
             z = low
-        return cross_tail(x0, self.up(z), self.bias, x)
+        return cross_tail(x0, padded_linear(z, self.up.weight, out_width=width), pad_columns(self.bias, width), x)
 
 
 class ResidualCross(nn.Module):

@@ -88,7 +88,9 @@ class EmbeddingBags(nn.Module):
     def forward(self, values: list[torch.Tensor], offsets: list[torch.Tensor]) -> torch.Tensor:
         """values[i] [N_i] row ids, offsets[i] [B] start of each row's bag -> [B, n_bags, d]."""
         if self._fused and self.training and torch.is_grad_enabled():
-            pooled = [fused(v, torch.cat([o, o.new_tensor([v.numel()])])) for fused, v, o in zip(self._fused, values, offsets)]
+            # CSR offsets [B + 1]: the end is appended on the device (no host-to-device copy, so the
+            # step can be captured in a CUDA graph).
+            pooled = [fused(v, F.pad(o, (0, 1), value=v.numel())) for fused, v, o in zip(self._fused, values, offsets)]
         else:
             pooled = [table(v, o) for table, v, o in zip(self.tables, values, offsets)]
         return torch.stack(pooled, dim=1)

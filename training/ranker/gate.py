@@ -5,6 +5,7 @@ whose every hidden layer is multiplied elementwise by a learned sigmoid gate of 
 
 W_l and G_l are stored as one [2 * width, in] matrix so a single GEMM produces both the hidden
 pre-activation and the gate logits; the product with the gate is `kernels.gate.dense_gate`.
+h may carry trailing zero columns (alignment padding, kernels.alignment): they meet zero weights.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from kernels.alignment import padded_linear
 from kernels.gate import dense_gate
 
 
@@ -25,7 +27,7 @@ class DenseGate(nn.Module):
         self.linear = nn.Linear(in_dim, 2 * width)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        hidden, gate_logits = self.linear(h).split(self.width, dim=-1)
+        hidden, gate_logits = padded_linear(h, self.linear.weight, self.linear.bias).split(self.width, dim=-1)
         return dense_gate(F.relu(hidden), gate_logits)
 
 
