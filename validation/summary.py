@@ -78,6 +78,10 @@ def describe_failure(outcome: Any, frame: pd.DataFrame, flags: Mapping[str, Any]
     if "column_set" in kwargs:  # flag columns are ours, not the data's: keep them out of the schema
         kwargs["column_set"] = [column for column in kwargs["column_set"] if column not in flags]
     expected = _expected(kwargs)
+    if config.type.endswith("_to_be_unique"):
+        expected = "no duplicates"
+    elif config.type.endswith("_to_not_be_null") and (kwargs.get("mostly") or 1.0) >= 1.0:
+        expected = "no nulls"
     details = result.get("details") or {}
     mismatched = details.get("mismatched") if isinstance(details, dict) else None
     if mismatched:
