@@ -35,7 +35,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from training.glmix.segments import segment_outer_sum, segment_sum
+from training.glmix.segments import SortedSegments, segment_sum
 
 Covariance = Literal["full", "diagonal"]
 
@@ -242,88 +242,90 @@ def _newton_chunk(features, labels, weights, offsets, segments, prior_mean, prio
                   config: RandomEffectConfig):
     """Posterior modes and Laplace precisions of the entities 0..n-1 of one chunk (events sorted by segment).
 
-    Each pass evaluates f at the current points of the still-active entities; an entity whose point
-    passes the Armijo test (or is at its start) gets g, H and a new Newton direction, the others halve
-    their step. Returns mean (n, d), precision H at the mean (n, d, d), Newton steps (n,), gradient norms
-    (n,) and a mask of entities that hit max_newton_steps.
+    Each pass evaluates f at the current points of the working entities; an entity whose point passes
+    the Armijo test (or is at its start) keeps it as its new base, with g, H and a new Newton direction
+    there; the others halve their step. All of this runs on the whole working set with masks; when under
+    half of it is still active, finished entities are written out and the working set (entities and their
+    events) is compacted. Returns mean (n, d), precision H at the mean (n, d, d), Newton steps (n,),
+    gradient norms (n,) and a mask of entities that hit max_newton_steps.
     """
     n, d = prior_mean.shape
-    dtype = prior_mean.dtype
+    dtype, device = prior_mean.dtype, prior_mean.device
     tolerance = config.newton_tolerance(dtype)
     slack_scale = 64 * torch.finfo(dtype).eps
-    theta = prior_mean.clone()
-    base = prior_mean.clone()
+    out_mean, out_precision = prior_mean.clone(), prior_precision.clone()
+    out_steps = torch.zeros(n, dtype=torch.int64, device=device)
+    out_grad = torch.zeros(n, dtype=dtype, device=device)
+    out_unconverged = torch.zeros(n, dtype=torch.bool, device=device)
+
+    entity = torch.arange(n, device=device)  # chunk row of each working entity
+    x, y, w, o, seg, m0, p0 = features, labels, weights, offsets, segments, prior_mean, prior_precision
+    layout = SortedSegments(x, seg, n, config.outer_block_elements)
+    theta, base = m0.clone(), m0.clone()
     direction = torch.zeros_like(theta)
-    step = torch.ones(n, dtype=dtype, device=theta.device)
+    step = torch.ones(n, dtype=dtype, device=device)
     slope = torch.zeros_like(step)
     f_base = torch.full_like(step, math.inf)
-    precision = prior_precision.clone()
-    grad_norm = torch.zeros_like(step)
-    steps = torch.zeros(n, dtype=torch.int64, device=theta.device)
-    active = torch.ones(n, dtype=torch.bool, device=theta.device)
-    unconverged = torch.zeros(n, dtype=torch.bool, device=theta.device)
-    compact = torch.empty(n, dtype=torch.int64, device=theta.device)
+    h_base, grad_norm = p0.clone(), torch.zeros_like(step)
+    steps = torch.zeros(n, dtype=torch.int64, device=device)
+    active = torch.ones(n, dtype=torch.bool, device=device)
+    unconverged = torch.zeros_like(active)
 
-    for _ in range(config.max_newton_steps + 1):
-        live = active.nonzero().squeeze(1)
-        if live.numel() == 0:
-            break
-        events = active[segments].nonzero().squeeze(1)
-        seg = segments[events]
-        x = features[events]
-        eta = offsets[events] + (x * theta[seg]).sum(1)
-        y, w = labels[events], weights[events]
-        objective = segment_sum(w * (F.softplus(eta) - y * eta), seg, n)[live]
-        delta = theta[live] - prior_mean[live]
-        objective = objective + 0.5 * (delta * (prior_precision[live] @ delta.unsqueeze(-1)).squeeze(-1)).sum(-1)
+    def write_out(rows: torch.Tensor) -> None:
+        out_mean[entity[rows]], out_precision[entity[rows]] = base[rows], h_base[rows]
+        out_steps[entity[rows]], out_grad[entity[rows]] = steps[rows], grad_norm[rows]
+        out_unconverged[entity[rows]] = unconverged[rows]
 
-        threshold = f_base[live] + config.armijo * step[live] * slope[live] + slack_scale * (1 + f_base[live].abs())
-        accepted_mask = objective <= threshold
-        rejected = live[~accepted_mask]
-        if rejected.numel():
-            step[rejected] *= 0.5
-            theta[rejected] = base[rejected] + step[rejected, None] * direction[rejected]
-            stalled = rejected[step[rejected] < config.min_step]
-            theta[stalled] = base[stalled]
-            active[stalled] = False  # no descent left at float precision: base is the mode
+    for _ in range(2 * config.max_newton_steps + 64):
+        k = entity.numel()
+        eta = o + (x * theta[seg]).sum(1)
+        delta = theta - m0
+        p0_delta = (p0 @ delta.unsqueeze(-1)).squeeze(-1)
+        objective = segment_sum(w * (F.softplus(eta) - y * eta), seg, k) + 0.5 * (delta * p0_delta).sum(-1)
+        threshold = f_base + config.armijo * step * slope + slack_scale * (1 + f_base.abs())
+        accepted = active & (objective <= threshold)
+        rejected = active & ~accepted
 
-        accepted = live[accepted_mask]
-        if accepted.numel() == 0:
-            continue
-        compact[accepted] = torch.arange(accepted.numel(), device=theta.device)
-        is_accepted = torch.zeros(n, dtype=torch.bool, device=theta.device)
-        is_accepted[accepted] = True
-        take = is_accepted[seg]
-        seg_a, x_a, eta_a, y_a, w_a = compact[seg[take]], x[take], eta[take], y[take], w[take]
-        p = torch.sigmoid(eta_a)
-        delta_a = theta[accepted] - prior_mean[accepted]
-        gradient = segment_sum(x_a * (w_a * (p - y_a)).unsqueeze(1), seg_a, accepted.numel())
-        gradient = gradient + (prior_precision[accepted] @ delta_a.unsqueeze(-1)).squeeze(-1)
-        hessian = segment_outer_sum(x_a, w_a * p * (1 - p), seg_a, accepted.numel(),
-                                    config.outer_block_elements, sorted_ids=True)
-        hessian = hessian + prior_precision[accepted]
+        p = torch.sigmoid(eta)
+        gradient = segment_sum(x * (w * (p - y)).unsqueeze(1), seg, k) + p0_delta
+        hessian = layout.outer_sum(w * p * (1 - p)) + p0
         newton = -torch.cholesky_solve(gradient.unsqueeze(-1), _factor(hessian)).squeeze(-1)
         decrement = -(gradient * newton).sum(-1)
 
-        base[accepted] = theta[accepted]
-        f_base[accepted] = objective[accepted_mask]
-        precision[accepted] = hessian
-        grad_norm[accepted] = gradient.norm(dim=-1)
-        steps[accepted] += 1
-        done = decrement <= tolerance
-        active[accepted[done]] = False
-        moving = accepted[~done]
-        direction[moving] = newton[~done]
-        step[moving] = 1.0
-        slope[moving] = -decrement[~done]
-        theta[moving] = base[moving] + direction[moving]
-        # An entity out of steps keeps its last evaluated point (base), whose H we hold.
-        out_of_steps = moving[steps[moving] >= config.max_newton_steps]
-        active[out_of_steps] = False
-        unconverged[out_of_steps] = True
-        theta[out_of_steps] = base[out_of_steps]
+        base = torch.where(accepted[:, None], theta, base)
+        f_base = torch.where(accepted, objective, f_base)
+        h_base = torch.where(accepted[:, None, None], hessian, h_base)
+        grad_norm = torch.where(accepted, gradient.norm(dim=-1), grad_norm)
+        steps = steps + accepted
+        done = accepted & (decrement <= tolerance)
+        moving = accepted & ~done
+        direction = torch.where(moving[:, None], newton, direction)
+        slope = torch.where(moving, -decrement, slope)
+        step = torch.where(moving, torch.ones_like(step), torch.where(rejected, 0.5 * step, step))
+        # Out of steps: keep the last evaluated point (base), whose H we hold. Stalled: no descent left at
+        # this float precision, base is the mode.
+        out_of_steps = moving & (steps >= config.max_newton_steps)
+        stalled = rejected & (step < config.min_step)
+        unconverged = unconverged | out_of_steps
+        active = active & ~done & ~out_of_steps & ~stalled
+        theta = torch.where(active[:, None], base + step[:, None] * direction, base)
 
-    return base, precision, steps, grad_norm, unconverged
+        live = int(active.sum())
+        if live == 0:
+            break
+        if live < k // 2:  # compact: finished entities out, working set down to the live ones
+            write_out((~active).nonzero().squeeze(1))
+            keep = active.nonzero().squeeze(1)
+            remap = torch.full((k,), -1, dtype=torch.int64, device=device)
+            remap[keep] = torch.arange(keep.numel(), device=device)
+            event_keep = active[seg].nonzero().squeeze(1)
+            x, y, w, o, seg = x[event_keep], y[event_keep], w[event_keep], o[event_keep], remap[seg[event_keep]]
+            entity, m0, p0, theta, base, direction = (t[keep] for t in (entity, m0, p0, theta, base, direction))
+            step, slope, f_base, h_base, grad_norm, steps, active, unconverged = (
+                t[keep] for t in (step, slope, f_base, h_base, grad_norm, steps, active, unconverged))
+            layout = SortedSegments(x, seg, keep.numel(), config.outer_block_elements)
+    write_out(torch.arange(entity.numel(), device=device))
+    return out_mean, out_precision, out_steps, out_grad, out_unconverged
 
 
 def _chunks(event_counts: torch.Tensor, dim: int, budget: int) -> list[tuple[int, int]]:

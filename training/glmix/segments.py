@@ -95,3 +95,44 @@ def _bucketed_outer_sum(features, weights, segment_ids, num_segments, block_elem
             xw = weighted[rows] * valid.unsqueeze(2)
             out[segments] = torch.bmm(xw.transpose(1, 2), x)
     return out
+
+
+class SortedSegments:
+    """Events sorted by segment, laid out once for repeated outer sums with changing weights (Newton steps).
+
+    The padded per-bucket copies of the features (see `_bucketed_outer_sum`) are built here once, so each
+    `outer_sum(weights)` is a gather of the weights and one batched matmul per bucket.
+    """
+
+    def __init__(self, features: torch.Tensor, segment_ids: torch.Tensor, num_segments: int,
+                 block_elements: int = 1 << 24) -> None:
+        self.features, self.segment_ids, self.num_segments = features, segment_ids, num_segments
+        self.fused = _fused_outer_sum(features)
+        self.blocks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        if self.fused is not None or features.shape[0] == 0:
+            return
+        dim = features.shape[1]
+        counts = torch.bincount(segment_ids, minlength=num_segments)
+        starts = torch.cumsum(counts, 0) - counts
+        present = (counts > 0).nonzero().squeeze(1)
+        exponent = torch.ceil(torch.log2(counts[present].double())).long()
+        for power in torch.unique(exponent).tolist():
+            length = 1 << power
+            group = present[exponent == power]
+            per_slice = max(1, block_elements // (length * dim))
+            offsets = torch.arange(length, device=features.device)
+            for first in range(0, group.numel(), per_slice):
+                segments = group[first : first + per_slice]
+                valid = offsets < counts[segments, None]
+                rows = torch.where(valid, starts[segments, None] + offsets, 0)
+                self.blocks.append((segments, rows, valid, features[rows] * valid.unsqueeze(2)))
+
+    def outer_sum(self, weights: torch.Tensor) -> torch.Tensor:
+        """Per segment sum of w x x^T, (num_segments, d, d)."""
+        if self.fused is not None:
+            return self.fused(self.features, weights, self.segment_ids, self.num_segments, ids_sorted=True)
+        dim = self.features.shape[1]
+        out = self.features.new_zeros((self.num_segments, dim, dim))
+        for segments, rows, _, padded in self.blocks:
+            out[segments] = torch.bmm((padded * weights[rows].unsqueeze(2)).transpose(1, 2), padded)
+        return out

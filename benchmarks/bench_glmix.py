@@ -1,0 +1,168 @@
+"""Events per second of one GLMix daily random-effect update, batched (torch) vs the per-entity reference loop.
+
+    PYTHONPATH=. python benchmarks/bench_glmix.py --device cpu            # 2 CPU cores
+    PYTHONPATH=. python benchmarks/bench_glmix.py --device cuda           # one GPU
+
+Problem: `entities` members (100k and 1M), events per member log-normal with mean `--events-per-entity`
+(10 -> 1M and 10M events), d = 16 and 32, full precision, float32, every member already in yesterday's
+state (prior = a full precision matrix, so the prior gather and the state merge are timed too).
+Timed: `update_random_effects` end to end (cleaning, sorting, chunks of Newton steps, state merge), after
+one warm-up call on a small problem (Triton compilation). The reference (tests/training/glmix_reference.py:
+numpy/scipy, one entity at a time, float64) is timed on a random sample of entities and extrapolated per
+entity to all of them; the table says so. Both answers are compared on that sample (max |mean diff|).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import REPO_ROOT, describe_machine, write_result  # noqa: E402
+
+sys.path.insert(0, str(REPO_ROOT / "tests" / "training"))
+
+
+def make_problem(entities: int, dim: int, events_per_entity: float, seed: int = 0):
+    """Yesterday's state for every entity + today's events (numpy), float32."""
+    rng = np.random.default_rng(seed)
+    sigma = 1.0
+    counts = np.maximum(1, np.round(rng.lognormal(np.log(events_per_entity) - sigma**2 / 2, sigma, entities))).astype(
+        np.int64)
+    ids = np.repeat(np.arange(entities, dtype=np.int64), counts)
+    x = rng.standard_normal((ids.size, dim), dtype=np.float32) * 0.5
+    x[:, 0] = 1.0
+    truth = rng.standard_normal((entities, dim), dtype=np.float32) * 0.5
+    offsets = rng.standard_normal(ids.size, dtype=np.float32) * 0.5 - 2.0
+    logits = offsets + np.einsum("ij,ij->i", x, truth[ids])
+    labels = (rng.random(ids.size, dtype=np.float32) < 1 / (1 + np.exp(-logits))).astype(np.float32)
+    order = rng.permutation(ids.size)  # events arrive in time order, not by entity
+    prior_mean = (truth + rng.standard_normal(truth.shape, dtype=np.float32) * 0.3).astype(np.float32)
+    prior_scale = rng.uniform(1.0, 3.0, (entities, dim)).astype(np.float32)
+    return ids[order], x[order], labels[order], offsets[order], prior_mean, prior_scale
+
+
+def run_batched(problem, dim, device, chunk_elements):
+    import torch
+
+    from training.glmix.random_effects import EntityEvents, RandomEffectConfig, RandomEffectState, update_random_effects
+
+    ids, x, labels, offsets, prior_mean, prior_scale = problem
+    entities = prior_mean.shape[0]
+    state = RandomEffectState(torch.arange(entities, device=device), torch.from_numpy(prior_mean).to(device),
+                              torch.diag_embed(torch.from_numpy(prior_scale)).to(device))
+    events = EntityEvents(torch.from_numpy(ids).to(device), torch.from_numpy(x).to(device),
+                          torch.from_numpy(labels).to(device), None, torch.from_numpy(offsets).to(device))
+    config = RandomEffectConfig(dim=dim, covariance="full", chunk_elements=chunk_elements)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    updated, summary = update_random_effects(state, events, config)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started, updated, summary
+
+
+def run_reference(problem, sample_size, seed=1):
+    """Per-entity reference on a random sample of entities: (seconds per entity, {entity: mean})."""
+    from glmix_reference import laplace_update
+
+    ids, x, labels, offsets, prior_mean, prior_scale = problem
+    rng = np.random.default_rng(seed)
+    sample = rng.choice(prior_mean.shape[0], size=min(sample_size, prior_mean.shape[0]), replace=False)
+    order = np.argsort(ids, kind="stable")
+    starts = np.searchsorted(ids[order], np.arange(prior_mean.shape[0] + 1))
+    means, elapsed = {}, 0.0
+    for entity in sample:
+        rows = order[starts[entity] : starts[entity + 1]]
+        started = time.perf_counter()
+        mean, _, _ = laplace_update(x[rows].astype(np.float64), labels[rows].astype(np.float64),
+                                    np.ones(rows.size), offsets[rows].astype(np.float64),
+                                    prior_mean[entity].astype(np.float64), np.diag(prior_scale[entity]).astype(np.float64))
+        elapsed += time.perf_counter() - started
+        means[int(entity)] = mean
+    return elapsed / sample.size, means
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--entities", default="100000,1000000")
+    parser.add_argument("--dims", default="16,32")
+    parser.add_argument("--events-per-entity", type=float, default=10.0)
+    parser.add_argument("--reference-sample", type=int, default=300)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the target is 2 cores)")
+    parser.add_argument("--chunk-elements", type=float, default=None,
+                        help="RandomEffectConfig.chunk_elements (default 2^27 on CPU, 2^32 on CUDA)")
+    parser.add_argument("--outer", default="auto", choices=["auto", "bucketed"],
+                        help="Hessian outer sums: auto = the Triton kernel on CUDA float32 (kernels.segment), "
+                             "bucketed = batched matmul over power-of-two length buckets everywhere")
+    parser.add_argument("--out-dir", type=Path, default=None, help="also copy the result file here")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.outer == "bucketed":
+        from kernels.dispatch import set_backend
+
+        set_backend("reference")  # the kernels' dispatch then declines, and GLMix uses its bucketed matmuls
+    machine = describe_machine()
+    chunk_elements = int(args.chunk_elements or (2**32 if args.device == "cuda" else 2**27))
+    # Warm-up: Triton compilation, cuSOLVER / MKL initialisation.
+    run_batched(make_problem(2000, 16, args.events_per_entity), 16, args.device, chunk_elements)
+    run_batched(make_problem(2000, 32, args.events_per_entity), 32, args.device, chunk_elements)
+
+    rows = []
+    for entities in (int(v) for v in args.entities.split(",")):
+        for dim in (int(v) for v in args.dims.split(",")):
+            problem = make_problem(entities, dim, args.events_per_entity)
+            events = problem[0].size
+            if args.device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            seconds, updated, summary = run_batched(problem, dim, args.device, chunk_elements)
+            peak = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else float("nan")
+            per_entity, reference = run_reference(problem, args.reference_sample)
+            sample = torch.tensor(sorted(reference))
+            batched = updated.mean[sample.to(updated.mean.device)].double().cpu().numpy()
+            diff = float(np.max(np.abs(batched - np.stack([reference[i] for i in sorted(reference)]))))
+            reference_seconds = per_entity * entities
+            row = (entities, dim, events, seconds, events / seconds, reference_seconds, events / reference_seconds,
+                   reference_seconds / seconds, diff, summary.newton_iterations_max, summary.not_converged, peak)
+            rows.append(row)
+            print("entities={} d={} events={} batched {:.3f}s ({:.3g} ev/s)  reference~{:.1f}s ({:.3g} ev/s)  "
+                  "speed-up {:.0f}x  max|dmean| {:.1e}  newton<= {}  unconverged {}  peak {:.1f} GiB".format(*row),
+                  flush=True)
+            del problem, updated
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
+
+    threads = f"{args.threads} torch threads" if args.device == "cpu" else "float32 on the GPU"
+    table = "\n".join([
+        f"One daily update (`update_random_effects`, full precision, float32, {threads}); every entity in "
+        "yesterday's state; events per entity log-normal, mean "
+        f"{args.events_per_entity:g}. Reference = per-entity numpy/scipy loop (float64), timed on "
+        f"{args.reference_sample} random entities and extrapolated per entity to all (not run in full). "
+        "max|dmean| = largest difference of posterior means between the two on that sample (float32 vs float64).",
+        "",
+        "| entities | d | events | batched s | batched events/s | reference s (extrapolated) | reference events/s "
+        "| speed-up | max abs diff of means | Newton steps (max) | not converged | peak GPU GiB |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *("| {:,} | {} | {:,} | {:.3f} | {:,.0f} | {:.1f} | {:,.0f} | {:.0f}x | {:.1e} | {} | {} | {:.1f} |".format(*r)
+          for r in rows),
+    ])
+    table = f"Hessian outer sums: {args.outer}.\n\n" + table
+    target = write_result("glmix" if args.outer == "auto" else "glmix-bucketed", table, machine)
+    print(table)
+    print(f"wrote {target}")
+    if args.out_dir is not None:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        (args.out_dir / target.name).write_text(target.read_text())
+
+
+if __name__ == "__main__":
+    main()
