@@ -1,0 +1,240 @@
+"""Stage: the daily GLMix update of member and job random effects (Lambda Learner's sequential Bayes).
+
+update_random_effects(settings, D):
+1. reads D's training set (features/training_set/dt=D + spec.json): labels, weights, the dense features
+   of the global part, and the categorical attributes that make the design vectors
+   phi(job) = [1, onehot(j_industry), onehot(j_seniority)] (member effects) and phi(member) (job effects);
+2. prior = the newest GLMix state strictly before D in <data_dir>/models/glmix/dt=*/ (so re-running D, or
+   backfilling it after later days exist, gives the same answer), or the population prior;
+3. global part: the serving ranker's logit when `ranker_logit` gives one, else the fixed-effect logistic
+   regression refit on D's dense features (warm-started, random effects as offsets);
+4. the batched Laplace update (training.glmix), validated (validation.check_personalisation: no NaN ever
+   reaches the store), then written: models/glmix/dt=D/ (safetensors + JSON, atomic), the BentoML model
+   `rankflow-glmix` (when bentoml imports), and features glmix_member / glmix_job through
+   features.store.write_features (offline partition + online store, newest value wins).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from datetime import date, datetime, time, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rankflow.config import Settings
+from rankflow.logs import get_logger
+from rankflow.paths import atomic_directory, dt_partition
+
+log = get_logger(__name__)
+
+MODEL_NAME = "rankflow-glmix"
+STATE_DIR = "glmix"
+MEMBER_VIEW, JOB_VIEW = "glmix_member", "glmix_job"
+
+
+@dataclass(frozen=True)
+class PersonaliseConfig:
+    """Model choices of the daily update (defaults match the synthetic marketplace's scales)."""
+
+    basis_attributes: tuple[str, ...] = ("industry", "seniority")  # m_<a> / j_<a> columns of the training set
+    covariance: str = "full"
+    member_forgetting: float = 1.0
+    job_forgetting: float = 1.0
+    member_prior_variance: float = 1.0
+    job_prior_variance: float = 0.25
+    passes: int = 2
+    device: str = "cpu"
+
+
+def state_root(settings: Settings) -> Path:
+    return settings.paths.models / STATE_DIR
+
+
+def prior_day(settings: Settings, day: date) -> date | None:
+    """The newest logical day before `day` with a stored state (None: start from the population prior)."""
+    root = state_root(settings)
+    days = sorted(date.fromisoformat(p.name[3:]) for p in root.glob("dt=*") if (p / "meta.json").exists()) \
+        if root.exists() else []
+    earlier = [d for d in days if d < day]
+    return earlier[-1] if earlier else None
+
+
+def load_state(settings: Settings, day: date):
+    """(GLMixState, fixed effect or None, meta dict) stored for `day`."""
+    import torch  # noqa: F401  (training.glmix needs it; import error names torch)
+
+    from training.glmix.fixed_effect import FixedEffectModel
+    from training.glmix.model import GLMixState
+    from training.glmix.state import decode_state
+
+    folder = state_root(settings) / dt_partition(day)
+    meta = json.loads((folder / "meta.json").read_text())
+    member, _ = decode_state((folder / "member.safetensors").read_bytes(), str(folder / "member.safetensors"))
+    job, _ = decode_state((folder / "job.safetensors").read_bytes(), str(folder / "job.safetensors"))
+    fixed = FixedEffectModel.from_json(meta["fixed_effect"]) if meta.get("fixed_effect") else None
+    return GLMixState(member, job), fixed, meta
+
+
+def ranker_logit(settings: Settings, frame) -> np.ndarray | None:
+    """Hook: the serving ranker's logit per training row, to use as the GLMix offset.
+
+    Returns None (use the fixed effect) until the ranker area exposes a batch scorer over training-set
+    rows; wire it here, nothing else changes.
+    """
+    return None
+
+
+def _basis_from(frame, prefix: str, attributes: tuple[str, ...]):
+    from training.glmix.design import CategoricalBasis
+
+    vocab = {}
+    for attribute in attributes:
+        column = f"{prefix}{attribute}"
+        if column not in frame.columns:
+            raise KeyError(f"training set has no column {column!r} (needed for the GLMix basis)")
+        vocab[attribute] = sorted(str(v) for v in frame[column].dropna().unique())
+    return CategoricalBasis.from_vocabularies(vocab)
+
+
+def _design(frame, prefix: str, basis) -> np.ndarray:
+    return basis.design({attribute: frame[f"{prefix}{attribute}"].to_numpy(dtype=object)
+                         for attribute, _ in basis.columns})
+
+
+def _read_training_set(settings: Settings, day: date):
+    from features.training_set import TABLE, read_spec
+    from features.store import read_offline_partition
+
+    spec = read_spec(settings)
+    frame = read_offline_partition(settings.paths, TABLE, day)
+    if frame is None:
+        raise FileNotFoundError(f"{settings.paths.feature_partition(TABLE, day)}: no training set for {day}; "
+                                f"run `rankflow features build --date {day}` first")
+    return frame, spec
+
+
+def _feature_frame(ids, key: str, state, rows, prefix: str, day: date):
+    import pandas as pd
+
+    mean = state.mean[rows].float().cpu().numpy()
+    variance = state.variance_diagonal()[rows].float().cpu().numpy() if len(rows) else mean
+    end_of_day = datetime.combine(day + timedelta(days=1), time(0), tzinfo=timezone.utc)
+    return pd.DataFrame({
+        key: ids.astype("int64"),
+        f"{prefix}_re_mean": list(mean.astype(np.float32)),
+        f"{prefix}_re_variance": list(variance.astype(np.float32)),
+        "event_timestamp": pd.Timestamp(end_of_day),
+        "created_ts": pd.Timestamp(datetime.now(timezone.utc)),
+    })
+
+
+def _register_bentoml(settings: Settings, folder: Path, day: date, metadata: dict) -> str | None:
+    try:
+        import bentoml
+    except ImportError:
+        return None
+    from rankflow.stages.ranker import model_store
+
+    with bentoml.models.create(MODEL_NAME, labels={"logical_date": day.isoformat(), "status": "serving"},
+                               metadata=json.loads(json.dumps(metadata, default=str)),
+                               _model_store=model_store(settings)) as stored:
+        for item in folder.iterdir():
+            shutil.copy2(item, Path(stored.path) / item.name)
+        return str(stored.tag)
+
+
+def update_random_effects(settings: Settings, day: date, config: PersonaliseConfig = PersonaliseConfig(),
+                          write_online: bool = True) -> dict[str, Any]:
+    """GLMix posterior update for logical day `day`; validates, then writes state, model store and features."""
+    import torch
+
+    from training.glmix.model import GLMixConfig, GLMixEvents, GLMixState, update_day
+    from training.glmix.random_effects import RandomEffectConfig
+    from training.glmix.state import encode_state
+    from validation import check_personalisation
+
+    frame, spec = _read_training_set(settings, day)
+    previous = prior_day(settings, day)
+    if previous is not None:
+        prior, fixed_effect, prior_meta = load_state(settings, previous)
+        member_basis = _basis_json(prior_meta["member_basis"])
+        job_basis = _basis_json(prior_meta["job_basis"])
+    else:
+        member_basis = _basis_from(frame, "j_", config.basis_attributes)  # member effects read job attributes
+        job_basis = _basis_from(frame, "m_", config.basis_attributes)
+        prior, fixed_effect = None, None
+    glmix_config = GLMixConfig(
+        member=RandomEffectConfig(dim=member_basis.dim, covariance=config.covariance,
+                                  forgetting=config.member_forgetting, prior_variance=config.member_prior_variance),
+        job=RandomEffectConfig(dim=job_basis.dim, covariance=config.covariance,
+                               forgetting=config.job_forgetting, prior_variance=config.job_prior_variance),
+        passes=config.passes)
+    if prior is None:
+        prior = GLMixState.empty(glmix_config, torch.float64, config.device)
+    prior = GLMixState(prior.member.to(config.device, torch.float64), prior.job.to(config.device, torch.float64))
+
+    dense_names = list(spec.get("dense", []))
+    dense = frame[dense_names].to_numpy(dtype=np.float64) if dense_names else np.zeros((len(frame), 0))
+    offsets = ranker_logit(settings, frame)
+    events = GLMixEvents(
+        torch.as_tensor(frame[spec.get("member", "member_id")].to_numpy(np.int64)),
+        torch.as_tensor(frame[spec.get("item", "item_id")].to_numpy(np.int64)),
+        torch.as_tensor(_design(frame, "j_", member_basis)), torch.as_tensor(_design(frame, "m_", job_basis)),
+        torch.as_tensor(frame[spec.get("label", "label")].to_numpy(np.float64)),
+        torch.as_tensor(frame[spec.get("weight", "weight")].to_numpy(np.float64)) if spec.get("weight") in frame
+        else None,
+        None if offsets is None else torch.as_tensor(offsets, dtype=torch.float64))
+    state, fixed_effect, summary = update_day(prior, events, glmix_config, dense, dense_names, fixed_effect)
+
+    # Rows to publish: the entities updated today (the others' stored values are still current).
+    member_ids = np.unique(events.member_ids.numpy())
+    item_ids = np.unique(events.item_ids.numpy())
+    member_rows, _ = state.member.locate(torch.as_tensor(member_ids))
+    job_rows, _ = state.job.locate(torch.as_tensor(item_ids))
+    member_frame = _feature_frame(member_ids, "member_id", state.member, member_rows, "member", day)
+    job_frame = _feature_frame(item_ids, "item_id", state.job, job_rows, "job", day)
+    reports = settings.paths.reports
+    validation = {
+        MEMBER_VIEW: check_personalisation(MEMBER_VIEW, member_frame, day, reports_dir=reports, key_column="member_id",
+                                           vector_columns=["member_re_mean", "member_re_variance"]).to_dict(),
+        JOB_VIEW: check_personalisation(JOB_VIEW, job_frame, day, reports_dir=reports, key_column="item_id",
+                                        vector_columns=["job_re_mean", "job_re_variance"]).to_dict(),
+    }
+
+    meta = {"logical_date": day.isoformat(), "prior_date": previous.isoformat() if previous else None,
+            "global_part": "ranker" if offsets is not None else "fixed_effect",
+            "fixed_effect": fixed_effect.to_json() if fixed_effect is not None else None,
+            "member_basis": member_basis.to_json(), "job_basis": job_basis.to_json(),
+            "config": asdict(config), "summary": summary}
+    folder = state_root(settings) / dt_partition(day)
+    with atomic_directory(folder) as staging:
+        for side, side_state, basis in (("member", state.member, member_basis), ("job", state.job, job_basis)):
+            payload = encode_state(side_state, {"logical_date": day.isoformat(), "side": side,
+                                                "basis_version": basis.version})
+            (staging / f"{side}.safetensors").write_bytes(payload)
+        (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+    tag = _register_bentoml(settings, folder, day, {k: meta[k] for k in ("logical_date", "prior_date", "summary")})
+
+    written = {}
+    if write_online:
+        from features.store import write_features
+
+        written = {MEMBER_VIEW: write_features(settings, MEMBER_VIEW, member_frame, day),
+                   JOB_VIEW: write_features(settings, JOB_VIEW, job_frame, day)}
+    result = {"day": day.isoformat(), "prior_date": meta["prior_date"], "global_part": meta["global_part"],
+              "members_updated": int(len(member_ids)), "jobs_updated": int(len(item_ids)),
+              "member_basis_version": member_basis.version, "job_basis_version": job_basis.version,
+              "summary": summary, "state": str(folder), "bentoml_tag": tag, "validation": validation,
+              "written": written}
+    log.info("glmix %s: %d members, %d jobs updated (prior %s)", day, len(member_ids), len(item_ids), previous)
+    return result
+
+
+def _basis_json(data: dict):
+    from training.glmix.design import CategoricalBasis
+
+    return CategoricalBasis.from_json(data)
