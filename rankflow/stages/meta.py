@@ -1,0 +1,222 @@
+"""Stage functions of meta-learned personalisation (LiMAML): weekly meta-training, daily embedding refresh.
+
+`train_meta(settings, day)` meta-trains the sub-network (training/meta/maml.py) on the training-set window
+ending the day before `day`, warm-started from the newest meta-initialisation before `day`, reports the
+personalisation AUCs on `day` (held out), and saves the state to <data_dir>/models/meta/dt=D/ (atomic) and,
+when BentoML is importable, to the model store as `rankflow-meta`.
+
+`refresh_meta_embeddings(settings, day)` adapts the newest meta-initialisation at or before `day` on every
+active member's capped recent history (the training set's events in [day - window + 1, day]; active = had an
+event on `day`), flattens the adapted head into the member's meta embedding, gives members who arrived on
+`day` without any event the meta-initialisation itself (cold start), validates the frame
+(validation.check_personalisation) and writes it with features.store.write_features: the offline partition
+features/meta_embedding/dt=D (event_timestamp = end of D, so the ranker's point-in-time join serves it to
+events of D + 1 onwards) and the online store (never replacing a newer value). With no meta-initialisation
+yet, it meta-trains one first (`bootstrapped` in the result says so).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+from rankflow.config import Settings
+from rankflow.logs import get_logger
+from rankflow.paths import atomic_directory
+
+log = get_logger(__name__)
+
+VIEW = "meta_embedding"
+MODEL_NAME = "rankflow-meta"
+TRAINING_SET = "training_set"
+JOB_PREFIX = "j_"
+
+
+def meta_root(settings: Settings) -> Path:
+    return settings.paths.models / "meta"
+
+
+def version_tag(day: date) -> str:
+    return f"meta-{day.isoformat()}"
+
+
+# ---- data ---------------------------------------------------------------------------------------------
+def read_training_window(settings: Settings, start: date, end: date):
+    """Training-set rows of [start, end] and spec.json (features/training_set, built by the features stage)."""
+    from features.contract import read_partitions
+
+    table_dir = settings.paths.feature_table(TRAINING_SET)
+    spec_path = table_dir / "spec.json"
+    if not spec_path.exists():
+        raise FileNotFoundError(f"{spec_path}: no training set yet; run `rankflow features build` first")
+    spec = json.loads(spec_path.read_text())
+    frame = read_partitions(table_dir, start=start, end=end)
+    return frame, spec
+
+
+def subnetwork_columns(spec: dict) -> dict[str, tuple[str, ...]]:
+    """The job-side inputs of the sub-network, from spec.json: every j_ categorical, multi-valued and dense."""
+    pick = lambda role: tuple(c for c in spec.get(role, []) if c.startswith(JOB_PREFIX))  # noqa: E731
+    columns = {"categorical_columns": pick("categorical"), "multi_valued_columns": pick("multi_valued"),
+               "dense_columns": pick("dense")}
+    if not any(columns.values()):
+        raise ValueError(f"training-set spec has no job-side ({JOB_PREFIX}*) columns: {spec}")
+    return columns
+
+
+def _interactions(frame, config):
+    from training.meta.frames import interactions_from_frame
+
+    return interactions_from_frame(frame, config.subnetwork, max_bag_size=config.max_bag_size)
+
+
+def _epoch_day(day: date) -> int:
+    return (day - date(1970, 1, 1)).days
+
+
+# ---- weekly meta-training -------------------------------------------------------------------------------
+def train_meta(settings: Settings, day: date, config=None, progress=None) -> dict:
+    """Meta-train on the window before `day`, evaluate on `day`, save models/meta/dt=D. Idempotent per day."""
+    import numpy as np
+    import torch
+
+    from training.meta.config import MetaConfig
+    from training.meta.evaluate import evaluate_personalisation
+    from training.meta.maml import meta_train
+    from training.meta.state import latest_state, load_state, save_state
+    from training.meta.subnetwork import SubNetwork
+    from training.meta.tasks import concat_tasks, query_day_tasks
+
+    started = time.perf_counter()
+    previous = latest_state(meta_root(settings), day, strictly_before=True)
+    if previous is not None:
+        net, saved_config, _ = load_state(previous)
+        config = config or saved_config
+        if config.subnetwork != saved_config.subnetwork:
+            raise ValueError(f"{previous}: saved sub-network {saved_config.subnetwork} differs from the "
+                             f"requested {config.subnetwork}; start fresh in a new data directory")
+    config = config or MetaConfig()
+    tasks_config = config.tasks
+    # Query days: the `query_days` days before `day`; each needs `window_days` of history before it.
+    first_query = day - timedelta(days=config.query_days)
+    frame, spec = read_training_window(settings, first_query - timedelta(days=tasks_config.window_days), day)
+    if previous is None:
+        config = dataclasses.replace(config, subnetwork=dataclasses.replace(config.subnetwork,
+                                                                            **subnetwork_columns(spec)))
+        torch.manual_seed(config.outer.seed)
+        net = SubNetwork(config.subnetwork)
+    interactions = _interactions(frame, config)
+    query_days = [d for d in np.unique(interactions.day) if _epoch_day(first_query) <= d < _epoch_day(day)]
+    tasks = concat_tasks([query_day_tasks(interactions, int(d), tasks_config) for d in query_days])
+    if len(tasks) == 0:
+        raise ValueError(f"meta training for {day}: no events on the query days "
+                         f"{first_query}..{day - timedelta(days=1)} in {settings.paths.feature_table(TRAINING_SET)}")
+    inputs = interactions.job_inputs()
+    labels, weights = interactions.targets()
+    if previous is None:
+        net.fit_dense_scaling(inputs.dense[interactions.day < _epoch_day(day)])
+    history = meta_train(net, inputs, labels, weights, tasks, config.outer, config.inner, on_step=progress)
+    buckets = evaluate_personalisation(net, interactions, _epoch_day(day), tasks_config, config.inner)
+    metrics = {"query_loss_first": history.query_loss[0], "query_loss_last": history.query_loss[-1],
+               "seconds_per_outer_step": history.seconds_per_step, "tasks": len(tasks),
+               "eval": [dataclasses.asdict(b) for b in buckets]}
+    metadata = {"logical_date": day.isoformat(), "warm_start_from": str(previous) if previous else None,
+                "query_days": [str(date(1970, 1, 1) + timedelta(days=int(d))) for d in query_days],
+                "metrics": metrics, "embedding_length": config.subnetwork.embedding_length}
+    target = meta_root(settings) / f"dt={day.isoformat()}"
+    with atomic_directory(target) as staging:
+        save_state(staging, net, config, metadata)
+    bento_tag = _register_bentoml(settings, target, day, metrics)
+    log.info("meta-init %s: %d tasks, query loss %.4f -> %.4f", day, len(tasks), history.query_loss[0],
+             history.query_loss[-1])
+    return {"day": day.isoformat(), "state": str(target), "warm_started": previous is not None,
+            "tasks": len(tasks), "bentoml_tag": bento_tag, "metrics": metrics,
+            "seconds": round(time.perf_counter() - started, 2)}
+
+
+def _register_bentoml(settings: Settings, state_dir: Path, day: date, metrics: dict) -> str | None:
+    """Copy the state into the BentoML model store as `rankflow-meta` (labels: logical_date, status)."""
+    try:
+        import bentoml
+    except ImportError:
+        return None
+    import os
+    import shutil
+
+    os.environ.setdefault("BENTOML_HOME", str(settings.paths.bentoml_home))
+    with bentoml.models.create(MODEL_NAME, labels={"logical_date": day.isoformat(), "status": "candidate"},
+                               metadata={"eval": json.dumps(metrics["eval"])}) as model:
+        for item in state_dir.iterdir():
+            shutil.copy2(item, model.path_of(item.name))
+    return str(model.tag)
+
+
+# ---- daily refresh -----------------------------------------------------------------------------------------
+def compute_meta_embeddings(settings: Settings, day: date):
+    """(frame of member_id / meta_embedding / version, summary dict) for `day`, not yet validated or written."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from features.contract import read_raw
+    from training.meta.adapt import meta_embeddings
+    from training.meta.state import latest_state, load_state
+    from training.meta.tasks import gather_set, support_sets
+
+    state_dir = latest_state(meta_root(settings), day)
+    if state_dir is None:
+        raise FileNotFoundError(f"{meta_root(settings)}: no meta-initialisation at or before {day}")
+    net, config, metadata = load_state(state_dir)
+    window_start = day - timedelta(days=config.tasks.window_days - 1)
+    frame, _ = read_training_window(settings, window_start, day)
+    interactions = _interactions(frame, config)
+    active = np.unique(interactions.member_id[interactions.day == _epoch_day(day)])
+    arrived = read_raw(settings.paths, "members", day=day)["member_id"].to_numpy(dtype=np.int64)
+    members = np.union1d(active, arrived)
+    tasks = support_sets(interactions, members, _epoch_day(day), config.tasks)
+    inputs = interactions.job_inputs()
+    labels, weights = interactions.targets()
+    chunk = 16_384
+    parts, fallbacks = [], 0
+    with torch.no_grad():
+        for start in range(0, len(tasks), chunk):
+            rows = torch.from_numpy(tasks.support[start:start + chunk])
+            support_inputs, support_labels, support_weights = gather_set(rows, inputs, labels, weights)
+            embedding, bad = meta_embeddings(net, net.body(support_inputs), support_labels, support_weights,
+                                             config.inner)
+            parts.append(embedding.numpy().astype(np.float32))
+            fallbacks += bad
+    embeddings = np.concatenate(parts) if parts else np.zeros((0, config.subnetwork.embedding_length), np.float32)
+    result = pd.DataFrame({"member_id": tasks.member_id, VIEW: list(embeddings),
+                           "version": version_tag(date.fromisoformat(metadata["logical_date"]))})
+    summary = {"members": len(tasks), "active": int(active.size),
+               "cold_start": int((tasks.support_count == 0).sum()), "non_finite_fallbacks": fallbacks,
+               "embedding_length": int(embeddings.shape[1]), "meta_init": str(state_dir)}
+    return result, summary
+
+
+def refresh_meta_embeddings(settings: Settings, day: date) -> dict:
+    """Daily: adapted meta embeddings of the day's active (and newly arrived) members -> offline + online."""
+    import pandas as pd
+
+    from features.store import write_features
+    from training.meta.state import latest_state
+    from validation.personalisation import check_personalisation
+
+    started = time.perf_counter()
+    bootstrapped = None
+    if latest_state(meta_root(settings), day) is None:
+        log.info("no meta-initialisation at or before %s: meta-training one first", day)
+        bootstrapped = train_meta(settings, day)["state"]
+    frame, summary = compute_meta_embeddings(settings, day)
+    end_of_day = pd.Timestamp(day + timedelta(days=1), tz="UTC")
+    frame["event_timestamp"] = end_of_day
+    frame["created_ts"] = pd.Timestamp(datetime.now(timezone.utc))
+    check_personalisation(VIEW, frame, day, reports_dir=settings.paths.reports,
+                          key_column="member_id", vector_columns=[VIEW])
+    written = write_features(settings, VIEW, frame, day)
+    return {"day": day.isoformat(), **summary, "bootstrapped": bootstrapped, "write": written,
+            "seconds": round(time.perf_counter() - started, 2)}

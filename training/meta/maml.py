@@ -1,0 +1,130 @@
+"""Meta-training of the sub-network with MAML, vectorised over members with torch.func.
+
+MAML (Finn, Abbeel & Levine 2017, Algorithm 1) learns the initialisation that adapts best in k steps:
+
+    min_{theta}  E_m [ L_{Q_m}( phi_m(theta) ) ],   phi_m(theta) = InnerLoop_k(phi_0, S_m; body)    (eq. 1)
+
+theta = (body, phi_0) are the meta-parameters: the shared body and the head's initialisation. Tasks are
+members, S_m their earlier interactions and Q_m their later ones (training/meta/tasks.py). Each outer step
+takes a batch of members, adapts all of them at once (`vmap` over the member axis of padded [B, N] sets,
+training/meta/adapt.py), scores their query sets with their own adapted heads (`vmap` of `functional_call`),
+and takes an Adam step on the mean query loss.
+
+Second-order MAML back-propagates through the k inner SGD steps (Hessian-vector products of the inner loss).
+First-order MAML (FOMAML, Finn et al. sec. 5.2) treats the inner gradients as constants, so
+d phi_m / d phi_0 = I and the body only learns through the query path. **First-order is the default**: with
+only the head adapted, the inner loss is close to a logistic regression in phi, whose curvature the
+second-order term adds little about, while it costs the double-backward through k steps. The measured
+numbers (time per outer step and query AUC of both) are in benchmarks/results/meta-*.md and the test output
+of tests/training/test_meta_maml.py; rerun `python benchmarks/bench_meta.py --compare-orders` to check.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.func import vmap
+
+from training.meta.adapt import InnerLoopConfig, adapt_members, clean_targets, support_loss
+from training.meta.subnetwork import JobInputs, SubNetwork
+from training.meta.tasks import Tasks, gather_set
+
+
+@dataclass(frozen=True)
+class MetaTrainConfig:
+    """The outer loop."""
+
+    outer_steps: int = 300
+    members_per_batch: int = 256
+    learning_rate: float = 3e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 10.0
+    first_order: bool = True
+    seed: int = 0
+
+
+@dataclass
+class MetaTrainHistory:
+    """What meta-training did: per-step query losses and the wall time of each outer step."""
+
+    query_loss: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def seconds_per_step(self) -> float:
+        # The first step includes one-off allocation and autograd graph warm-up; report the steady state.
+        steady = self.step_seconds[1:] or self.step_seconds
+        return float(np.median(steady)) if steady else float("nan")
+
+
+def adapted_query_logits(
+    net: SubNetwork,
+    inputs: JobInputs,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    support: torch.Tensor,
+    query: torch.Tensor,
+    inner: InnerLoopConfig,
+    first_order: bool,
+    adapt: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Adapt on `support` rows [B, Ns], score `query` rows [B, Nq]: (logits, labels, weights), each [B, Nq]."""
+    support_inputs, support_labels, support_weights = gather_set(support, inputs, labels, weights)
+    query_inputs, query_labels, query_weights = gather_set(query, inputs, labels, weights)
+    hidden_query = net.body(query_inputs)
+    if adapt:
+        support_labels, support_weights = clean_targets(support_labels, support_weights)
+        params = adapt_members(net, net.body(support_inputs), support_labels, support_weights, inner, first_order)
+        logits = vmap(net.head_logits)(params, hidden_query)
+    else:
+        logits = net.head_logits(net.head_params(), hidden_query)
+    return logits, query_labels, query_weights
+
+
+def meta_train(
+    net: SubNetwork,
+    inputs: JobInputs,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    tasks: Tasks,
+    config: MetaTrainConfig = MetaTrainConfig(),
+    inner: InnerLoopConfig = InnerLoopConfig(),
+    on_step=None,
+) -> MetaTrainHistory:
+    """Run `config.outer_steps` MAML outer steps over `tasks` (members), updating `net` in place.
+
+    `inputs`, `labels`, `weights` hold every event the tasks index, on the device `net` lives on.
+    Warm start = pass a `net` loaded from the previous meta-initialisation.
+    """
+    if len(tasks) == 0:
+        raise ValueError("meta_train: no tasks (no member has a query event in the training window)")
+    device = next(net.parameters()).device
+    labels, weights = clean_targets(labels, weights)
+    support_all = torch.from_numpy(tasks.support).to(device)
+    query_all = torch.from_numpy(tasks.query).to(device)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    rng = np.random.default_rng(config.seed)
+    batch_size = min(config.members_per_batch, len(tasks))
+    history = MetaTrainHistory()
+    net.train()
+    for step in range(config.outer_steps):
+        started = time.perf_counter()
+        batch = torch.from_numpy(rng.choice(len(tasks), size=batch_size, replace=False)).to(device)
+        logits, query_labels, query_weights = adapted_query_logits(
+            net, inputs, labels, weights, support_all[batch], query_all[batch], inner, config.first_order)
+        loss = vmap(support_loss)(logits, query_labels, query_weights).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        history.step_seconds.append(time.perf_counter() - started)
+        history.query_loss.append(float(loss.detach()))
+        if on_step is not None:
+            on_step(step, history.query_loss[-1])
+    net.eval()
+    return history
