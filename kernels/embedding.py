@@ -19,7 +19,9 @@ they are updated in place during loss.backward(). The update happens once per ba
 each forward call; under torch.no_grad() or in eval mode the module is a plain embedding bag.
 
 Offsets are CSR style: offsets has B + 1 entries, offsets[0] = 0 and offsets[B] = len(indices)
-(torch.nn.functional.embedding_bag's include_last_offset=True). Several tables share one module
+(torch.nn.functional.embedding_bag's include_last_offset=True). offsets=None means every index is
+a bag of its own (single-valued features, out[b] = W[indices[b]]): the forward is then a plain
+row gather, many rows per program, instead of one program per bag. Several tables share one module
 by adding each table's row offset to its indices (as TBE does); rows of one bag may repeat.
 """
 
@@ -106,6 +108,17 @@ if triton is not None:
         tl.store(out_ptr + bag.to(tl.int64) * dim + cols, pooled.to(out_ptr.dtype.element_ty), mask=col_mask)
 
     @triton.jit
+    def _gather_rows_kernel(weight_ptr, indices_ptr, out_ptr, n_indices, dim,
+                            BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+        positions = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        valid = positions < n_indices
+        rows = tl.load(indices_ptr + positions, mask=valid, other=0).to(tl.int64)
+        cols = tl.arange(0, BLOCK_D)
+        mask = valid[:, None] & (cols < dim)[None, :]
+        values = tl.load(weight_ptr + rows[:, None] * dim + cols[None, :], mask=mask, other=0.0)
+        tl.store(out_ptr + positions.to(tl.int64)[:, None] * dim + cols[None, :], values, mask=mask)
+
+    @triton.jit
     def _rowwise_adagrad_kernel(
         sorted_rows_ptr, order_ptr, bag_of_ptr, bag_scale_ptr, grad_ptr, weight_ptr, momentum_ptr,
         n_positions, dim, lr, eps,
@@ -144,10 +157,16 @@ if triton is not None:
             tl.store(weight_ptr + weight_offsets, weight.to(weight_ptr.dtype.element_ty), mask=col_mask)
 
 
-def _embedding_bag_triton(weight, indices, offsets, mode):
+def _embedding_bag_triton(weight, indices, offsets, mode, single=False):
     n_bags, dim = offsets.numel() - 1, weight.shape[1]
     out = torch.empty((n_bags, dim), dtype=weight.dtype, device=weight.device)
     if n_bags == 0:
+        return out
+    if single:  # bags of one (sum and mean agree): gather ~2048 values per program
+        block_d = max(16, next_power_of_2(dim))
+        block_r = max(1, 2048 // block_d)
+        _gather_rows_kernel[(triton.cdiv(n_bags, block_r),)](weight, indices, out, n_bags, dim,
+                                                            BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4)
         return out
     mean_length = max(1, indices.numel() // n_bags)
     block_l = min(16, max(2, next_power_of_2(mean_length)))
@@ -174,10 +193,10 @@ def _rowwise_adagrad_triton(weight, momentum, indices, offsets, grad_output, mod
 
 class _FusedEmbeddingBagFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, anchor, weight, momentum, indices, offsets, mode, lr, eps):
+    def forward(ctx, anchor, weight, momentum, indices, offsets, mode, lr, eps, single):
         ctx.triton = use_triton(weight, indices, offsets)
         if ctx.triton:
-            out = _embedding_bag_triton(weight, indices, offsets, mode)
+            out = _embedding_bag_triton(weight, indices, offsets, mode, single)
         else:
             out = embedding_bag_reference(weight, indices, offsets, mode)
         ctx.save_for_backward(weight, momentum, indices, offsets)
@@ -191,7 +210,7 @@ class _FusedEmbeddingBagFunction(torch.autograd.Function):
         step = _rowwise_adagrad_triton if ctx.triton else rowwise_adagrad_reference
         with torch.no_grad():
             step(weight, momentum, indices, offsets, grad_output, ctx.mode, ctx.lr, ctx.eps)
-        return (None,) * 8
+        return (None,) * 9
 
 
 class FusedEmbeddingBag(nn.Module):
@@ -216,7 +235,11 @@ class FusedEmbeddingBag(nn.Module):
             self.weight.uniform_(-bound, bound)
             self.momentum.zero_()
 
-    def forward(self, indices: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    def forward(self, indices: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
+        """indices [N], CSR offsets [B + 1] -> pooled [B, dim]; offsets None: bags of one, [N, dim]."""
+        single = offsets is None
+        if single:  # the backward's bag bookkeeping still reads CSR offsets: 0, 1, .., N
+            offsets = torch.arange(indices.numel() + 1, device=indices.device)
         if indices.dim() != 1 or offsets.dim() != 1 or offsets.numel() < 1:
             raise ValueError(f"FusedEmbeddingBag takes 1-d indices and CSR offsets [B + 1], got "
                              f"{tuple(indices.shape)} and {tuple(offsets.shape)}")
@@ -225,12 +248,12 @@ class FusedEmbeddingBag(nn.Module):
         indices, offsets = indices.contiguous(), offsets.contiguous()
         if not (self.training and torch.is_grad_enabled()):
             if use_triton(self.weight, indices, offsets):
-                return _embedding_bag_triton(self.weight, indices, offsets, self.mode)
+                return _embedding_bag_triton(self.weight, indices, offsets, self.mode, single)
             return embedding_bag_reference(self.weight, indices, offsets, self.mode)
         # A zero-size tensor that requires grad makes autograd call our backward (TBE's placeholder).
         anchor = torch.empty(0, device=self.weight.device, requires_grad=True)
         return _FusedEmbeddingBagFunction.apply(anchor, self.weight, self.momentum, indices, offsets,
-                                                self.mode, self.lr, self.eps)
+                                                self.mode, self.lr, self.eps, single)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.dim}, mode={self.mode!r}, lr={self.lr}, eps={self.eps}"

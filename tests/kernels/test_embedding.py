@@ -102,3 +102,19 @@ def test_bad_mode_and_offsets_are_refused():
         FusedEmbeddingBag(4, 2, mode="max")
     with pytest.raises(ValueError, match="CSR offsets"):
         FusedEmbeddingBag(4, 2)(torch.tensor([[1]]), torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bags_of_one_without_offsets_gather_rows_and_update_like_csr_bags(dtype, device):
+    num_rows, dim, n = sizes(cpu=(40, 37, 29), gpu=(100_003, 64, 212_993))
+    indices = torch.randint(0, max(2, num_rows // 10), (n,), device=device)  # duplicates certain
+    offsets = torch.arange(n + 1, device=device)
+    single, csr = (_module(num_rows, dim, "sum", dtype, device, "triton") for _ in range(2))
+    grad = torch.randn(n, dim, device=device).to(dtype)
+    with dispatch.backend("triton"):
+        out = single(indices)
+        assert out.shape == (n, dim) and out.dtype == dtype
+        assert torch.equal(out, csr.weight[indices])  # a gather is exact
+        out.backward(grad)
+        csr(indices, offsets).backward(grad)
+    assert torch.equal(single.weight, csr.weight) and torch.equal(single.momentum, csr.momentum)

@@ -63,10 +63,8 @@ class HashedEmbeddings(nn.Module):
         """ids [B, F] (already hashed into 0..buckets_f-1) -> embeddings [B, F, d]."""
         rows = ids + self.row_offsets
         if self._fused and self.training and torch.is_grad_enabled():
-            # Every (row, feature) is a bag of one: CSR offsets 0, 1, .., B*F.
-            flat = rows.reshape(-1)
-            offsets = torch.arange(flat.numel() + 1, device=flat.device)
-            return self._fused[0](flat, offsets).view(*rows.shape, self.dim)
+            # Every (row, feature) is a bag of one (no offsets: the kernel gathers rows).
+            return self._fused[0](rows.reshape(-1)).view(*rows.shape, self.dim)
         return F.embedding(rows, self.weight, sparse=self.sparse)
 
 
