@@ -60,14 +60,12 @@ def member_affinities(members: DataFrame, state: DataFrame, member_rates: DataFr
         smoothed_rate(F.col(applies_col(AFFINITY_WINDOW)), F.col(impressions_col(AFFINITY_WINDOW)),
                       F.col("m_rate_28d"), strength).alias("rate"),
     )
-    out = members.select("member_id")
+    # One shuffle for every attribute: pivot the sorted (value, rate) lists by attribute.
+    pivoted = (rated.groupBy("member_id").pivot("attribute", list(attributes))
+               .agg(F.sort_array(F.collect_list(F.struct("value", "rate")))))
+    columns = [F.col("member_id")]
     for attribute in attributes:
-        pairs = (rated.where(F.col("attribute") == attribute)
-                 .groupBy("member_id")
-                 .agg(F.sort_array(F.collect_list(F.struct("value", "rate"))).alias("pairs")))
-        out = out.join(pairs, on="member_id", how="left").select(
-            "*",
-            F.coalesce(F.col("pairs.value"), F.array().cast("array<string>")).alias(f"a_{attribute}_values"),
-            F.coalesce(F.col("pairs.rate"), F.array().cast("array<float>")).alias(f"a_{attribute}_rates"),
-        ).drop("pairs")
-    return out
+        pairs = F.col(f"`{attribute}`")
+        columns += [F.coalesce(pairs.getField("value"), F.array().cast("array<string>")).alias(f"a_{attribute}_values"),
+                    F.coalesce(pairs.getField("rate"), F.array().cast("array<float>")).alias(f"a_{attribute}_rates")]
+    return members.select("member_id").join(pivoted, on="member_id", how="left").select(*columns)

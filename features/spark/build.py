@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 
 import pandas as pd
+import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from features.contract import load_raw_schema, raw_days
+from features.contract import PART_FILE, load_raw_schema, raw_days
 from features.spark.affinities import AFFINITY_SPEC, affinity_attributes, attribute_events, member_affinities
 from features.spark.job_features import job_features
 from features.spark.member_features import member_features
@@ -61,13 +62,13 @@ def end_of_day(day: date) -> datetime:
 
 
 def _write_dailies(spark: SparkSession, paths: DataPaths, day: date, attributes: tuple[str, ...],
-                   stores: dict[str, WindowStore], items: DataFrame, force: bool) -> int:
+                   stores: dict[str, WindowStore], items: DataFrame, force: bool) -> None:
     """Daily aggregates of one raw day (recomputed when forced: the day being (re)built)."""
     if not force and all(store.has_daily(day) for store in stores.values()):
-        return 0
+        return
     events = events_of_day(spark, paths, day)
     if events is None:
-        return 0
+        return
     events = events.select("member_id", "item_id", "ts", F.col("label").cast("int").alias("label")).cache()
     schema = load_raw_schema(paths)
     stores["member"].write_daily(day, daily_counts(events, MEMBER_SPEC))
@@ -75,9 +76,7 @@ def _write_dailies(spark: SparkSession, paths: DataPaths, day: date, attributes:
     if attributes:
         per_value = attribute_events(events, items, schema.items, attributes)
         stores["affinity"].write_daily(day, daily_counts(per_value, AFFINITY_SPEC))
-    count = events.count()
     events.unpersist()
-    return count
 
 
 def build_day(spark: SparkSession, paths: DataPaths, day: date, config: FeatureConfig = FeatureConfig()) -> DayBuild:
@@ -93,21 +92,26 @@ def build_day(spark: SparkSession, paths: DataPaths, day: date, config: FeatureC
     members = known_by(spark, paths, "members", day).cache()
     items = known_by(spark, paths, "items", day).cache()
 
-    events = 0
     for raw_day in event_days:
-        events = _write_dailies(spark, paths, raw_day, attributes, stores, items, force=raw_day == day)
+        _write_dailies(spark, paths, raw_day, attributes, stores, items, force=raw_day == day)
+    events = pq.read_metadata(paths.raw_partition("events", day) / PART_FILE).num_rows
     modes = {}
     member_state, modes["member"] = stores["member"].build_state(day, first_day)
     job_state, modes["job"] = stores["job"].build_state(day, first_day)
 
-    totals = job_state.agg(F.sum(impressions_col(28)), F.sum(applies_col(28))).collect()[0]
-    prior = totals[1] / totals[0] if totals[0] else config.default_prior_rate
+    # One pass for the day's totals: the global prior rate and the popularity scale.
+    totals = (items.select("item_id").join(job_state, on="item_id", how="left")
+              .agg(F.count(F.lit(1)), F.sum(impressions_col(7)), F.sum(impressions_col(28)), F.sum(applies_col(28)))
+              .collect()[0])
+    known_jobs, impressions_7d, impressions_28d, applies_28d = (value or 0 for value in totals)
+    prior = applies_28d / impressions_28d if impressions_28d else config.default_prior_rate
+    mean_7d = impressions_7d / known_jobs if known_jobs else 0.0
     as_of = F.lit(end_of_day(day).replace(tzinfo=None)).cast("timestamp")  # session time zone is UTC
 
     member_frame = member_features(members, member_state, schema.members, as_of, prior,
                                    config.prior_strength, config.recency_cap_days).cache()
     job_frame = job_features(items, job_state, schema.items, as_of, prior,
-                             config.prior_strength, config.recency_cap_days)
+                             config.prior_strength, config.recency_cap_days, mean_7d)
     tables = {MEMBER_TABLE: member_frame, JOB_TABLE: job_frame}
     if attributes:
         affinity_state, modes["affinity"] = stores["affinity"].build_state(day, first_day)

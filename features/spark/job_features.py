@@ -19,11 +19,9 @@ from features.spark.windows import impressions_col
 
 
 def job_features(items: DataFrame, state: DataFrame, schema: EntitySchema, as_of: Column,
-                 prior: float, strength: float, recency_cap_days: float) -> DataFrame:
+                 prior: float, strength: float, recency_cap_days: float, mean_7d: float) -> DataFrame:
+    """`mean_7d`: mean over known jobs of impressions_7d (computed with the day's other totals)."""
     joined = items.join(state, on="item_id", how="left")
-    known_jobs = items.count()
-    total_7d = state.agg(F.sum(impressions_col(7))).collect()[0][0] or 0
-    mean_7d = total_7d / known_jobs if known_jobs else 0.0
     popularity = (F.coalesce(F.col(impressions_col(7)), F.lit(0)) / F.lit(mean_7d)) if mean_7d else F.lit(0.0)
     since_apply = F.least(days_between(as_of, F.col("last_apply_ts")), F.lit(recency_cap_days))
     posted = F.col(schema.timestamp) if schema.timestamp else F.lit(None).cast("timestamp")
