@@ -88,16 +88,22 @@ def ranker_logit(settings: Settings, frame) -> np.ndarray | None:
     return None
 
 
-def _basis_from(frame, prefix: str, attributes: tuple[str, ...]):
+def _basis_from_raw(settings: Settings, table: str, day: date, attributes: tuple[str, ...]):
+    """Vocabulary of the attributes over every member / job that arrived up to `day` (raw zone).
+
+    Not from the training set: on the first days most rows there are cold (no features before D) and
+    carry placeholders. The basis is fixed when the first state is made; later new values score as the
+    intercept only (a changed basis needs a new state: its version is stored with every posterior).
+    """
+    from features.contract import read_raw
     from training.glmix.design import CategoricalBasis
 
-    vocab = {}
-    for attribute in attributes:
-        column = f"{prefix}{attribute}"
-        if column not in frame.columns:
-            raise KeyError(f"training set has no column {column!r} (needed for the GLMix basis)")
-        vocab[attribute] = sorted(str(v) for v in frame[column].dropna().unique())
-    return CategoricalBasis.from_vocabularies(vocab)
+    entities = read_raw(settings.paths, table, end=day)
+    missing = [a for a in attributes if a not in entities.columns]
+    if missing:
+        raise KeyError(f"{settings.paths.raw_table(table)}: no attribute column(s) {missing} for the GLMix basis")
+    return CategoricalBasis.from_vocabularies(
+        {a: sorted(str(v) for v in entities[a].dropna().unique()) for a in attributes})
 
 
 def _design(frame, prefix: str, basis) -> np.ndarray:
@@ -140,7 +146,7 @@ def _register_bentoml(settings: Settings, folder: Path, day: date, metadata: dic
     from rankflow.stages.ranker import model_store
 
     with bentoml.models.create(MODEL_NAME, labels={"logical_date": day.isoformat(), "status": "serving"},
-                               metadata=json.loads(json.dumps(metadata, default=str)),
+                               metadata=metadata,
                                _model_store=model_store(settings)) as stored:
         for item in folder.iterdir():
             shutil.copy2(item, Path(stored.path) / item.name)
@@ -164,8 +170,8 @@ def update_random_effects(settings: Settings, day: date, config: PersonaliseConf
         member_basis = _basis_json(prior_meta["member_basis"])
         job_basis = _basis_json(prior_meta["job_basis"])
     else:
-        member_basis = _basis_from(frame, "j_", config.basis_attributes)  # member effects read job attributes
-        job_basis = _basis_from(frame, "m_", config.basis_attributes)
+        member_basis = _basis_from_raw(settings, "items", day, config.basis_attributes)  # read against phi(job)
+        job_basis = _basis_from_raw(settings, "members", day, config.basis_attributes)
         prior, fixed_effect = None, None
     glmix_config = GLMixConfig(
         member=RandomEffectConfig(dim=member_basis.dim, covariance=config.covariance,
@@ -178,6 +184,11 @@ def update_random_effects(settings: Settings, day: date, config: PersonaliseConf
     prior = GLMixState(prior.member.to(config.device, torch.float64), prior.job.to(config.device, torch.float64))
 
     dense_names = list(spec.get("dense", []))
+    missing = [c for c in (*dense_names, spec.get("member", "member_id"), spec.get("item", "item_id"),
+                           spec.get("label", "label")) if c not in frame.columns]
+    if missing:
+        raise KeyError(f"{settings.paths.feature_partition('training_set', day)}: columns {missing} named in "
+                       f"training_set/spec.json are missing (partition built with an older spec? rebuild the day)")
     dense = frame[dense_names].to_numpy(dtype=np.float64) if dense_names else np.zeros((len(frame), 0))
     offsets = ranker_logit(settings, frame)
     events = GLMixEvents(
@@ -217,7 +228,10 @@ def update_random_effects(settings: Settings, day: date, config: PersonaliseConf
                                                 "basis_version": basis.version})
             (staging / f"{side}.safetensors").write_bytes(payload)
         (staging / "meta.json").write_text(json.dumps(meta, indent=2))
-    tag = _register_bentoml(settings, folder, day, {k: meta[k] for k in ("logical_date", "prior_date", "summary")})
+    tag = _register_bentoml(settings, folder, day, {  # BentoML metadata: basic types only, no None
+        "logical_date": day.isoformat(), "prior_date": meta["prior_date"] or "",
+        "member_basis_version": member_basis.version, "job_basis_version": job_basis.version,
+        "events_used": summary["member"]["events_used"], "events_dropped": summary["member"]["events_dropped"]})
 
     written = {}
     if write_online:

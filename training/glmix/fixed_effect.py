@@ -65,17 +65,22 @@ def fit_fixed_effect(features: np.ndarray, labels: np.ndarray, feature_names: li
     o = torch.zeros_like(y) if offsets is None else torch.as_tensor(np.asarray(offsets, dtype=np.float64))
     if not all(bool(torch.isfinite(t).all()) for t in (x, y, v, o)):
         raise ValueError("fit_fixed_effect: features, labels, weights and offsets must be finite")
+    # Standardise on today's rows; a constant column (e.g. every member cold on the first day) gets scale 1.
+    center = x.mean(0) if len(x) else torch.zeros(x.shape[1], dtype=torch.float64)
+    spread = x.std(0) if len(x) > 1 else torch.zeros(x.shape[1], dtype=torch.float64)
+    scale = torch.where(spread > 1e-8 * (1 + center.abs()), spread, torch.ones_like(spread))
     if warm_start is not None and warm_start.feature_names == list(feature_names):
-        center, scale = warm_start.center, warm_start.scale
-        theta = torch.as_tensor(np.concatenate([[warm_start.bias], warm_start.weights]))
+        # Same function, today's standardisation: w' = w s'/s, b' = b + sum w (c' - c)/s.
+        old_w, old_c, old_s = (torch.as_tensor(a, dtype=torch.float64)
+                               for a in (warm_start.weights, warm_start.center, warm_start.scale))
+        theta = torch.cat([torch.tensor([warm_start.bias + float((old_w * (center - old_c) / old_s).sum())]),
+                           old_w * scale / old_s])
     else:
-        center = x.mean(0).numpy() if len(x) else np.zeros(x.shape[1])
-        scale = x.std(0).clamp_min(1e-6).numpy() if len(x) > 1 else np.ones(x.shape[1])
         rate = float((v * y).sum() / v.sum().clamp_min(1e-12)) if len(x) else 0.5
         rate = min(max(rate, 1e-4), 1 - 1e-4)
         theta = torch.zeros(x.shape[1] + 1, dtype=torch.float64)
         theta[0] = float(np.log(rate / (1 - rate)))
-    z = torch.cat([torch.ones(len(x), 1, dtype=torch.float64), (x - torch.as_tensor(center)) / torch.as_tensor(scale)], 1)
+    z = torch.cat([torch.ones(len(x), 1, dtype=torch.float64), (x - center) / scale], 1)
     ridge = torch.full((z.shape[1],), config.l2, dtype=torch.float64)
     ridge[0] = 0.0  # the bias is not shrunk
 
@@ -88,7 +93,7 @@ def fit_fixed_effect(features: np.ndarray, labels: np.ndarray, feature_names: li
         p = torch.sigmoid(o + z @ theta)
         gradient = z.T @ (v * (p - y)) + ridge * theta
         hessian = (z * (v * p * (1 - p))[:, None]).T @ z + torch.diag(ridge + 1e-9)
-        newton = -torch.linalg.solve(hessian, gradient)
+        newton = -torch.cholesky_solve(gradient[:, None], torch.linalg.cholesky(hessian))[:, 0]
         decrement = float(-(gradient @ newton))
         if decrement <= config.tolerance:
             break
@@ -102,5 +107,5 @@ def fit_fixed_effect(features: np.ndarray, labels: np.ndarray, feature_names: li
         else:
             break
         theta, value = candidate, candidate_value
-    return FixedEffectModel(list(feature_names), np.asarray(center, dtype=np.float64),
-                            np.asarray(scale, dtype=np.float64), theta[1:].numpy().copy(), float(theta[0]))
+    return FixedEffectModel(list(feature_names), center.numpy().copy(), scale.numpy().copy(),
+                            theta[1:].numpy().copy(), float(theta[0]))
