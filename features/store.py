@@ -196,8 +196,8 @@ def _stored_event_times(store, feature_view) -> dict[bytes, pd.Timestamp]:
 
 
 def _utc(value) -> pd.Timestamp:
-    """Feast hands naive-UTC datetimes around (and SQLite stores them as text): make them aware."""
-    stamp = pd.Timestamp(value)
+    """Feast hands naive-UTC datetimes around and its SQLite store keeps epoch seconds: make them aware."""
+    stamp = pd.Timestamp(value, unit="s") if isinstance(value, (int, float)) else pd.Timestamp(value)
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
