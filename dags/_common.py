@@ -11,6 +11,7 @@ AIRFLOW__RANKFLOW__<KEY> env vars, written by `rankflow airflow up`):
     end_date   last logical day the daily/weekly schedules create runs for (empty: open-ended)
     gpu_pool   Airflow pool of the ranker's train task (default: default_pool)
     gpu_queue  executor queue of the ranker's train task (Celery/Kubernetes; default: default)
+    retries    retries of a failed task, with exponential backoff from 30 s (default: 3)
 """
 
 from __future__ import annotations
@@ -26,16 +27,6 @@ FEATURES = Asset(name="features", uri="rankflow://features")
 PERSONALISATION = Asset(name="personalisation", uri="rankflow://personalisation")
 RANKER = Asset(name="ranker", uri="rankflow://ranker")
 
-# Transient errors (a Spark executor lost, the online store briefly unreachable) get retried with
-# exponential backoff: 30 s, 60 s, 120 s. Validation failures bypass this (AirflowFailException).
-DEFAULT_ARGS: dict[str, Any] = {
-    "owner": "rankflow",
-    "retries": 3,
-    "retry_delay": timedelta(seconds=30),
-    "retry_exponential_backoff": 2.0,
-    "max_retry_delay": timedelta(minutes=10),
-}
-
 TAGS = ["rankflow"]
 
 
@@ -43,6 +34,17 @@ def rankflow_option(key: str, fallback: str | None = None) -> str | None:
     """One `[rankflow]` option from Airflow's configuration; empty strings count as unset."""
     value = conf.get("rankflow", key, fallback=fallback)
     return value or fallback
+
+
+# Transient errors (a Spark executor lost, the online store briefly unreachable) get retried with
+# exponential backoff: 30 s, 60 s, 120 s. Validation failures bypass this (AirflowFailException).
+DEFAULT_ARGS: dict[str, Any] = {
+    "owner": "rankflow",
+    "retries": int(rankflow_option("retries", "3")),
+    "retry_delay": timedelta(seconds=30),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=10),
+}
 
 
 def _midnight(day: date) -> datetime:

@@ -64,7 +64,7 @@ def ranker():
         from airflow.sdk.exceptions import AirflowSkipException
 
         result = run_stage("ranker", "promote", candidate["tag"])
-        if not result.get("promoted", False):
+        if result.get("status") != "serving":
             # Skipping emits no `ranker` event, so publish does not rebuild for a model not served.
             raise AirflowSkipException(f"candidate {candidate['tag']} not promoted: {result}")
         outlet_events[RANKER].extra = {"tag": candidate["tag"]}

@@ -26,6 +26,8 @@ os.environ.update({
     "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
     "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME / 'airflow.db'}",
     "AIRFLOW__SCHEDULER__CREATE_CRON_DATA_INTERVALS": "True",
+    # dag.test() waits out retry delays in real time; a failure here should fail the test at once.
+    "AIRFLOW__RANKFLOW__RETRIES": "0",
 })
 
 STAGE_FUNCTIONS = {
@@ -74,7 +76,7 @@ class FakeStages:
             self.calls.append((name, args))
             if name in self.failures:
                 raise self.failures[name]
-            default = {"tag": f"{name}:1", "promoted": True}
+            default = {"tag": f"{name}:1", "status": "serving"}
             return self.results.get(name, {**default, "args": [str(a) for a in args]})
 
         return stage

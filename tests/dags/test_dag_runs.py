@@ -73,7 +73,7 @@ def test_ranker_trains_evaluates_and_promotes_on_the_requested_window(airflow_db
 
 
 def test_ranker_not_promoted_skips_so_publish_is_not_triggered(airflow_db, fake_stages, rankflow_data_dir):
-    fake_stages.results["promote"] = {"promoted": False, "reason": "auc 0.71 <= serving 0.72 + margin"}
+    fake_stages.results["promote"] = {"status": "rejected", "reason": "auc 0.71 < serving 0.72 + margin"}
     run = run_dag("ranker", conf={"start": "2026-01-01", "end": "2026-01-04"})
     assert states(run)["promote"] == "skipped"
 
@@ -85,9 +85,19 @@ def test_publish_builds_smoke_tests_and_promotes_the_same_bento(airflow_db, fake
                                  ("promote_bento", ("build_bento:1",))]
 
 
-def _require_stages():
-    for area in STAGE_FUNCTIONS:
+def _require_stages(*areas: str):
+    for area in areas or STAGE_FUNCTIONS:
         pytest.importorskip(f"rankflow.stages.{area}", reason=f"rankflow.stages.{area} has not landed yet")
+
+
+def test_features_dag_builds_a_synthetic_day_with_the_real_stages(airflow_db, rankflow_data_dir, tiny_data_dir,
+                                                                 tmp_path):
+    _require_stages("features")
+    data_dir = rankflow_data_dir(shutil.copytree(tiny_data_dir, tmp_path / "tiny"))
+    run = run_dag("features", date(2026, 1, 1))
+    assert str(run.state) == "success"
+    assert (data_dir / "features" / "training_set" / "dt=2026-01-01" / "part-0.parquet").is_file()
+    assert (data_dir / "reports" / "validation").is_dir()
 
 
 def test_every_dag_runs_a_synthetic_day_with_the_real_stages(airflow_db, rankflow_data_dir, tiny_data_dir, tmp_path):
