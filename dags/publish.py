@@ -28,11 +28,11 @@ def publish():
 
     @task
     def smoke_test(built: dict) -> dict:
-        return run_stage("publish", "smoke_test", built["tag"])
+        return run_stage("publish", "smoke_test", built["bento_tag"])
 
     @task
     def promote_bento(built: dict) -> dict:
-        return run_stage("publish", "promote_bento", built["tag"])
+        return run_stage("publish", "promote_bento", built["bento_tag"])
 
     built = build_bento()
     smoke_test(built) >> promote_bento(built)

@@ -76,7 +76,7 @@ class FakeStages:
             self.calls.append((name, args))
             if name in self.failures:
                 raise self.failures[name]
-            default = {"tag": f"{name}:1", "status": "serving"}
+            default = {"tag": f"{name}:1", "bento_tag": f"{name}:1", "status": "serving"}
             return self.results.get(name, {**default, "args": [str(a) for a in args]})
 
         return stage
