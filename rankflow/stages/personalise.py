@@ -88,9 +88,11 @@ def ranker_logit(settings: Settings, frame) -> np.ndarray | None:
     return None
 
 
-def _basis_from_raw(settings: Settings, table: str, day: date, attributes: tuple[str, ...]):
-    """Vocabulary of the attributes over every member / job that arrived up to `day` (raw zone).
+def _basis_from_raw(settings: Settings, day: date, attributes: tuple[str, ...]):
+    """Vocabulary of the attributes over every member and job that arrived up to `day` (raw zone).
 
+    Members and jobs share it (a member's industry and a job's industry are one vocabulary), so a value
+    seen so far on one side only still gets its coefficient on the other.
     Not from the training set: on the first days most rows there are cold (no features before D) and
     carry placeholders. The basis is fixed when the first state is made; later new values score as the
     intercept only (a changed basis needs a new state: its version is stored with every posterior).
@@ -98,12 +100,15 @@ def _basis_from_raw(settings: Settings, table: str, day: date, attributes: tuple
     from features.contract import read_raw
     from training.glmix.design import CategoricalBasis
 
-    entities = read_raw(settings.paths, table, end=day)
-    missing = [a for a in attributes if a not in entities.columns]
-    if missing:
-        raise KeyError(f"{settings.paths.raw_table(table)}: no attribute column(s) {missing} for the GLMix basis")
-    return CategoricalBasis.from_vocabularies(
-        {a: sorted(str(v) for v in entities[a].dropna().unique()) for a in attributes})
+    vocabularies: dict[str, set[str]] = {a: set() for a in attributes}
+    for table in ("members", "items"):
+        entities = read_raw(settings.paths, table, end=day)
+        missing = [a for a in attributes if a not in entities.columns]
+        if missing:
+            raise KeyError(f"{settings.paths.raw_table(table)}: no attribute column(s) {missing} for the GLMix basis")
+        for attribute in attributes:
+            vocabularies[attribute].update(str(v) for v in entities[attribute].dropna().unique())
+    return CategoricalBasis.from_vocabularies({a: sorted(values) for a, values in vocabularies.items()})
 
 
 def _design(frame, prefix: str, basis) -> np.ndarray:
@@ -170,8 +175,7 @@ def update_random_effects(settings: Settings, day: date, config: PersonaliseConf
         member_basis = _basis_json(prior_meta["member_basis"])
         job_basis = _basis_json(prior_meta["job_basis"])
     else:
-        member_basis = _basis_from_raw(settings, "items", day, config.basis_attributes)  # read against phi(job)
-        job_basis = _basis_from_raw(settings, "members", day, config.basis_attributes)
+        member_basis = job_basis = _basis_from_raw(settings, day, config.basis_attributes)
         prior, fixed_effect = None, None
     glmix_config = GLMixConfig(
         member=RandomEffectConfig(dim=member_basis.dim, covariance=config.covariance,
