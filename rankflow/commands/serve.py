@@ -1,0 +1,71 @@
+"""`rankflow serve`: run the ranking service; `serve rollback`, `serve skew-check`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from rankflow.commands.common import DataDir, DateOpt, OnlineStore, parse_day, settings_from
+
+console = Console()
+serve_app = typer.Typer(help="Run the ranking service (BentoML), roll it back, check training/serving skew.",
+                        invoke_without_command=True, no_args_is_help=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(serve_app, name="serve")
+
+
+@serve_app.callback()
+def serve(
+    ctx: typer.Context,
+    data_dir: DataDir = None,
+    online_store: OnlineStore = None,
+    port: Annotated[int, typer.Option("--port", help="HTTP port of POST /rank.")] = 3000,
+    host: Annotated[str, typer.Option("--host", help="Interface to bind.")] = "127.0.0.1",
+    batching: Annotated[Optional[bool], typer.Option("--batching/--no-batching", help="Adaptive batching of model scoring.")] = None,
+    max_candidates: Annotated[Optional[int], typer.Option("--max-candidates", min=1, help="Longest accepted candidate list.")] = None,
+    deadline_ms: Annotated[Optional[float], typer.Option("--deadline-ms", help="Feature-store deadline before default features.")] = None,
+) -> None:
+    """Serve POST /rank from this data dir's promoted models and online store (until Ctrl-C)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rankflow.stages.publish import ServeOptions, serve_foreground
+
+    settings = settings_from(data_dir, online_store=online_store)
+    options = ServeOptions(port=port, host=host, adaptive_batching=batching, max_candidates=max_candidates,
+                           feature_deadline_ms=deadline_ms)
+    console.print(f"serving {settings.data_dir.resolve()} on http://{host}:{port}/rank "
+                  f"(online store {settings.online_store}); /readyz, /metrics; Ctrl-C stops")
+    raise typer.Exit(serve_foreground(settings, options))
+
+
+@serve_app.command("rollback")
+def rollback(data_dir: DataDir = None) -> None:
+    """Serve the previous ranker and Bento again (a running service picks the ranker up by itself)."""
+    from rankflow.stages.publish import rollback as rollback_stage
+
+    console.print(rollback_stage(settings_from(data_dir)))
+
+
+@serve_app.command("skew-check")
+def skew_check(
+    data_dir: DataDir = None,
+    online_store: OnlineStore = None,
+    day: DateOpt = None,
+    sample: Annotated[int, typer.Option("--sample", min=1, help="Requests (member + that day's impressed jobs) to check.")] = 50,
+    url: Annotated[Optional[str], typer.Option("--url", help="Ask a running service (its POST /features) instead of reading in-process.")] = None,
+) -> None:
+    """Training/serving skew: the features the service reads equal the offline feature table of --date."""
+    from serving.skew import skew_check as run
+
+    if not day:
+        raise typer.BadParameter("give --date D (the newest materialised day)")
+    settings = settings_from(data_dir, online_store=online_store)
+    report = run(settings, parse_day(day), sample, url=url)
+    console.print(report.summary())
+    if not report.ok:
+        raise typer.Exit(1)

@@ -1,0 +1,154 @@
+"""Feature reads for a ranking request: the Feast online store, batched, under a deadline.
+
+One request makes at most two online reads, issued together: the member's row of every member view
+(member_features, member_affinities, and glmix_member / meta_embedding once personalisation wrote them)
+and the candidates' rows of every job view (job_features, glmix_job). Job rows are shared by every
+member, so they are kept in memory for `candidate_cache_seconds` (a bounded staleness: the online store
+changes once a day, at materialisation); member rows are always read.
+
+If the store fails or misses `feature_deadline_ms`, the missing part gets default features (what the
+model sees for an entity it has never met: unknown categories, zero counts) and the read says why in
+`degraded_reasons`; it never raises. `cold_start` is a member the store answered for but has no row of.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from rankflow.logs import get_logger
+
+log = get_logger(__name__)
+
+MEMBER_KEY, JOB_KEY = "member_id", "item_id"
+MEMBER_VIEWS = ("member_features", "member_affinities", "glmix_member", "meta_embedding")
+JOB_VIEWS = ("job_features", "glmix_job")
+# The views whose rows say the entity is known (the personalisation views lag a day behind it).
+PRIMARY_MEMBER_VIEW, PRIMARY_JOB_VIEW = "member_features", "job_features"
+
+
+@dataclass
+class FeatureRead:
+    """What one request read: member row (None when unknown or unread), job rows in request order."""
+
+    member: dict[str, Any] | None
+    jobs: pd.DataFrame
+    cold_start: bool
+    unknown_candidates: list[int]
+    degraded_reasons: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def degraded(self) -> bool:
+        return bool(self.degraded_reasons)
+
+
+def view_version(view) -> str:
+    """A short hash of a feature view's definition (its Feast spec): changes whenever the view does."""
+    return hashlib.sha1(view.to_proto().spec.SerializeToString(deterministic=True)).hexdigest()[:12]
+
+
+class OnlineFeatures:
+    """Batched, deadline-bound reads of the member and job views from one Feast store."""
+
+    def __init__(self, store, deadline_ms: float, cache_seconds: float = 0.0, cache_size: int = 100_000,
+                 member_views: tuple[str, ...] = MEMBER_VIEWS, job_views: tuple[str, ...] = JOB_VIEWS):
+        registered = {view.name: view for view in store.list_feature_views()}
+        self.store = store
+        self.deadline = deadline_ms / 1000.0
+        self.cache_seconds, self.cache_size = cache_seconds, cache_size
+        self.member_views = tuple(v for v in member_views if v in registered)
+        self.job_views = tuple(v for v in job_views if v in registered)
+        missing = {PRIMARY_MEMBER_VIEW, PRIMARY_JOB_VIEW} - set(registered)
+        if missing:
+            raise RuntimeError(f"feature store {store.repo_path}: views {sorted(missing)} are not registered "
+                               f"(run `rankflow features materialize` first)")
+        self.member_refs = [f"{v}:{f.name}" for v in self.member_views for f in registered[v].features]
+        self.job_refs = [f"{v}:{f.name}" for v in self.job_views for f in registered[v].features]
+        self.member_columns = [r.split(":", 1)[1] for r in self.member_refs]
+        self.job_columns = [r.split(":", 1)[1] for r in self.job_refs]
+        self._member_probe = registered[PRIMARY_MEMBER_VIEW].features[0].name
+        self._job_probe = registered[PRIMARY_JOB_VIEW].features[0].name
+        self.versions = {v: view_version(registered[v]) for v in (*self.member_views, *self.job_views)}
+        self._cache: OrderedDict[int, tuple[float, dict]] = OrderedDict()
+        self._use_async = True
+
+    # ---- raw reads -----------------------------------------------------------------------------------
+    async def _online(self, refs: list[str], rows: list[dict]) -> dict[str, list]:
+        if self._use_async:
+            try:
+                response = await self.store.get_online_features_async(features=refs, entity_rows=rows)
+                return response.to_dict()
+            except NotImplementedError:  # e.g. the SQLite store has no async reads: a thread instead
+                self._use_async = False
+        response = await asyncio.to_thread(self.store.get_online_features, features=refs, entity_rows=rows)
+        return response.to_dict()
+
+    async def _read_member(self, member_id: int) -> dict[str, Any] | None:
+        values = await self._online(self.member_refs, [{MEMBER_KEY: member_id}])
+        row = {name: values[name][0] for name in self.member_columns}
+        return row if row[self._member_probe] is not None else None
+
+    async def _read_jobs(self, item_ids: list[int]) -> dict[int, dict]:
+        values = await self._online(self.job_refs, [{JOB_KEY: i} for i in item_ids])
+        return {item: {name: values[name][n] for name in self.job_columns} for n, item in enumerate(item_ids)}
+
+    # ---- the request path -----------------------------------------------------------------------------
+    def _cached(self, item_ids: list[int], now: float) -> dict[int, dict]:
+        hits = {}
+        for item in item_ids:
+            entry = self._cache.get(item)
+            if entry is not None and entry[0] > now:
+                hits[item] = entry[1]
+        return hits
+
+    def _remember(self, rows: dict[int, dict], now: float) -> None:
+        if self.cache_seconds <= 0:
+            return
+        for item, row in rows.items():
+            self._cache[item] = (now + self.cache_seconds, row)
+            self._cache.move_to_end(item)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    async def read(self, member_id: int, candidates: list[int]) -> FeatureRead:
+        """Member and candidate features within the deadline; defaults (flagged) for what did not arrive."""
+        started = time.perf_counter()
+        now = time.monotonic()
+        jobs = self._cached(candidates, now) if self.cache_seconds > 0 else {}
+        missing = [c for c in candidates if c not in jobs]
+        tasks = {"member": asyncio.ensure_future(self._read_member(member_id))}
+        if missing:
+            tasks["jobs"] = asyncio.ensure_future(self._read_jobs(missing))
+        done, pending = await asyncio.wait(tasks.values(), timeout=self.deadline)
+        reasons = []
+        for task in pending:
+            task.cancel()
+        for name, task in tasks.items():
+            if task in pending:
+                reasons.append(f"{name} features: no answer within {self.deadline * 1000:.0f} ms")
+            elif task.exception() is not None:
+                error = task.exception()
+                reasons.append(f"{name} features: {type(error).__name__}: {error}"[:300])
+        member_ok = "member" in tasks and tasks["member"] in done and tasks["member"].exception() is None
+        member = tasks["member"].result() if member_ok else None
+        if "jobs" in tasks and tasks["jobs"] in done and tasks["jobs"].exception() is None:
+            fetched = tasks["jobs"].result()
+            jobs.update(fetched)
+            self._remember({i: r for i, r in fetched.items() if r[self._job_probe] is not None}, now)
+        if reasons:
+            log.warning("degraded feature read for member %s: %s", member_id, "; ".join(reasons))
+        empty = dict.fromkeys(self.job_columns)
+        rows = [jobs.get(c) or empty for c in candidates]
+        frame = pd.DataFrame(rows, columns=self.job_columns)
+        frame.insert(0, JOB_KEY, pd.array(candidates, dtype="int64").to_numpy())
+        unknown = [c for c in candidates if c in jobs and jobs[c][self._job_probe] is None]
+        return FeatureRead(member=member, jobs=frame, cold_start=member_ok and member is None,
+                           unknown_candidates=unknown, degraded_reasons=reasons,
+                           seconds=time.perf_counter() - started)

@@ -1,0 +1,162 @@
+"""The one scoring function of rankflow's serving path, used by the service and offline alike.
+
+For a member m and candidate jobs j (LiRank ranker + GLMix random effects, arXiv 2402.06859 and
+Lambda Learner, arXiv 2010.05154):
+
+    p_rank(m, j) = IsotonicCalibration(Ranker(assemble_rows(features(m), features(j))))
+    score(m, j)  = sigmoid( logit(p_rank(m, j)) + beta_m . phi(j) + gamma_j . phi(m) )
+
+beta_m and gamma_j are the posterior means the personalisation stage writes to the glmix_member /
+glmix_job views (the population prior mean for ids it has never seen); phi(.) = [1, onehot(industry),
+onehot(seniority)] (training.glmix.design). The calibrated ranker is the GLMix global part, so the random
+effects add to its logit. With no random-effect state the score is p_rank itself. A member without a
+meta embedding online reads the meta-initialisation (LiMAML's cold-start embedding) when the ranker
+takes that input.
+
+The service splits the work between its two processes (features and random-effect offsets in the HTTP
+front, `ranker_probabilities` + `combine` in the batching scorer); `score_candidates` runs the same
+functions in one call and is what offline scoring, the tests and the skew check use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+MEMBER_RE, JOB_RE = "member_re_mean", "job_re_mean"
+META_EMBEDDING = "meta_embedding"
+_PROBABILITY_CLIP = 1e-7
+
+
+@dataclass(frozen=True)
+class RandomEffects:
+    """GLMix random-effect bases and population prior means (the posterior means come with the features)."""
+
+    member_basis: Any                    # training.glmix.design.CategoricalBasis over job attributes
+    job_basis: Any                       # ... over member attributes
+    member_prior_mean: np.ndarray
+    job_prior_mean: np.ndarray
+    tag: str | None = None
+
+
+@dataclass(frozen=True)
+class MetaInit:
+    """The MAML meta-initialisation flattened into a meta embedding (what a member with no history gets)."""
+
+    embedding: np.ndarray
+    tag: str | None = None
+
+
+@dataclass
+class ServingModels:
+    """Everything that scores: the ranker with its input spec, and the optional personalisation parts."""
+
+    ranker: Any
+    spec: dict
+    ranker_tag: str
+    random_effects: RandomEffects | None = None
+    meta_init: MetaInit | None = None
+    extra: dict = field(default_factory=dict)
+
+    def versions(self) -> dict[str, str | None]:
+        return {"rankflow-ranker": self.ranker_tag,
+                "rankflow-glmix": self.random_effects.tag if self.random_effects else None,
+                "rankflow-meta": self.meta_init.tag if self.meta_init else None}
+
+
+def candidate_frame(member_id: int, member: Mapping[str, Any] | None, jobs: pd.DataFrame) -> pd.DataFrame:
+    """One row per candidate: the job's feature columns and the member's, as Feast returns them.
+
+    `member` maps member-view feature names to values (None: the store has no row for the member);
+    `jobs` holds `item_id` and the job-view columns, one row per candidate, in request order.
+    """
+    n = len(jobs)
+    columns: dict[str, Any] = {"member_id": np.full(n, member_id, dtype=np.int64)}
+    for name, value in (member or {}).items():
+        if name not in ("member_id", "item_id"):
+            columns[name] = [value] * n if isinstance(value, (list, tuple, np.ndarray)) else np.full(n, value, dtype=object if value is None or isinstance(value, str) else None)
+    return pd.concat([pd.DataFrame(columns), jobs.reset_index(drop=True)], axis=1)
+
+
+def _has_vector(value: Any) -> bool:
+    return isinstance(value, (list, tuple, np.ndarray)) and len(value) > 0
+
+
+def model_inputs(frame: pd.DataFrame, models: ServingModels) -> pd.DataFrame:
+    """features.assemble.assemble_rows laid out as the ranker's training set (spec.json), meta embedding filled."""
+    from features.assemble import assemble_rows
+
+    inputs = assemble_rows(frame, models.spec)
+    for name, width in (models.spec.get("embeddings") or {}).items():
+        values = list(inputs[name]) if name in inputs.columns else [None] * len(inputs)
+        if name == META_EMBEDDING and models.meta_init is not None:
+            init = models.meta_init.embedding.astype(np.float32)
+            values = [v if _has_vector(v) else init for v in values]
+        inputs[name] = [np.asarray(v, dtype=np.float32) if _has_vector(v) else None for v in values]
+    return inputs
+
+
+def random_effect_offset(frame: pd.DataFrame, effects: RandomEffects | None) -> np.ndarray | None:
+    """beta_m . phi(j) + gamma_j . phi(m) per row (prior means where the store has no posterior)."""
+    if effects is None:
+        return None
+
+    def means(column: str, prior: np.ndarray) -> np.ndarray:
+        values = frame[column] if column in frame.columns else [None] * len(frame)
+        rows = [np.asarray(v, dtype=np.float64) if _has_vector(v) and len(v) == len(prior) else prior for v in values]
+        return np.stack(rows) if rows else np.zeros((0, len(prior)))
+
+    def design(basis, prefix: str) -> np.ndarray:
+        return basis.design({attribute: (frame[f"{prefix}{attribute}"].to_numpy(dtype=object)
+                                         if f"{prefix}{attribute}" in frame.columns else np.full(len(frame), None))
+                             for attribute, _ in basis.columns}).astype(np.float64)
+
+    member_term = (means(MEMBER_RE, effects.member_prior_mean) * design(effects.member_basis, "j_")).sum(1)
+    job_term = (means(JOB_RE, effects.job_prior_mean) * design(effects.job_basis, "m_")).sum(1)
+    return member_term + job_term
+
+
+def ranker_probabilities(model: Any, spec: dict, inputs: pd.DataFrame) -> np.ndarray:
+    """Calibrated ranker probabilities for assembled rows (training.ranker's own encoder and predictor)."""
+    import pyarrow as pa
+    import torch
+
+    from training.ranker.data import encode_table
+
+    if len(inputs) == 0:
+        return np.zeros(0, dtype=np.float64)
+    columns = {spec.get("label", "label"): np.zeros(len(inputs), np.int8),
+               spec.get("weight", "weight"): np.ones(len(inputs), np.float32)}
+    table = pa.Table.from_pandas(inputs.assign(**{k: v for k, v in columns.items() if k not in inputs.columns}),
+                                 preserve_index=False)
+    batch = encode_table(table, spec, model.config, source="serving request")
+    # The forward pass of training.ranker.train.predict_logits, without its chunking copies (a request
+    # is far below its chunk size) -- the same module call on the same tensors, so the same numbers.
+    with torch.inference_mode():
+        probabilities = model.calibration(model(*batch.inputs).float())
+    return probabilities.double().numpy()
+
+
+def combine(probabilities: np.ndarray, offset: np.ndarray | None) -> np.ndarray:
+    """sigmoid(logit(p) + offset); p itself when there is no random-effect offset."""
+    if offset is None:
+        return np.asarray(probabilities, dtype=np.float64)
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), _PROBABILITY_CLIP, 1 - _PROBABILITY_CLIP)
+    return 1.0 / (1.0 + np.exp(-(np.log(p) - np.log1p(-p) + offset)))
+
+
+def score_candidates(member_id: int, member: Mapping[str, Any] | None, jobs: pd.DataFrame,
+                     models: ServingModels) -> np.ndarray:
+    """Calibrated scores of `jobs` for the member: the whole equation of the module docstring in one call."""
+    frame = candidate_frame(member_id, member, jobs)
+    probabilities = ranker_probabilities(models.ranker, models.spec, model_inputs(frame, models))
+    return combine(probabilities, random_effect_offset(frame, models.random_effects))
+
+
+def top_k(item_ids: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """The k best (item_id, score), best first; ties broken by the request order (stable)."""
+    order = np.argsort(-scores, kind="stable")[:k]
+    return [(int(item_ids[i]), float(scores[i])) for i in order]
