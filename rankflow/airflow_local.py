@@ -254,6 +254,14 @@ def _healthy(report: dict | None) -> bool:
     return all((report.get(part) or {}).get("status") == "healthy" for part in needed)
 
 
+def _wait_for_api(options: AirflowOptions, deadline: float) -> None:
+    while health(options.url) is None:
+        if "api-server" not in running_components(options.data_dir) or time.monotonic() > deadline:
+            stop(options.data_dir)
+            raise RuntimeError(f"the api-server did not come up; see {options.run_dir}/api-server.log")
+        time.sleep(1.0)
+
+
 def start(options: AirflowOptions, wait_s: float = 240.0) -> AirflowInfo:
     """Configure, migrate the metadata DB, start the four components and wait until healthy."""
     if running_components(options.data_dir):
@@ -276,6 +284,10 @@ def start(options: AirflowOptions, wait_s: float = 240.0) -> AirflowInfo:
                   "log": str(log_file)}
         atomic_write_bytes(options.run_dir / f"{name}.pid", json.dumps(record).encode())
         pids[name] = process.pid
+        if name == "api-server":
+            # Task processes report to the api-server's execution API: a scheduler that starts
+            # first queues tasks that fail to connect and burn a retry.
+            _wait_for_api(options, deadline=time.monotonic() + wait_s)
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if _healthy(health(options.url)):
