@@ -288,13 +288,17 @@ def _newton_chunk(features, labels, weights, offsets, segments, prior_mean, prio
 
         p = torch.sigmoid(eta)
         gradient = segment_sum(x * (w * (p - y)).unsqueeze(1), seg, k) + p0_delta
-        hessian = layout.outer_sum(w * p * (1 - p)) + p0
-        newton = -torch.cholesky_solve(gradient.unsqueeze(-1), _factor(hessian)).squeeze(-1)
+        hessian = layout.outer_sum(w * p * (1 - p)).add_(p0)
+        factor = _factor(hessian)
+        # Two triangular solves (L y = g, L^T v = y): cholesky_solve would copy L through tril first.
+        half = torch.linalg.solve_triangular(factor, gradient.unsqueeze(-1), upper=False)
+        newton = -torch.linalg.solve_triangular(factor.mT, half, upper=True).squeeze(-1)
         decrement = -(gradient * newton).sum(-1)
 
         base = torch.where(accepted[:, None], theta, base)
         f_base = torch.where(accepted, objective, f_base)
-        h_base = torch.where(accepted[:, None, None], hessian, h_base)
+        # Usually every working entity is accepted: then H is the new base as is, no (k, d, d) select.
+        h_base = hessian if bool(accepted.all()) else torch.where(accepted[:, None, None], hessian, h_base)
         grad_norm = torch.where(accepted, gradient.norm(dim=-1), grad_norm)
         steps = steps + accepted
         done = accepted & (decrement <= tolerance)

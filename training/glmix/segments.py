@@ -109,10 +109,12 @@ class SortedSegments:
         self.features, self.segment_ids, self.num_segments = features, segment_ids, num_segments
         self.fused = _fused_outer_sum(features)
         self.blocks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.covers_all = False
         if self.fused is not None or features.shape[0] == 0:
             return
         dim = features.shape[1]
         counts = torch.bincount(segment_ids, minlength=num_segments)
+        self.covers_all = bool((counts > 0).all())
         starts = torch.cumsum(counts, 0) - counts
         present = (counts > 0).nonzero().squeeze(1)
         exponent = torch.ceil(torch.log2(counts[present].double())).long()
@@ -132,7 +134,10 @@ class SortedSegments:
         if self.fused is not None:
             return self.fused(self.features, weights, self.segment_ids, self.num_segments, ids_sorted=True)
         dim = self.features.shape[1]
-        out = self.features.new_zeros((self.num_segments, dim, dim))
+        if self.covers_all:  # every segment sits in exactly one block: no zero-fill needed
+            out = self.features.new_empty((self.num_segments, dim, dim))
+        else:
+            out = self.features.new_zeros((self.num_segments, dim, dim))
         for segments, rows, _, padded in self.blocks:
             out[segments] = torch.bmm((padded * weights[rows].unsqueeze(2)).transpose(1, 2), padded)
         return out
