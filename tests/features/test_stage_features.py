@@ -1,0 +1,139 @@
+"""Feature stages end to end on the tiny marketplace: online == offline, and bad raw days change nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from features.contract import raw_days
+from features.store import read_offline_partition
+from rankflow.config import Settings
+from rankflow.paths import DataPaths
+from rankflow.stages.features import build_features, materialize, run_range, validate_raw
+from validation import ValidationFailed
+
+from test_store import REDIS_URL, online_rows, redis_or_skip
+
+TABLES = {"member_features": "member_id", "job_features": "item_id", "member_affinities": "member_id"}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_data_dir) -> Settings:
+    """The tiny marketplace with its first two days validated, built and materialised (SQLite)."""
+    root = tmp_path_factory.mktemp("stage") / "data"
+    shutil.copytree(tiny_data_dir, root)
+    settings = Settings(data_dir=root)
+    run_range(settings, raw_days(settings.paths)[:2])
+    return settings
+
+
+def _assert_online_equals_offline(repo: Path, offline: pd.DataFrame, view: str, key: str, out: Path) -> None:
+    online = online_rows(repo, view, key, offline[key].tolist(), out)
+    for column in offline.columns.drop([key, "event_timestamp", "created_ts"]):
+        for entity, expected in zip(offline[key], offline[column]):
+            got = online.loc[entity, column]
+            if isinstance(expected, (list, np.ndarray)):
+                assert list(np.asarray(got)) == list(np.asarray(expected)), (view, column, entity)
+            else:
+                assert got == expected, (view, column, entity)
+
+
+def test_online_lookups_equal_the_offline_table_sqlite(built, tmp_path):
+    day = raw_days(built.paths)[1]
+    for view, key in TABLES.items():
+        offline = read_offline_partition(built.paths, view, day)
+        assert len(offline) > 50
+        _assert_online_equals_offline(built.paths.feast, offline, view, key, tmp_path / f"{view}.pkl")
+
+
+def test_online_lookups_equal_the_offline_table_redis(built, tmp_path):
+    redis_or_skip()
+    root = tmp_path / "data"
+    shutil.copytree(built.paths.root, root, ignore=shutil.ignore_patterns("feast"))
+    settings = Settings(data_dir=root, online_store=REDIS_URL)
+    day = raw_days(settings.paths)[1]
+    result = materialize(settings, day)
+    assert result["rows"] == sum(len(read_offline_partition(settings.paths, t, day)) for t in TABLES)
+    for view, key in TABLES.items():
+        _assert_online_equals_offline(settings.paths.feast, read_offline_partition(settings.paths, view, day),
+                                      view, key, tmp_path / f"{view}.pkl")
+
+
+def test_rematerialising_an_old_day_keeps_the_newer_online_values(built, tmp_path):
+    first, second = raw_days(built.paths)[:2]
+    result = materialize(built, first)
+    assert result["tables"]["member_features"]["written"] == 0
+    assert result["tables"]["member_features"]["skipped_older"] == len(read_offline_partition(built.paths, "member_features", first))
+    newest = read_offline_partition(built.paths, "member_features", second)
+    _assert_online_equals_offline(built.paths.feast, newest, "member_features", "member_id", tmp_path / "m.pkl")
+
+
+def _digest(*roots: Path) -> str:
+    digest = hashlib.sha256()
+    for root in roots:
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _corrupt(frame: pd.DataFrame, case: str) -> pd.DataFrame:
+    if case == "nulls":
+        frame["member_id"] = frame["member_id"].astype("Int64")
+        frame.loc[frame.index[:5], "member_id"] = pd.NA
+    elif case == "duplicate_event_ids":
+        frame.loc[frame.index[1], "event_id"] = frame.loc[frame.index[0], "event_id"]
+    elif case == "ts_outside_day":
+        frame.loc[frame.index[-3:], "ts"] = frame["ts"].iloc[-1] + pd.Timedelta(days=1)
+    elif case == "schema_change":
+        frame = frame.rename(columns={"label": "applied"})
+    return frame
+
+
+@pytest.mark.parametrize("case", ["nulls", "duplicate_event_ids", "ts_outside_day", "schema_change"])
+def test_bad_raw_day_fails_validation_and_changes_nothing(built, case):
+    paths = built.paths
+    day = raw_days(paths)[2]
+    part = paths.raw_partition("events", day) / "part-0.parquet"
+    original = part.read_bytes()
+    before = _digest(paths.features, paths.feast)
+    pq.write_table(pa.Table.from_pandas(_corrupt(pd.read_parquet(part), case), preserve_index=False), part)
+    try:
+        with pytest.raises(ValidationFailed) as failure:
+            validate_raw(built, day)
+        assert failure.value.summary
+        quarantined = paths.quarantine("raw_events", day)
+        assert (quarantined / "summary.txt").read_text().strip() == failure.value.summary.strip()
+        assert not paths.raw_partition("events", day).exists()
+        # The CLI says why and exits non-zero; the stores stay exactly as they were.
+        result = CliRunner().invoke(_app(), ["features", "build", "--date", day.isoformat(), "--data-dir", str(paths.root)])
+        assert result.exit_code != 0
+        assert _digest(paths.features, paths.feast) == before
+    finally:
+        shutil.rmtree(paths.quarantine("raw_events", day), ignore_errors=True)
+        part.parent.mkdir(parents=True, exist_ok=True)
+        part.write_bytes(original)
+
+
+def _app():
+    from rankflow.cli import app
+
+    return app
+
+
+@pytest.mark.slow
+def test_fixed_day_builds_after_a_failure(built):
+    day = raw_days(built.paths)[2]
+    summary = validate_raw(built, day)
+    assert summary["rows"] > 0
+    result = build_features(built, day)
+    assert result["windows"]["member"] == "incremental"
+    assert (built.paths.feature_partition("training_set", day) / "part-0.parquet").exists()
