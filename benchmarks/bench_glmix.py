@@ -15,6 +15,7 @@ entity to all of them; the table says so. Both answers are compared on that samp
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -155,7 +156,8 @@ def main() -> None:
         *("| {:,} | {} | {:,} | {:.3f} | {:,.0f} | {:.1f} | {:,.0f} | {:.0f}x | {:.1e} | {} | {} | {:.1f} |".format(*r)
           for r in rows),
     ])
-    table = f"Hessian outer sums: {args.outer}.\n\n" + table
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    table = f"Hessian outer sums: {args.outer}. Load average at the end (1/5/15 min): {load}.\n\n" + table
     target = write_result("glmix" if args.outer == "auto" else "glmix-bucketed", table, machine)
     print(table)
     print(f"wrote {target}")
