@@ -11,8 +11,8 @@ import pytest
 
 from tests.dags.conftest import DAGS_FOLDER
 
-DAG_FILES = {"features": "features.py", "personalisation": "personalisation.py",
-             "ranker": "ranker.py", "publish": "publish.py"}
+DAG_FILES = {"features": "features_dag.py", "personalisation": "personalisation_dag.py",
+             "ranker": "ranker_dag.py", "publish": "publish_dag.py"}
 HEAVY = ("pyspark", "feast", "torch", "bentoml", "great_expectations", "validation", "training", "features.spark")
 
 # Runs in a fresh interpreter: Airflow itself is imported first (the dag-processor has it loaded
@@ -42,6 +42,13 @@ def test_dag_file_imports_fast_without_heavy_modules(dag_id: str, tmp_path):
     assert report["heavy"] == [], f"{dag_id} imports heavy modules at parse time: {report['heavy']}"
 
 
+def test_dag_file_names_do_not_shadow_the_packages_tasks_import():
+    # Airflow puts the DAGs folder first on sys.path in task processes: a DAG file named like a
+    # package (features.py) would be imported instead of it and break every stage import.
+    packages = {path.name for path in DAGS_FOLDER.parent.iterdir() if (path / "__init__.py").exists()}
+    assert {path.stem for path in DAGS_FOLDER.glob("*.py")} & packages == set()
+
+
 def test_dagbag_has_the_four_dags_and_no_import_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("AIRFLOW__RANKFLOW__DATA_DIR", str(tmp_path))
     from airflow.dag_processing.dagbag import DagBag
@@ -65,5 +72,5 @@ def test_train_task_pool_and_queue_come_from_airflow_config(tmp_path, monkeypatc
     monkeypatch.setenv("AIRFLOW__RANKFLOW__GPU_QUEUE", "gpu")
     from airflow.dag_processing.dagbag import DagBag
 
-    train = DagBag(dag_folder=str(DAGS_FOLDER / "ranker.py")).dags["ranker"].get_task("train")
+    train = DagBag(dag_folder=str(DAGS_FOLDER / "ranker_dag.py")).dags["ranker"].get_task("train")
     assert (train.pool, train.queue) == ("gpu", "gpu")

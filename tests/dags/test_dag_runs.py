@@ -21,7 +21,7 @@ def midnight(day: date) -> datetime:
 
 def build_dag(dag_id: str):
     """A fresh DAG object from its file (calling the @dag function builds it)."""
-    module = importlib.import_module(f"dags.{dag_id}")
+    module = importlib.import_module(f"dags.{dag_id}_dag")
     return getattr(module, dag_id)()
 
 
