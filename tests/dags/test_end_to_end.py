@@ -47,6 +47,8 @@ class AirflowREST:
 
     def runs(self, dag_id: str) -> list[dict]:
         response = self.http.get(f"/dags/{dag_id}/dagRuns", params={"limit": 100, "order_by": "logical_date"})
+        if response.status_code == 404:  # the dag-processor has not parsed the DAG yet
+            return []
         response.raise_for_status()
         return response.json()["dag_runs"]
 
