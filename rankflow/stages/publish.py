@@ -60,8 +60,11 @@ def _bentoml() -> str:
     return str(Path(sys.executable).with_name("bentoml"))
 
 
-def service_environment(settings: Settings, options: ServeOptions) -> dict[str, str]:
-    """The environment of the service processes: the one place the settings reach them."""
+def service_environment(settings: Settings, options: ServeOptions, from_source: bool = True) -> dict[str, str]:
+    """The environment of the service processes: the one place the settings reach them.
+
+    from_source: the source tree goes on PYTHONPATH; a built Bento runs its own copy of the code instead.
+    """
     from serving.config import load_serving_config, serving_environment
 
     overrides = {k: getattr(options, k) for k in ("adaptive_batching", "max_candidates", "feature_deadline_ms",
@@ -74,8 +77,9 @@ def service_environment(settings: Settings, options: ServeOptions) -> dict[str, 
         "RANKFLOW_OFFLINE_STORE": settings.offline_store,
         "BENTOML_HOME": str(settings.paths.bentoml_home.resolve()),
         "BENTOML_DO_NOT_TRACK": "True",
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
     })
+    if from_source:
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
 
 
@@ -133,7 +137,8 @@ def start_service(settings: Settings, options: ServeOptions = ServeOptions(), be
     if bento is None:
         command += ["--working-dir", str(REPO_ROOT)]
     with open(log_file, "wb") as sink:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=service_environment(settings, options),
+        process = subprocess.Popen(command, cwd=REPO_ROOT if bento is None else settings.paths.run,
+                                   env=service_environment(settings, options, from_source=bento is None),
                                    stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     handle = ServiceProcess(process, f"http://{options.host}:{options.port}", log_file)
     try:
