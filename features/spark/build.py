@@ -118,7 +118,9 @@ def build_day(spark: SparkSession, paths: DataPaths, day: date, config: FeatureC
         tables[AFFINITY_TABLE] = member_affinities(members, affinity_state,
                                                    member_frame.select("member_id", "m_rate_28d"),
                                                    attributes, config.affinity_strength)
-    created = pd.Timestamp.now(tz="UTC").floor("us")
+    # created_ts is the end of the logical day, not the wall clock: a re-run replaces the day's partition
+    # atomically (never a second version beside it), and a deterministic stamp makes re-runs byte-identical.
+    created = pd.Timestamp(end_of_day(day)).as_unit("us")
     frames = {name: _stamped(frame, ENTITY_OF_TABLE[name], day, created) for name, frame in tables.items()}
     member_frame.unpersist()
     members.unpersist()
@@ -127,7 +129,7 @@ def build_day(spark: SparkSession, paths: DataPaths, day: date, config: FeatureC
 
 
 def _stamped(frame: DataFrame, entity: str, day: date, created: pd.Timestamp) -> pd.DataFrame:
-    """Spark -> pandas, sorted by entity, stamped with the day's validity instant and the build time."""
+    """Spark -> pandas, sorted by entity, stamped with the day's validity instant (event and created)."""
     out = frame.toPandas().sort_values(entity, kind="stable").reset_index(drop=True)
     out[entity] = out[entity].astype("int64")
     out["event_timestamp"] = pd.Timestamp(end_of_day(day)).as_unit("us")

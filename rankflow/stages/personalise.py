@@ -139,7 +139,8 @@ def _feature_frame(ids, key: str, state, rows, prefix: str, day: date):
         f"{prefix}_re_mean": list(mean.astype(np.float32)),
         f"{prefix}_re_variance": list(variance.astype(np.float32)),
         "event_timestamp": pd.Timestamp(end_of_day),
-        "created_ts": pd.Timestamp(datetime.now(timezone.utc)),
+        # Deterministic (end of the logical day) so that re-running a day is byte-identical.
+        "created_ts": pd.Timestamp(end_of_day),
     })
 
 
