@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 
-_NOISY = ("py4j", "great_expectations", "feast", "urllib3", "filelock", "matplotlib", "bentoml",
+_NOISY = ("py4j", "httpx", "httpcore", "great_expectations", "feast", "urllib3", "filelock", "matplotlib", "bentoml",
           "alembic", "sqlalchemy", "fsspec", "asyncio", "numexpr")
 _configured = False
 
