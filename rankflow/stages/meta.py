@@ -93,11 +93,10 @@ def train_meta(settings: Settings, day: date, config=None, progress=None) -> dic
     started = time.perf_counter()
     previous = latest_state(meta_root(settings), day, strictly_before=True)
     if previous is not None:
+        # Warm start: the architecture (and its input columns) is the saved one; `config` may change only
+        # how it is trained. New training-set columns join at a fresh start (a new data directory).
         net, saved_config, _ = load_state(previous)
-        config = config or saved_config
-        if config.subnetwork != saved_config.subnetwork:
-            raise ValueError(f"{previous}: saved sub-network {saved_config.subnetwork} differs from the "
-                             f"requested {config.subnetwork}; start fresh in a new data directory")
+        config = dataclasses.replace(config or saved_config, subnetwork=saved_config.subnetwork)
     config = config or MetaConfig()
     tasks_config = config.tasks
     # Query days: the `query_days` days before `day`; each needs `window_days` of history before it.
@@ -138,20 +137,25 @@ def train_meta(settings: Settings, day: date, config=None, progress=None) -> dic
 
 
 def _register_bentoml(settings: Settings, state_dir: Path, day: date, metrics: dict) -> str | None:
-    """Copy the state into the BentoML model store as `rankflow-meta` (labels: logical_date, status)."""
+    """Copy the state into this data directory's BentoML model store as `rankflow-meta`.
+
+    Status `serving`: the daily refresh reads the newest state at or before its day straight away (there is
+    no separate promotion step for the meta-init; the ranker, which reads the embeddings, has one).
+    """
     try:
         import bentoml
     except ImportError:
         return None
-    import os
     import shutil
 
-    os.environ.setdefault("BENTOML_HOME", str(settings.paths.bentoml_home))
-    with bentoml.models.create(MODEL_NAME, labels={"logical_date": day.isoformat(), "status": "candidate"},
-                               metadata={"eval": json.dumps(metrics["eval"])}) as model:
+    from rankflow.stages.ranker import model_store
+
+    with bentoml.models.create(MODEL_NAME, labels={"logical_date": day.isoformat(), "status": "serving"},
+                               metadata={"eval": json.dumps(metrics["eval"])},
+                               _model_store=model_store(settings)) as stored:
         for item in state_dir.iterdir():
-            shutil.copy2(item, model.path_of(item.name))
-    return str(model.tag)
+            shutil.copy2(item, Path(stored.path) / item.name)
+        return str(stored.tag)
 
 
 # ---- daily refresh -----------------------------------------------------------------------------------------

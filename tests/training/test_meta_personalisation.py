@@ -21,15 +21,25 @@ from training.meta.adapt import InnerLoopConfig, meta_embeddings
 from training.meta.evaluate import TABLE_HEADER, evaluate_personalisation
 from training.meta.frames import interactions_from_frame
 from training.meta.maml import MetaTrainConfig, meta_train
-from training.meta.metrics import auc, log_loss
 from training.meta.subnetwork import SubNetwork, SubNetworkConfig
 from training.meta.tasks import TaskConfig, concat_tasks, gather_set, query_day_tasks, support_sets
+from training.ranker.evaluate import auc, log_loss
 
 SUBNETWORK = SubNetworkConfig(categorical_columns=JOB_CATEGORICAL, multi_valued_columns=("j_skills",),
                               dense_columns=("j_salary",))
 TASKS = TaskConfig(window_days=7)
 INNER = InnerLoopConfig()
 OUTER = MetaTrainConfig(outer_steps=300)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # These models are tiny: on a shared 2-core machine, two OpenMP threads spin against other processes and
+    # cost ~10x the CPU time of one (measured: 107 vs 10 CPU-seconds for 300 outer steps).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +50,7 @@ def marketplace(tmp_path_factory):
     return frame, interactions, days
 
 
-def _meta_trained(interactions, query_days, first_order=True):
+def _meta_trained(interactions, query_days, first_order=OUTER.first_order):
     torch.manual_seed(0)
     net = SubNetwork(SUBNETWORK)
     inputs = interactions.job_inputs()
@@ -68,12 +78,12 @@ def test_adapted_beats_meta_init_and_random_init_for_few_interactions(marketplac
     print(TABLE_HEADER)
     for bucket in buckets:
         print(bucket.row())
-    cold, few, warm = buckets
+    cold, few, warm, five_shot = buckets
     assert cold.adapted == pytest.approx(cold.meta_init)      # no history: the meta-init is the embedding
-    assert few.members >= 30
-    assert few.adapted > few.meta_init
-    assert few.adapted > few.random_init
-    assert warm.adapted > warm.meta_init and warm.adapted > warm.random_init
+    assert few.members >= 30 and five_shot.members >= 300
+    for bucket in (few, five_shot, warm):
+        assert bucket.adapted > bucket.meta_init, bucket
+        assert bucket.adapted > bucket.random_init, bucket
 
 
 def _embeddings_as_of(net, interactions, members, day):
@@ -141,14 +151,18 @@ def test_logistic_model_gains_from_meta_embedding(marketplace, trained) -> None:
 
 
 @pytest.mark.slow
-def test_first_and_second_order_are_both_trainable(marketplace) -> None:
-    """Measures both orders (printed); each must lower the query loss and personalise the few bucket."""
+def test_first_order_is_trainable_and_second_order_default_is_better(marketplace, trained) -> None:
+    """Measures both orders (printed): each lowers the query loss; the default (second) adapts better."""
     _, interactions, days = marketplace
-    for first_order in (True, False):
-        torch.manual_seed(0)
-        net, history = _meta_trained(interactions, days[1:-2], first_order)
+    second, second_history = trained
+    first, first_history = _meta_trained(interactions, days[1:-2], first_order=True)
+    results = {}
+    for name, net, history in (("first", first, first_history), ("second", second, second_history)):
         buckets = evaluate_personalisation(net, interactions, int(days[-1]), TASKS, INNER)
-        print(f"\nfirst_order={first_order}: {history.seconds_per_step * 1000:.1f} ms/outer step, "
+        results[name] = {b.bucket: b.adapted for b in buckets}
+        print(f"\n{name}-order: {history.seconds_per_step * 1000:.1f} ms/outer step, "
               + ", ".join(f"{b.bucket} adapted AUC {b.adapted:.4f}" for b in buckets[1:]))
         assert np.mean(history.query_loss[-20:]) < history.query_loss[0]
-        assert buckets[1].adapted > buckets[1].meta_init
+    assert not OUTER.first_order
+    warm = next(name for name in results["first"] if name.startswith("warm"))
+    assert results["second"][warm] > results["first"][warm]

@@ -36,7 +36,7 @@ class InnerLoopConfig:
     """The inner loop: k plain SGD steps of size alpha with a per-member gradient-norm clip."""
 
     steps: int = 5
-    learning_rate: float = 0.5
+    learning_rate: float = 1.0
     grad_clip: float = 5.0
 
 

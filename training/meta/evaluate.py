@@ -5,7 +5,9 @@ For each member active on `query_day`, three sub-networks score that day's jobs:
   meta_init    phi_0                              the same network, unadapted
   random_init  InnerLoop_k(phi_rand, S_m)        a freshly initialised sub-network, same k steps
 Members are bucketed by support-set size: `cold_start` (no history: adapted == meta_init by construction),
-`few` (1..few_max events) and `warm` (more). The metric is member_auc (training/meta/metrics.py).
+`few` (1..few_max events) and `warm` (more). Naturally "few" members are rare among those with both labels
+on a day, so a `n-shot` row adds the standard few-shot protocol (Finn et al. 2017): every member with history
+is adapted on only their n most recent events. The metric is member_auc (training/meta/metrics.py).
 """
 
 from __future__ import annotations
@@ -64,16 +66,31 @@ def evaluate_personalisation(
     task_config: TaskConfig = TaskConfig(),
     inner: InnerLoopConfig = InnerLoopConfig(),
     few_max: int = 10,
+    shots: int | None = 5,
     random_seed: int = 12345,
 ) -> list[BucketScores]:
     """Scores of the three sub-networks on `query_day`, per history bucket (see module docstring)."""
     # Score every event of the day, not a capped sample.
     _, per_member = np.unique(interactions.member_id[interactions.day == query_day], return_counts=True)
     most = int(per_member.max()) if per_member.size else 1
-    tasks = query_day_tasks(interactions, query_day, dataclasses.replace(task_config, query_events=most))
+    task_config = dataclasses.replace(task_config, query_events=most)
     torch.manual_seed(random_seed)
     random_net = SubNetwork(net.config).to(next(net.parameters()).dtype)
     random_net.load_state_dict({k: v for k, v in net.state_dict().items() if k.startswith("dense_")}, strict=False)
+    tasks = query_day_tasks(interactions, query_day, task_config)
+    count = tasks.support_count
+    results = _bucket_scores(net, random_net, interactions, tasks, inner, {
+        "cold_start (0)": count == 0, f"few (1-{few_max})": (count >= 1) & (count <= few_max),
+        f"warm (>{few_max})": count > few_max})
+    if shots:
+        shot_config = dataclasses.replace(task_config, recent_events=shots, sampled_events=0)
+        shot_tasks = query_day_tasks(interactions, query_day, shot_config)
+        results += _bucket_scores(net, random_net, interactions, shot_tasks, inner,
+                                  {f"{shots}-shot (all with history)": shot_tasks.support_count > 0})
+    return results
+
+
+def _bucket_scores(net, random_net, interactions, tasks, inner, buckets) -> list[BucketScores]:
     scores = {
         "adapted": _day_scores(net, interactions, tasks, inner, adapt=True),
         "meta_init": _day_scores(net, interactions, tasks, inner, adapt=False),
@@ -83,9 +100,6 @@ def evaluate_personalisation(
     rows = np.where(present, tasks.query, 0)
     labels = interactions.label[rows]
     members = np.broadcast_to(np.arange(len(tasks))[:, None], rows.shape)
-    count = tasks.support_count
-    buckets = {"cold_start (0)": count == 0, f"few (1-{few_max})": (count >= 1) & (count <= few_max),
-               f"warm (>{few_max})": count > few_max}
     results = []
     for name, in_bucket in buckets.items():
         mask = present & in_bucket[:, None]

@@ -1,24 +1,15 @@
-"""Ranking and calibration metrics used to judge personalisation (numpy only).
+"""The personalisation metric: mean per-member AUC (numpy only; pooled AUC and log loss are the ranker's,
+training/ranker/evaluate.py).
 
-auc: the Mann-Whitney statistic, P(score of a random positive > score of a random negative), ties counted
-half. member_auc: the mean of each member's own AUC over members who have both labels (a "group AUC"):
-it measures ordering jobs *for* a member, which is what personalisation changes, unlike a pooled AUC that
-mostly rewards knowing which members click more.
+member_auc: the mean of each member's own AUC, P(score of a random positive > score of a random negative)
+with ties counted half, over members who have both labels (a "group AUC"). It measures ordering jobs *for*
+a member, which is what personalisation changes, unlike a pooled AUC that mostly rewards knowing which
+members apply more.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-
-def auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve; NaN when only one class is present."""
-    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels) > 0.5
-    positives, negatives = int(labels.sum()), int((~labels).sum())
-    if positives == 0 or negatives == 0:
-        return float("nan")
-    ranks = _average_ranks(scores)
-    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
 def member_auc(scores: np.ndarray, labels: np.ndarray, member_id: np.ndarray) -> tuple[float, int]:
@@ -48,22 +39,3 @@ def member_auc(scores: np.ndarray, labels: np.ndarray, member_id: np.ndarray) ->
         return float("nan"), 0
     per_member = (rank_sum[both] - positives[both] * (positives[both] + 1) / 2) / (positives[both] * negatives[both])
     return float(per_member.mean()), int(both.sum())
-
-
-def log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """Mean binary cross-entropy, probabilities clipped to [1e-7, 1 - 1e-7]."""
-    p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-7, 1 - 1e-7)
-    y = np.asarray(labels, dtype=np.float64)
-    return float(-(y * np.log(p) + (1 - y) * np.log1p(-p)).mean())
-
-
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    order = np.argsort(values, kind="mergesort")
-    sorted_values = values[order]
-    tie_start = np.r_[True, sorted_values[1:] != sorted_values[:-1]]
-    tie_id = np.cumsum(tie_start) - 1
-    first = np.flatnonzero(tie_start)
-    last = np.r_[first[1:], values.size] - 1
-    ranks = np.empty(values.size)
-    ranks[order] = (first + last)[tie_id] / 2 + 1
-    return ranks

@@ -18,7 +18,7 @@ Categorical job attributes arrive as hashed bucket codes (0 = missing), multi-va
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
