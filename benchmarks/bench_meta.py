@@ -17,6 +17,7 @@ Members/s = members / (build + copy + adapt). The orders table times one meta-tr
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -79,7 +80,7 @@ def refresh(net, interactions, members, device, config, chunk: int):
     return torch.cat(out), build, copy, adapt
 
 
-def bench_refresh(device, sizes: list[int], events_per_member: float, chunk: int) -> list[str]:
+def bench_refresh(device, sizes: list[int], events_per_member: float, chunk: int, threads: int) -> list[str]:
     import torch
 
     from training.meta.config import MetaConfig
@@ -90,13 +91,13 @@ def bench_refresh(device, sizes: list[int], events_per_member: float, chunk: int
     net = SubNetwork(config.subnetwork).to(device).eval()
     warm = make_events(2_000, events_per_member, seed=1)
     refresh(net, warm, np.arange(2_000), device, config, chunk)
-    rows = ["| active members | events in window | build (s) | copy (s) | adapt (s) | total (s) | members/s (adapt) "
-            "| members/s (total) | embedding length | all finite |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| threads | active members | events in window | build (s) | copy (s) | adapt (s) | total (s) | members/s (adapt) "
+            "| members/s (total) | embedding length | all finite |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for members in sizes:
         interactions = make_events(members, events_per_member)
         embeddings, build, copy, adapt = refresh(net, interactions, np.arange(members), device, config, chunk)
         total = build + copy + adapt
-        rows.append(f"| {members:,} | {len(interactions):,} | {build:.2f} | {copy:.2f} | {adapt:.2f} | {total:.2f} "
+        rows.append(f"| {threads} | {members:,} | {len(interactions):,} | {build:.2f} | {copy:.2f} | {adapt:.2f} | {total:.2f} "
                     f"| {members / adapt:,.0f} | {members / total:,.0f} | {embeddings.shape[1]} "
                     f"| {bool(torch.isfinite(embeddings).all())} |")
         print(rows[-1], flush=True)
@@ -104,14 +105,14 @@ def bench_refresh(device, sizes: list[int], events_per_member: float, chunk: int
     return rows
 
 
-def bench_orders(device, batch_sizes: list[int], steps: int) -> list[str]:
+def bench_orders(device, batch_sizes: list[int], steps: int, threads: int) -> list[str]:
     import torch
 
     from training.meta.maml import MetaTrainConfig, meta_train
     from training.meta.subnetwork import SubNetwork, SubNetworkConfig
     from training.meta.tasks import TaskConfig, concat_tasks, query_day_tasks
 
-    rows = ["| order | members per batch | ms per outer step |", "|---|---|---|"]
+    rows = ["| threads | order | members per batch | ms per outer step |", "|---|---|---|---|"]
     interactions = make_events(20_000, 20.0, seed=2)
     tasks = concat_tasks([query_day_tasks(interactions, d, TaskConfig()) for d in (110, 111, 112, 113)])
     inputs = interactions.job_inputs().to(device)
@@ -122,7 +123,7 @@ def bench_orders(device, batch_sizes: list[int], steps: int) -> list[str]:
             net = SubNetwork(SubNetworkConfig(dense_columns=("j_salary",))).to(device)
             history = meta_train(net, inputs, labels, weights, tasks,
                                  MetaTrainConfig(outer_steps=steps, members_per_batch=batch, first_order=first_order))
-            rows.append(f"| {'first' if first_order else 'second'} | {batch} | {history.seconds_per_step * 1000:.1f} |")
+            rows.append(f"| {threads} | {'first' if first_order else 'second'} | {batch} | {history.seconds_per_step * 1000:.1f} |")
             print(rows[-1], flush=True)
     return rows
 
@@ -134,6 +135,7 @@ def main() -> None:
     parser.add_argument("--events-per-member", type=float, default=20.0)
     parser.add_argument("--chunk", type=int, default=None, help="members per adaptation chunk")
     parser.add_argument("--order-steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, nargs="*", help="torch CPU threads to try (default: torch's)")
     parser.add_argument("--out", type=Path, default=None, help="also copy the result file here")
     args = parser.parse_args()
 
@@ -146,10 +148,17 @@ def main() -> None:
     chunk = args.chunk or (16_384 if args.device == "cpu" else 131_072)
     machine = describe_machine()
     print(f"threads: {torch.get_num_threads()}  device: {machine['gpu'] or machine['cpu_model']}")
-    refresh_rows = bench_refresh(device, sizes, args.events_per_member, chunk)
-    order_rows = bench_orders(device, [256] if args.device == "cpu" else [256, 4096], args.order_steps)
+    refresh_rows, order_rows = [], []
+    for threads in args.threads or [torch.get_num_threads()]:
+        torch.set_num_threads(threads)
+        rows = bench_refresh(device, sizes, args.events_per_member, chunk, threads)
+        refresh_rows += rows if not refresh_rows else rows[2:]
+        rows = bench_orders(device, [256] if args.device == "cpu" else [256, 4096], args.order_steps, threads)
+        order_rows += rows if not order_rows else rows[2:]
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     table = "\n".join([
-        f"Daily refresh on {args.device} ({torch.get_num_threads()} threads), chunk {chunk} members, "
+        f"Load average at the end (1, 5, 15 min): {load}; a shared machine's numbers are lower bounds.", "",
+        f"Daily refresh on {args.device}, chunk {chunk} members, "
         f"mean {args.events_per_member:g} events per member in the window, support cap 64, k = 5:",
         "", *refresh_rows, "",
         f"Meta-training outer step (median of {args.order_steps - 1} steps after the first), support cap 64, "
