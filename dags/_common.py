@@ -152,6 +152,33 @@ def triggered_days(triggering_asset_events: Any, asset: Asset, requested_day: st
     return sorted(days)
 
 
+# Meta-training needs query days with history before them (one task per active member per query day),
+# so the first days of a fresh data dir can neither train nor use a meta-initialisation; the demo
+# waits the same number of days (rankflow.stages.demo.META_TRAIN_AFTER_DAYS = 4: 3 days of history).
+META_MIN_HISTORY_DAYS = 3
+
+
+def meta_not_ready(day: date) -> str | None:
+    """Why `day` can neither use nor meta-train a meta-initialisation yet; None when it can.
+
+    Ready when a meta-init exists at or before `day` (models/meta/dt=*), or when at least
+    META_MIN_HISTORY_DAYS training-set days precede it to train one on. Decided from files only,
+    so re-running a day, or backfilling it later, decides the same way.
+    """
+    from training.meta.state import state_days
+
+    settings = task_settings()
+    meta_root = settings.paths.models / "meta"  # rankflow.stages.meta.meta_root, without importing the stage
+    if any(d <= day for d in state_days(meta_root)):
+        return None
+    table = settings.paths.feature_table("training_set")
+    history = [p for p in table.glob("dt=*") if p.is_dir() and date.fromisoformat(p.name[3:]) < day]
+    if len(history) >= META_MIN_HISTORY_DAYS:
+        return None
+    return (f"no meta-initialisation at or before {day} under {meta_root} and only {len(history)} "
+            f"training-set day(s) before it in {table} (meta-training needs {META_MIN_HISTORY_DAYS})")
+
+
 def training_window(
     data_interval_start: datetime | None, data_interval_end: datetime | None, params: dict | None
 ) -> tuple[date, date]:

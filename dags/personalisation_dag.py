@@ -1,6 +1,7 @@
 """personalisation: after each features day, update random effects and refresh meta embeddings.
 
 resolve_days -> update_random_effects -> refresh_meta_embeddings -> Asset `personalisation`.
+Meta embeddings start once a meta-initialisation exists or can be trained (3 days of history).
 Triggered by Asset `features`; the days come from the triggering events (oldest first, because
 each day's posterior is the next day's prior). A manual run takes conf {"day": "YYYY-MM-DD"}.
 """
@@ -11,7 +12,16 @@ from datetime import date
 
 from airflow.sdk import Param, dag, task
 
-from dags._common import DEFAULT_ARGS, FEATURES, PERSONALISATION, TAGS, run_stage, schedule_start, triggered_days
+from dags._common import (
+    DEFAULT_ARGS,
+    FEATURES,
+    PERSONALISATION,
+    TAGS,
+    meta_not_ready,
+    run_stage,
+    schedule_start,
+    triggered_days,
+)
 
 
 @dag(
@@ -37,7 +47,13 @@ def personalisation():
 
     @task(outlets=[PERSONALISATION])
     def refresh_meta_embeddings(days: list[str], outlet_events=None) -> dict:
-        results = {day: run_stage("meta", "refresh_meta_embeddings", date.fromisoformat(day)) for day in days}
+        results = {}
+        for day in days:
+            # The first days of a fresh data dir have no history to meta-train on: members stay
+            # on their random effects alone until a meta-initialisation exists (as in the demo).
+            waiting = meta_not_ready(date.fromisoformat(day))
+            results[day] = {"skipped": waiting} if waiting else \
+                run_stage("meta", "refresh_meta_embeddings", date.fromisoformat(day))
         outlet_events[PERSONALISATION].extra = {"day": max(days), "days": days}
         return results
 

@@ -15,6 +15,7 @@ from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 from dags._common import (
     DEFAULT_ARGS,
     RANKER,
+    meta_not_ready,
     TAGS,
     rankflow_option,
     run_stage,
@@ -49,9 +50,17 @@ def ranker():
 
     @task
     def train_meta(span: dict) -> dict:
-        return run_stage("meta", "train_meta", date.fromisoformat(span["end"]))
+        from airflow.sdk.exceptions import AirflowSkipException
 
-    @task(pool=rankflow_option("gpu_pool", "default_pool"), queue=rankflow_option("gpu_queue", "default"))
+        end = date.fromisoformat(span["end"])
+        waiting = meta_not_ready(end)
+        if waiting:  # too little history yet; the ranker does not need the meta-init to train
+            raise AirflowSkipException(waiting)
+        return run_stage("meta", "train_meta", end)
+
+    # none_failed: a skipped train_meta (too little history yet) does not stop the ranker.
+    @task(pool=rankflow_option("gpu_pool", "default_pool"), queue=rankflow_option("gpu_queue", "default"),
+          trigger_rule="none_failed")
     def train(span: dict) -> dict:
         return run_stage("ranker", "train", date.fromisoformat(span["start"]), date.fromisoformat(span["end"]))
 

@@ -42,6 +42,12 @@ def states(run) -> dict[str, str]:
         return {ti.task_id: str(ti.state) for ti in rows}
 
 
+def training_history(data_dir, days: int = 3):
+    """Empty training-set partitions for the `days` days before DAY: enough history to meta-train."""
+    for back in range(1, days + 1):
+        (data_dir / "features" / "training_set" / f"dt={DAY - timedelta(days=back)}").mkdir(parents=True)
+
+
 def test_features_runs_its_three_stages_for_the_interval_day(airflow_db, fake_stages, rankflow_data_dir):
     run = run_dag("features", DAY)
     assert str(run.state) == "success"
@@ -57,19 +63,39 @@ def test_features_stops_at_a_validation_failure_without_retrying(airflow_db, fak
     assert states(run)["materialize"] == "upstream_failed"
 
 
-def test_personalisation_updates_then_refreshes_the_requested_day(airflow_db, fake_stages, rankflow_data_dir):
+def test_personalisation_updates_then_refreshes_the_requested_day(airflow_db, fake_stages, rankflow_data_dir,
+                                                                  tmp_path):
+    training_history(rankflow_data_dir(tmp_path / "data"))
     run = run_dag("personalisation", conf={"day": DAY.isoformat()})
     assert str(run.state) == "success"
     assert fake_stages.calls == [("update_random_effects", (DAY,)), ("refresh_meta_embeddings", (DAY,))]
 
 
-def test_ranker_trains_evaluates_and_promotes_on_the_requested_window(airflow_db, fake_stages, rankflow_data_dir):
-    run = run_dag("ranker", conf={"start": "2026-01-01", "end": "2026-01-04"})
+def test_personalisation_without_history_skips_only_the_meta_embeddings(airflow_db, fake_stages,
+                                                                         rankflow_data_dir, tmp_path):
+    training_history(rankflow_data_dir(tmp_path / "data"), days=2)  # one short of a meta-training window
+    run = run_dag("personalisation", conf={"day": DAY.isoformat()})
+    assert str(run.state) == "success"
+    assert fake_stages.called() == ["update_random_effects"]
+
+
+def test_ranker_trains_evaluates_and_promotes_on_the_requested_window(airflow_db, fake_stages, rankflow_data_dir,
+                                                                      tmp_path):
+    training_history(rankflow_data_dir(tmp_path / "data"))
+    run = run_dag("ranker", conf={"start": "2026-01-01", "end": "2026-01-02"})
     assert str(run.state) == "success"
     by_name = dict(fake_stages.calls)
-    assert by_name["train"] == (date(2026, 1, 1), date(2026, 1, 4))
-    assert by_name["evaluate"] == ("train:1", date(2026, 1, 4))
+    assert by_name["train_meta"] == (DAY,)
+    assert by_name["train"] == (date(2026, 1, 1), DAY)
+    assert by_name["evaluate"] == ("train:1", DAY)
     assert by_name["promote"] == ("train:1",)
+
+
+def test_ranker_trains_without_a_meta_init_when_history_is_short(airflow_db, fake_stages, rankflow_data_dir):
+    run = run_dag("ranker", conf={"start": "2026-01-01", "end": "2026-01-02"})
+    assert str(run.state) == "success"
+    assert states(run)["train_meta"] == "skipped"
+    assert fake_stages.called() == ["train", "evaluate", "promote"]
 
 
 def test_ranker_not_promoted_skips_so_publish_is_not_triggered(airflow_db, fake_stages, rankflow_data_dir):
@@ -108,8 +134,11 @@ def test_every_dag_runs_a_synthetic_day_with_the_real_stages(airflow_db, rankflo
         assert str(run_dag("features", day).state) == "success", f"features {day}"
         assert str(run_dag("personalisation", conf={"day": day.isoformat()}).state) == "success"
     assert (data_dir / "features" / "training_set" / "dt=2026-01-02").is_dir()
+    assert (data_dir / "models" / "glmix" / "dt=2026-01-02" / "meta.json").is_file()
     ranker = run_dag("ranker", conf={"start": "2026-01-01", "end": "2026-01-02"})
-    assert str(ranker.state) == "success"
+    assert str(ranker.state) == "success", states(ranker)
+    assert states(ranker)["train_meta"] == "skipped"  # two days are too few to meta-train on
     if states(ranker)["promote"] == "success":
-        assert str(run_dag("publish").state) == "success"
+        publish = run_dag("publish")
+        assert str(publish.state) == "success", states(publish)
     assert (data_dir / "models" / "bentoml").is_dir()

@@ -2,7 +2,10 @@
 a bad day that fails at validation, and a screenshot of the grid view.
 
 The tests share one Airflow (module fixture) and run in file order; each waits for the state the
-previous one left. About 6-8 minutes on 2 cores, most of it Spark inside the tasks.
+previous one left. The data is the smallest marketplace that still has every table (150 members,
+60 jobs, 1,000 impressions a day) and lives under /tmp/rankflow-e2e-*, outside pytest's basetemp, so a
+failure's task logs can be printed before the directory is removed. Any failed task's log is put
+into the assertion message. About 6-8 minutes on 2 shared cores, most of it Spark inside the tasks.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import date, timedelta
 from pathlib import Path
@@ -27,8 +31,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 FIRST = date(2026, 1, 1)
 DAYS = [FIRST + timedelta(days=i) for i in range(6)]  # 1: scheduled, 2-4: backfill, 5: bad, 6: good
+E2E_DATA = {"members": 150, "jobs": 60, "days": len(DAYS), "impressions_per_day": 1_000}
 POSTGRES = "postgresql://postgres@127.0.0.1:5432"
 CHROMIUM = Path("/usr/bin/chromium")
+LOG_TAIL_CHARS = 6_000
 
 
 def _free_port() -> int:
@@ -52,15 +58,15 @@ class AirflowREST:
         response.raise_for_status()
         return response.json()["dag_runs"]
 
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        response = self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
+        response.raise_for_status()
+        return response.json()["task_instances"]
+
     def backfill(self, dag_id: str, first: date, last: date, reprocess: str = "none") -> dict:
         body = {"dag_id": dag_id, "from_date": f"{first}T00:00:00Z", "to_date": f"{last}T00:00:00Z",
                 "max_active_runs": 1, "reprocess_behavior": reprocess}
         response = self.http.post("/backfills", json=body)
-        assert response.status_code in (200, 201), response.text
-        return response.json()
-
-    def trigger(self, dag_id: str, conf: dict) -> dict:
-        response = self.http.post(f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
         assert response.status_code in (200, 201), response.text
         return response.json()
 
@@ -69,20 +75,53 @@ class AirflowREST:
         return response.json().get("value") if response.status_code == 200 else None
 
     def task_log(self, dag_id: str, run_id: str, task_id: str, attempt: int = 1) -> str:
+        """The task log as text: one line per event, exceptions (error_detail) included."""
         response = self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{attempt}",
                                  params={"full_content": True}, headers={"Accept": "application/json"})
         response.raise_for_status()
-        return json.dumps(response.json())
+        lines = []
+        for message in response.json()["content"]:
+            if isinstance(message, str):
+                lines.append(message)
+                continue
+            lines.append(str(message.get("event", "")))
+            if message.get("error_detail"):
+                lines.append(json.dumps(message["error_detail"], indent=1, default=str))
+        return "\n".join(lines)
+
+    def failures(self, dag_ids=("features", "personalisation", "ranker", "publish"), skip_days=()) -> str:
+        """Every failed (or retrying) task instance with the tail of its log; '' when there is none."""
+        reports = []
+        for dag_id in dag_ids:
+            for run in self.runs(dag_id):
+                if run.get("data_interval_start") and run_day(run) in skip_days:
+                    continue
+                for ti in self.task_instances(dag_id, run["dag_run_id"]):
+                    if ti["state"] not in ("failed", "up_for_retry"):  # upstream_failed: its cause is listed
+                        continue
+                    log = self.task_log(dag_id, run["dag_run_id"], ti["task_id"], max(ti["try_number"], 1))
+                    reports.append(f"--- {dag_id} / {run['dag_run_id']} / {ti['task_id']} "
+                                   f"(try {ti['try_number']}, {ti['state']}):\n{log[-LOG_TAIL_CHARS:]}")
+        return "\n".join(reports)
 
 
-def wait_for(condition, what: str, timeout_s: float, poll_s: float = 5.0):
+def wait_for(condition, what: str, timeout_s: float, api: AirflowREST | None = None, poll_s: float = 3.0,
+             expected_failures=()):
+    """Poll `condition` until truthy; fail at once (with the failed task's log) if a task fails.
+
+    `expected_failures`: days whose failures are part of the test (the bad raw day).
+    """
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while True:
         value = condition()
         if value:
             return value
+        failed = api.failures(skip_days=expected_failures) if api is not None else ""
+        if failed:
+            raise AssertionError(f"a task failed while waiting for {what}:\n{failed}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(poll_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 def run_day(run: dict) -> date:
@@ -94,7 +133,7 @@ def features_states(api: AirflowREST) -> dict[date, str]:
 
 
 def personalised_days(api: AirflowREST) -> dict[date, str]:
-    """Day -> state of the personalisation run(s) that processed it (from resolve_days' XCom)."""
+    """Day -> state of the newest personalisation run that processed it (from resolve_days' XCom)."""
     days = {}
     for run in api.runs("personalisation"):
         for day in api.xcom("personalisation", run["dag_run_id"], "resolve_days") or []:
@@ -106,17 +145,31 @@ def idle(api: AirflowREST, dag_id: str) -> bool:
     return all(run["state"] in ("success", "failed") for run in api.runs(dag_id))
 
 
-def partition_digests(data_dir: Path, day: date) -> dict[str, str]:
-    """sha256 of every file of every dt=D partition under features/ (Spark and personalisation output)."""
-    digests = {}
-    for path in sorted((data_dir / "features").glob(f"*/dt={day}/**/*")):
-        if path.is_file():
-            digests[str(path.relative_to(data_dir))] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return digests
+def day_digests(data_dir: Path, day: date) -> dict[str, str]:
+    """sha256 of every file a day writes: feature-zone partitions dt=D and the GLMix state models/glmix/dt=D."""
+    paths = [*(data_dir / "features").glob(f"*/dt={day}/**/*"), *(data_dir / "models" / "glmix").glob(f"dt={day}/*")]
+    return {str(p.relative_to(data_dir)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(paths)
+            if p.is_file()}
+
+
+def explain_difference(data_dir: Path, before: dict[str, str], after: dict[str, str]) -> str:
+    """Which files differ and, for Parquet files, which columns (or the metadata) differ."""
+    import pyarrow.parquet as pq
+
+    lines = [f"files only before: {sorted(set(before) - set(after))}",
+             f"files only after: {sorted(set(after) - set(before))}"]
+    for name in sorted(k for k in set(before) & set(after) if before[k] != after[k]):
+        detail = ""
+        if name.endswith(".parquet"):
+            table = pq.read_table(data_dir / name)
+            detail = f" columns {table.column_names}; created_ts sample " + (
+                str(table.column("created_ts")[0]) if "created_ts" in table.column_names else "-")
+        lines.append(f"changed: {name}{detail}")
+    return "\n".join(lines)
 
 
 def model_labels(data_dir: Path) -> list[dict]:
-    """Labels of every model in the BentoML store (in a subprocess: BENTOML_HOME is read at import)."""
+    """Labels of every model in the data dir's BentoML store (a subprocess: BENTOML_HOME is read at import)."""
     script = ("import bentoml, json; print(json.dumps([{'tag': str(m.tag), **m.info.labels} "
               "for m in bentoml.models.list()]))")
     env = {**os.environ, "BENTOML_HOME": str(data_dir / "models" / "bentoml")}
@@ -125,36 +178,44 @@ def model_labels(data_dir: Path) -> list[dict]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _drop_database(name: str) -> None:
+    import psycopg2
+
+    connection = psycopg2.connect(f"{POSTGRES}/postgres")
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        connection.close()
+
+
 @pytest.fixture(scope="module")
-def airflow(tmp_path_factory):
-    """Airflow on a fresh PostgreSQL database, scheduling day 1 only; stopped and dropped afterwards."""
+def airflow():
+    """Airflow on a fresh PostgreSQL database, scheduling day 1 only; stopped, dropped and removed afterwards."""
     for area in STAGE_FUNCTIONS:
         pytest.importorskip(f"rankflow.stages.{area}", reason=f"rankflow.stages.{area} has not landed yet")
     from rankflow.airflow_local import AirflowOptions, start, stop
 
-    data_dir = generate_tiny(tmp_path_factory.mktemp("e2e") / "data", days=len(DAYS))
+    root = Path(tempfile.mkdtemp(prefix="rankflow-e2e-", dir="/tmp"))
+    data_dir = root / "data"
     database = f"rankflow_e2e_{os.getpid()}"
-    options = AirflowOptions(data_dir=data_dir, db_url=f"{POSTGRES}/{database}", port=_free_port(),
-                             end_date=FIRST, open_access=True)
     try:
+        generate_tiny(data_dir, **E2E_DATA)
+        options = AirflowOptions(data_dir=data_dir, db_url=f"{POSTGRES}/{database}", port=_free_port(),
+                                 end_date=FIRST, open_access=True, retries=0)
         info = start(options)
         yield {"data_dir": data_dir, "url": info.url, "api": AirflowREST(info.url), "options": options}
     finally:
-        stopped = stop(data_dir)
-        print(f"stopped {stopped}")
-        import psycopg2
-
-        connection = psycopg2.connect(f"{POSTGRES}/postgres")
-        connection.autocommit = True
-        with connection.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        connection.close()
+        print(f"stopped {stop(data_dir)}")
+        _drop_database(database)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_scheduled_first_day_triggers_personalisation_through_the_asset(airflow):
     api = airflow["api"]
-    wait_for(lambda: features_states(api).get(FIRST) == "success", "scheduled features run of day 1", 300)
-    wait_for(lambda: personalised_days(api).get(FIRST) == "success", "personalisation of day 1", 240)
+    wait_for(lambda: features_states(api).get(FIRST) == "success", "scheduled features run of day 1", 300, api)
+    wait_for(lambda: personalised_days(api).get(FIRST) == "success", "personalisation of day 1", 300, api)
     assert [run["run_type"] for run in api.runs("features")] == ["scheduled"]
     assert [run["run_type"] for run in api.runs("personalisation")] == ["asset_triggered"]
 
@@ -163,39 +224,32 @@ def test_rest_backfill_of_three_days_succeeds_and_fills_the_stores(airflow):
     api, data_dir = airflow["api"], airflow["data_dir"]
     backfill = api.backfill("features", DAYS[1], DAYS[3])
     assert backfill["dag_id"] == "features"
-    wait_for(lambda: all(features_states(api).get(d) == "success" for d in DAYS[:4]), "backfilled days", 480)
+    wait_for(lambda: all(features_states(api).get(d) == "success" for d in DAYS[:4]), "backfilled days", 480, api)
     wait_for(lambda: all(personalised_days(api).get(d) == "success" for d in DAYS[:4]) and idle(api, "personalisation"),
-             "personalisation of the backfilled days", 300)
+             "personalisation of the backfilled days", 300, api)
     assert {run["run_type"] for run in api.runs("features")} == {"scheduled", "backfill"}
     for day in DAYS[:4]:
-        for table in ("glmix_member", "meta_embedding"):
-            assert (data_dir / "features" / table / f"dt={day}").is_dir(), f"{table} {day}"
+        for table in ("training_set", "glmix_member", "glmix_job", "meta_embedding"):
+            assert (data_dir / "features" / table / f"dt={day}").is_dir(), f"offline {table} {day}"
+        assert (data_dir / "models" / "glmix" / f"dt={day}" / "meta.json").is_file(), f"glmix state {day}"
     glmix_days = {m.get("logical_date") for m in model_labels(data_dir) if m["tag"].startswith("rankflow-glmix")}
     assert {d.isoformat() for d in DAYS[:4]} <= glmix_days
-
-    # The weekly ranker on demand over the four days, then publish through the `ranker` Asset.
-    api.trigger("ranker", {"start": DAYS[0].isoformat(), "end": DAYS[3].isoformat()})
-    wait_for(lambda: idle(api, "ranker") and api.runs("ranker"), "ranker run", 420)
-    assert api.runs("ranker")[-1]["state"] == "success"
-    if api.runs("publish") or any(m["tag"].startswith("rankflow-ranker") and m.get("status") == "serving"
-                                  for m in model_labels(data_dir)):
-        wait_for(lambda: api.runs("publish") and idle(api, "publish"), "publish run", 300)
-        assert api.runs("publish")[-1]["state"] == "success"
     online = data_dir / "feast"
-    assert online.is_dir() and any(online.rglob("*")), "the online store is empty"
+    assert online.is_dir() and any(p.is_file() for p in online.rglob("*")), "the online store is empty"
 
 
 def test_rerunning_a_backfilled_day_gives_byte_identical_outputs(airflow):
     api, data_dir = airflow["api"], airflow["data_dir"]
     day = DAYS[2]
-    before = partition_digests(data_dir, day)
-    assert before, f"no partitions for {day}"
+    before = day_digests(data_dir, day)
+    assert len(before) >= 5, f"too few files for {day}: {before}"
     personalisations = len(api.runs("personalisation"))
     api.backfill("features", day, day, reprocess="completed")
     wait_for(lambda: len(api.runs("personalisation")) > personalisations and idle(api, "personalisation")
-             and idle(api, "features"), "the re-run and its personalisation", 420)
+             and idle(api, "features"), "the re-run and its personalisation", 420, api)
     assert features_states(api)[day] == "success"
-    assert partition_digests(data_dir, day) == before
+    after = day_digests(data_dir, day)
+    assert after == before, explain_difference(data_dir, before, after)
 
 
 def test_a_bad_raw_day_fails_at_validation_and_later_days_still_run(airflow):
@@ -210,14 +264,18 @@ def test_a_bad_raw_day_fails_at_validation_and_later_days_still_run(airflow):
 
     api.backfill("features", bad, good)
     wait_for(lambda: features_states(api).get(bad) == "failed" and features_states(api).get(good) == "success",
-             "the bad day to fail and the good day to succeed", 420)
+             "the bad day to fail and the good day to succeed", 420, api, expected_failures=(bad,))
     wait_for(lambda: personalised_days(api).get(good) == "success" and idle(api, "personalisation"),
-             "personalisation of the good day", 300)
+             "personalisation of the good day", 300, api, expected_failures=(bad,))
     bad_run = next(run for run in api.runs("features") if run_day(run) == bad)
+    states = {ti["task_id"]: ti["state"] for ti in api.task_instances("features", bad_run["dag_run_id"])}
+    assert states == {"validate_raw": "failed", "build_features": "upstream_failed",
+                      "materialize": "upstream_failed"}, states
     log = api.task_log("features", bad_run["dag_run_id"], "validate_raw")
-    assert "validation failed" in log and "reports/validation" in log
+    assert "validation failed" in log and "reports/validation/raw_events" in log, log[-LOG_TAIL_CHARS:]
     assert bad not in personalised_days(api)
     assert not (data_dir / "features" / "glmix_member" / f"dt={bad}").exists()
+    assert (data_dir / "features" / "glmix_member" / f"dt={good}").is_dir()
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="run scripts/ensure_chromium.sh to install Chromium")
@@ -227,6 +285,7 @@ def test_grid_view_screenshot_shows_the_runs(airflow, tmp_path):
     target.parent.mkdir(parents=True, exist_ok=True)
     take_screenshot(f"{url}/auth/token/login?next={url}/dags/features", target, tmp_path / "chromium")
     assert target.stat().st_size > 20_000  # a rendered grid, not a blank page
+    # The data dir is removed with the fixture; keep a copy where pytest keeps test files.
     shutil.copy(target, tmp_path / target.name)
 
 
