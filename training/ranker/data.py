@@ -18,6 +18,7 @@ import hashlib
 import json
 import queue
 import threading
+import warnings
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -29,6 +30,10 @@ import torch
 from training.ranker.model import RankerConfig
 
 SPEC_FILE = "spec.json"
+
+
+class MissingColumnWarning(UserWarning):
+    """A partition lacks a dense column its spec names; the column is read as zeros."""
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
@@ -172,7 +177,17 @@ def encode_table(table: Any, spec: dict[str, Any], config: RankerConfig, source:
         bag_offsets.append(torch.from_numpy(np.cumsum(lengths) - lengths))
 
     dense_parts = []
+    absent = [name for name in config.dense_features if name not in table.column_names]
+    if absent:
+        # A partition written before a derived column existed (e.g. the first day, built with no feature
+        # rows at all): the column reads as 0, exactly as features.assemble.assemble_rows fills a spec
+        # column it cannot compute for a row served online. Said once per file, not silently.
+        warnings.warn(f"{source}: dense column(s) {', '.join(absent)} named by the training-set spec are absent; "
+                      f"read as 0", MissingColumnWarning, stacklevel=2)
     for name in config.dense_features:
+        if name in absent:
+            dense_parts.append(np.zeros((rows, 1), dtype=np.float32))
+            continue
         # Null means 'no value yet' (e.g. a rate with no impressions): 0, like the feature jobs' default.
         values = np.asarray(_column(table, name, source).fill_null(0).to_numpy(zero_copy_only=False), dtype=np.float32)
         if not np.isfinite(values).all():
@@ -249,22 +264,31 @@ def _as_range(item: "Path | RowRange") -> RowRange:
     return item if isinstance(item, RowRange) else RowRange(Path(item))
 
 
-def split_holdout(files: list[Path], fraction: float) -> tuple[list["Path | RowRange"], list[RowRange]]:
-    """(training rows, held-out rows): the held-out rows are the last `fraction` of the newest file.
+def split_holdout(files: list[Path], fraction: float, newest: int = 1) -> tuple[list["Path | RowRange"], list[RowRange]]:
+    """(training rows, held-out rows): the held-out rows are the last `fraction` of each of the `newest` files.
 
-    Rows of a day are sorted by time, so the holdout is the most recent slice: calibration is fitted
-    on data the model has not seen, as close in time as possible to the day it will score.
+    Rows of a day are sorted by time, so the holdout is the most recent slice of each day: calibration
+    is fitted on data the model has not seen, as close in time as possible to the day it will score.
+    Several days give the calibration more rows (its bins' rates are less noisy) at the cost of
+    training on a little less of the newest data.
     """
     import pyarrow.parquet as pq
 
     if not 0 < fraction < 1:
         raise ValueError(f"holdout fraction must be in (0, 1), got {fraction}")
-    newest = Path(files[-1])
-    rows = pq.ParquetFile(newest).metadata.num_rows
-    cut = int(round(rows * (1 - fraction)))
-    if cut <= 0 or cut >= rows:
-        raise ValueError(f"{newest}: {rows} rows are too few to hold out {fraction:.0%} for calibration")
-    return [*files[:-1], RowRange(newest, 0, cut)], [RowRange(newest, cut, rows)]
+    if newest < 1:
+        raise ValueError(f"holdout needs at least one file, got newest={newest}")
+    newest = min(newest, len(files))
+    train: list["Path | RowRange"] = list(files[:-newest])
+    holdout: list[RowRange] = []
+    for path in map(Path, files[-newest:]):
+        rows = pq.ParquetFile(path).metadata.num_rows
+        cut = int(round(rows * (1 - fraction)))
+        if cut <= 0 or cut >= rows:
+            raise ValueError(f"{path}: {rows} rows are too few to hold out {fraction:.0%} for calibration")
+        train.append(RowRange(path, 0, cut))
+        holdout.append(RowRange(path, cut, rows))
+    return train, holdout
 
 
 def day_files(training_set: Path, days: list[date]) -> list[Path]:
@@ -301,9 +325,23 @@ def read_column(files: list[Path], name: str) -> np.ndarray:
     return np.concatenate([pq.read_table(f, columns=[name]).column(name).to_numpy(zero_copy_only=False) for f in files])
 
 
-def first_chunk(files: list["Path | RowRange"], spec: dict[str, Any], config: RankerConfig, rows: int) -> Batch:
-    """The first `rows` training rows, unshuffled (dense statistics; identical on every rank)."""
-    return next(_chunks(files, spec, config, StreamConfig(chunk_rows=rows)))
+def newest_rows(files: list["Path | RowRange"], spec: dict[str, Any], config: RankerConfig, rows: int) -> Batch:
+    """The last `rows` training rows, newest files first (dense statistics; identical on every rank).
+
+    The newest rows are the ones most like the days the model will score: the oldest day of a data
+    set can have no features at all (nothing before it), and statistics fitted there would scale
+    every later value by 1 / (a near-zero std).
+    """
+    parts: list[Batch] = []
+    have = 0
+    for item in reversed(files):
+        batch = encode_table(_read_range(item), spec, config, source=str(_as_range(item).path))
+        parts.insert(0, batch)
+        have += len(batch)
+        if have >= rows:
+            break
+    sample = concat_batches(parts)
+    return sample.take(torch.arange(max(0, len(sample) - rows), len(sample)))
 
 
 @dataclass(frozen=True)
@@ -334,6 +372,24 @@ def _chunks(files: list["Path | RowRange"], spec: dict[str, Any], config: Ranker
                 continue
             table = pa.Table.from_batches([record_batch.slice(lo - begin, hi - lo)])
             yield encode_table(table, spec, config, source=str(rows.path))
+
+
+def _shuffle_buffers(chunks: Iterator[Batch], rows: int) -> Iterator[Batch]:
+    """Consecutive chunks joined until each holds at least `rows` rows (the last may hold fewer).
+
+    A day's file is one chunk; without joining, rows would only be shuffled within their day and every
+    epoch would walk the days in order.
+    """
+    pending: list[Batch] = []
+    have = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        have += len(chunk)
+        if have >= rows:
+            yield concat_batches(pending)
+            pending, have = [], 0
+    if pending:
+        yield concat_batches(pending)
 
 
 def _prefetched(source: Iterator[Batch], depth: int) -> Iterator[Batch]:
@@ -368,7 +424,7 @@ def stream_batches(
     ranks' shards is exactly the single-process batch (same loss curve under torchrun).
     """
     generator = torch.Generator().manual_seed(stream.seed * 1_000_003 + epoch)
-    for chunk in _prefetched(_chunks(files, spec, config, stream), stream.prefetch):
+    for chunk in _prefetched(_shuffle_buffers(_chunks(files, spec, config, stream), stream.chunk_rows), stream.prefetch):
         order = torch.randperm(len(chunk), generator=generator)
         for start in range(0, len(order), stream.batch_size):
             rows = order[start:start + stream.batch_size]

@@ -2,6 +2,7 @@
 
 For each table row i touched by the batch, with g_i its gradient row (width d):
 
+    g_i <- g_i + lambda E_i                (optional L2, on touched rows only: frequent rows decay more)
     a_i <- a_i + mean_j g_ij^2            (one accumulator per row, not per coordinate: d x less state)
     E_i <- E_i - lr * g_i / (sqrt(a_i) + eps)
 
@@ -19,10 +20,14 @@ import torch
 class RowWiseAdagrad(torch.optim.Optimizer):
     """Row-wise Adagrad for 2-D embedding weights with sparse or dense gradients."""
 
-    def __init__(self, params, lr: float = 0.05, eps: float = 1e-8, initial_accumulator: float = 0.0):
+    def __init__(self, params, lr: float = 0.05, eps: float = 1e-8, initial_accumulator: float = 0.0,
+                 weight_decay: float = 0.0):
         if lr <= 0:
             raise ValueError(f"RowWiseAdagrad: lr must be positive, got {lr}")
-        super().__init__(params, {"lr": lr, "eps": eps, "initial_accumulator": initial_accumulator})
+        if weight_decay < 0:
+            raise ValueError(f"RowWiseAdagrad: weight_decay must be >= 0, got {weight_decay}")
+        super().__init__(params, {"lr": lr, "eps": eps, "initial_accumulator": initial_accumulator,
+                                  "weight_decay": weight_decay})
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102 - torch.optim.Optimizer API
@@ -48,6 +53,8 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                 if rows.numel() == 0:
                     continue
                 values = values.float()
+                if group["weight_decay"]:
+                    values = values + group["weight_decay"] * weight.index_select(0, rows).float()
                 accumulator = state["accumulator"]
                 updated = accumulator.index_select(0, rows) + values.pow(2).mean(dim=1)
                 accumulator.index_copy_(0, rows, updated)

@@ -52,7 +52,16 @@ class TrainConfig:
     dense_lr: float = 1e-3
     embedding_lr: float = 0.05
     warm_start_l2: float = 0.0
+    dense_weight_decay: float = 0.0      # AdamW decoupled decay of the dense parameters
+    # L2 on embedding rows, applied to the rows a batch touches (lambda * E_i added to g_i). It needs the
+    # "rowwise" optimiser (the fused kernel has no decay), which is then used instead of "fused".
+    embedding_weight_decay: float = 0.0
+    # Keep the epoch whose weights give the lowest weighted log loss on the calibration holdout
+    # (scored after every epoch); later epochs that only fit noise are discarded.
+    early_stopping: bool = True
+    patience: int = 1                    # epochs without improvement before training stops
     holdout_fraction: float = 0.2
+    calibration_days: int = 1            # the holdout is the last holdout_fraction of each of the newest N days
     seed: int = 0
     device: str = "auto"                 # "auto" | "cpu" | "cuda" | "cuda:N"
     compile: bool = False                # torch.compile the model (GPU)
@@ -88,6 +97,8 @@ class TrainResult:
     seconds: float = 0.0
     rows: int = 0
     holdout: list = field(default_factory=list)                      # data.RowRange of the calibration rows
+    holdout_losses: list[float] = field(default_factory=list)        # per epoch, with early stopping
+    best_epoch: int | None = None                                    # the epoch whose weights were kept
 
     @property
     def samples_per_second(self) -> float:
@@ -134,23 +145,31 @@ def train_model(
     fit_normalizer: bool = True,
     prior_weight: float = 0.0,
     on_step: Callable[[int, float], None] | None = None,
+    holdout: list | None = None,
 ) -> TrainResult:
-    """Train `model` (a Ranker or LogisticRegression) in place on `rows`; returns the loss history."""
+    """Train `model` (a Ranker or LogisticRegression) in place on `rows`; returns the loss history.
+
+    With `holdout` rows and config.early_stopping, the weights of the epoch with the lowest holdout
+    log loss are kept (TrainResult.best_epoch, .holdout_losses).
+    """
     device = resolve_device(config.device, context)
     model.to(device)
     if fit_normalizer:
-        model.normalizer.fit(data.first_chunk(rows, spec, model.config, config.normalizer_rows).dense.to(device))
+        model.normalizer.fit(data.newest_rows(rows, spec, model.config, config.normalizer_rows).dense.to(device))
     prior = {n: p.detach().clone() for n, p in model.named_parameters()} if prior_weight > 0 else None
 
     if config.embedding_optimizer not in ("fused", "rowwise"):
         raise ValueError(f"embedding_optimizer must be 'fused' or 'rowwise', got {config.embedding_optimizer!r}")
-    fused_embeddings = config.embedding_optimizer == "fused" and not context.enabled
+    fused_embeddings = (config.embedding_optimizer == "fused" and not context.enabled
+                        and config.embedding_weight_decay == 0)
     if fused_embeddings:
         model.embeddings.enable_fused_optimizer(config.embedding_lr)
         model.bags.enable_fused_optimizer(config.embedding_lr)
     dense_params, sparse_params = model.dense_parameters(), model.embedding_parameters()
-    dense_opt = torch.optim.Adam(dense_params, lr=config.dense_lr, fused=device.type == "cuda") if dense_params else None
-    sparse_opt = None if fused_embeddings else RowWiseAdagrad(sparse_params, lr=config.embedding_lr)
+    dense_opt = torch.optim.AdamW(dense_params, lr=config.dense_lr, weight_decay=config.dense_weight_decay,
+                                  fused=device.type == "cuda") if dense_params else None
+    sparse_opt = None if fused_embeddings else RowWiseAdagrad(
+        sparse_params, lr=config.embedding_lr, weight_decay=config.embedding_weight_decay)
 
     network: nn.Module = model
     if context.enabled:
@@ -168,9 +187,12 @@ def train_model(
     )
 
     result = TrainResult(model=model, holdout=[])
+    held_out = data.load_rows(holdout, spec, model.config) if holdout and config.early_stopping else None
+    best_loss, best_state = float("inf"), None
     model.train()
     started, step = time.perf_counter(), 0
     for epoch in range(epochs):
+        model.train()
         for batch in data.stream_batches(rows, spec, model.config, stream, epoch=epoch):
             batch = batch.to(device, non_blocking=True)
             with autocast:
@@ -196,6 +218,16 @@ def train_model(
                 result.history.append(record)
                 if on_step is not None:
                     on_step(step, record["loss"])
+        if held_out is not None:
+            holdout_loss = holdout_log_loss(model, held_out)
+            result.holdout_losses.append(holdout_loss)
+            if holdout_loss < best_loss:
+                best_loss, result.best_epoch = holdout_loss, epoch
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()} if epoch < epochs - 1 else None
+            elif best_state is not None and epoch >= result.best_epoch + config.patience:
+                break
+    if best_state is not None and result.best_epoch < len(result.holdout_losses) - 1:
+        model.load_state_dict(best_state)  # in place: the fused tables' storage stays the parameters'
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     result.seconds = time.perf_counter() - started
@@ -215,6 +247,12 @@ def predict_logits(model: nn.Module, batch: data.Batch, batch_size: int = 8192) 
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             outputs.append(model(*part.inputs).float().cpu())
     return torch.cat(outputs) if outputs else torch.zeros(0)
+
+
+def holdout_log_loss(model: nn.Module, rows: data.Batch) -> float:
+    """Weighted log loss of the uncalibrated logits on held-out rows (early stopping's criterion)."""
+    logits = predict_logits(model, rows)
+    return float(weighted_bce(logits, rows.label, rows.weight))
 
 
 def fit_calibration(model: nn.Module, holdout: list, spec: dict[str, Any]) -> dict[str, float]:
@@ -242,7 +280,7 @@ def train_ranker(
     """
     spec = data.read_spec(training_set)
     files = data.day_files(training_set, days)
-    train_rows, holdout = data.split_holdout(files, config.holdout_fraction)
+    train_rows, holdout = data.split_holdout(files, config.holdout_fraction, config.calibration_days)
     torch.manual_seed(config.seed)
     if warm_start is not None:
         model = warm_start
@@ -254,7 +292,8 @@ def train_ranker(
             model_config = RankerConfig.from_spec(spec)
         model = model_factory(model_config, not context.enabled)
         epochs, fit_normalizer, prior_weight = config.epochs, True, 0.0
-    result = train_model(model, train_rows, spec, config, epochs, context, fit_normalizer, prior_weight, on_step)
+    result = train_model(model, train_rows, spec, config, epochs, context, fit_normalizer, prior_weight, on_step,
+                         holdout=holdout)
     result.holdout = holdout
     fit_calibration(model, holdout, spec)
     return result

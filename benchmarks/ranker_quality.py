@@ -1,0 +1,317 @@
+"""Ranker quality on the synthetic marketplace, against the generator's ground truth (issue 6, acceptance 1 and 2).
+
+    PYTHONPATH=. python benchmarks/ranker_quality.py --data-dir /tmp/rq/data            # CPU or one GPU
+    PYTHONPATH=. python benchmarks/ranker_quality.py --data-dir D --build                # generate + features first
+
+The data directory holds a generated marketplace whose training set was built by the feature stages
+(`rankflow generate`, then rankflow.stages.features.run_range over every day). With days d_1..d_n:
+
+- ranker (full retrain) and logistic regression on d_1..d_{n-1}, evaluated on d_n (the next day);
+- warm start: a "serving" ranker trained on d_1..d_{n-2}, continued on d_{n-1} only, vs the full retrain;
+- oracle: the AUC / log loss / ECE of the generator's true probabilities on d_n;
+- position-blind oracle: the true logit without the position term -a log(p) (position is a context
+  column the training-set spec does not list, so no model here sees it);
+- learnable bound: a model that is told everything the generator knows (global coefficients, job
+  random effects, latent affinities, position) except each member's random effect w_m, which it
+  estimates as the MAP under the true prior N(0, s^2 I) from the member's events of d_1..d_{n-1}.
+  Every learner must also estimate w_m from those same events (and much else), so its AUC is a
+  ceiling for this amount of data; the gap oracle - bound is what the data size alone costs.
+
+ECE uses 15 equal-width probability bins (training.ranker.evaluate). The table is printed and written
+to benchmarks/results/ranker-quality-<machine>.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import describe_machine, write_result  # noqa: E402
+
+ECE_BINS = 15
+
+
+@dataclass
+class QualityRun:
+    """The measured numbers of one benchmark run (JSON-serialisable)."""
+
+    train_days: list[str]
+    eval_day: str
+    rows_train: int
+    rows_eval: int
+    ranker: dict[str, Any]
+    logistic: dict[str, Any]
+    oracle: dict[str, Any]
+    warm: dict[str, Any]
+    full_seconds: float
+    train_config: dict[str, Any]
+    model: dict[str, Any]
+    bound: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ground truth
+
+
+def _truth_frame(paths, day: date):
+    """The day's events joined with true_prob (pandas)."""
+    import pyarrow.parquet as pq
+
+    from features.contract import read_raw
+
+    events = read_raw(paths, "events", day=day)
+    truth = pq.read_table(paths.truth / "events" / f"dt={day.isoformat()}" / "part-0.parquet").to_pandas()
+    return events.merge(truth, on="event_id", how="inner", validate="one_to_one")
+
+
+def oracle_metrics(paths, day: date) -> dict[str, float]:
+    """AUC / log loss / ECE of the true probabilities on `day`, and the position-blind oracle AUC."""
+    from training.ranker.evaluate import auc, expected_calibration_error, log_loss
+
+    frame = _truth_frame(paths, day)
+    truth = json.loads((paths.truth / "params.json").read_text())["truth"]
+    p, y = frame["true_prob"].to_numpy(), frame["label"].to_numpy().astype(np.float64)
+    w = frame["weight"].to_numpy().astype(np.float64)
+    logit = np.log(p / (1 - p))
+    blind = logit + truth["position_bias"] * np.log(frame["position"].to_numpy())
+    return {"auc": auc(p, y, w), "auc_position_blind": auc(blind, y, w), "log_loss": log_loss(p, y, w),
+            "ece": expected_calibration_error(p, y, w, ECE_BINS), "positive_rate": float((w * y).sum() / w.sum())}
+
+
+def _member_basis(paths, day: date, frame) -> tuple[np.ndarray, np.ndarray]:
+    """phi(job) per event and the member's true random-effect part w_m(day) . phi(job)."""
+    import pyarrow.parquet as pq
+
+    from features.contract import read_raw
+
+    names = json.loads((paths.truth / "params.json").read_text())["member_basis"]["names"]
+    items = read_raw(paths, "items", end=day).set_index("item_id").loc[frame["item_id"]]
+    phi = np.zeros((len(frame), len(names)))
+    phi[:, 0] = 1.0
+    for k, name in enumerate(names[1:], start=1):
+        attribute, value = name.split("=", 1)
+        phi[:, k] = items[attribute].to_numpy() == value
+    weights = pq.read_table(paths.truth / "member_weights" / f"dt={day.isoformat()}" / "part-0.parquet").to_pandas()
+    weights = weights.set_index("member_id").loc[frame["member_id"], names].to_numpy()
+    return phi, (weights * phi).sum(axis=1)
+
+
+def learnable_bound(paths, train_days: list[date], eval_day: date, newton_steps: int = 30) -> dict[str, float]:
+    """AUC on eval_day of the truth with each member's random effect replaced by its MAP estimate.
+
+    For member m with events i in the training days: offset_i = true logit_i - w_m(d_i) . phi_i (all the
+    truth but m's effect), and w_m = argmax sum_i log Bernoulli(y_i | offset_i + w . phi_i) - |w|^2 / (2 s^2)
+    with s the generator's member_weight_std, by Newton's method (all members at once). Members never
+    seen in training get w = 0 (the prior mean).
+    """
+    from training.ranker.evaluate import auc
+
+    prior_std = json.loads((paths.truth / "params.json").read_text())["truth"]["member_weight_std"]
+    parts = []
+    for day in train_days:
+        frame = _truth_frame(paths, day)
+        phi, effect = _member_basis(paths, day, frame)
+        logit = np.log(frame["true_prob"].to_numpy() / (1 - frame["true_prob"].to_numpy()))
+        parts.append((frame["member_id"].to_numpy(), phi, logit - effect, frame["label"].to_numpy().astype(np.float64)))
+    member = np.concatenate([p[0] for p in parts])
+    phi, offset, label = (np.concatenate([p[i] for p in parts]) for i in (1, 2, 3))
+    members, index = np.unique(member, return_inverse=True)
+    count, dim = members.size, phi.shape[1]
+    w = np.zeros((count, dim))
+
+    def objective(weights: np.ndarray) -> np.ndarray:  # per member: log likelihood + log prior
+        s = offset + (weights[index] * phi).sum(1)
+        log_likelihood = label * s - np.logaddexp(0.0, s)
+        return np.bincount(index, log_likelihood, count) - 0.5 * (weights**2).sum(1) / prior_std**2
+
+    for _ in range(newton_steps):
+        p = 1.0 / (1.0 + np.exp(-np.clip(offset + (w[index] * phi).sum(1), -30, 30)))
+        gradient = np.stack([np.bincount(index, (label - p) * phi[:, a], count) for a in range(dim)], 1) - w / prior_std**2
+        curvature = p * (1 - p)
+        hessian = np.zeros((count, dim, dim))
+        for a in range(dim):
+            for b in range(a, dim):
+                hessian[:, a, b] = hessian[:, b, a] = np.bincount(index, curvature * phi[:, a] * phi[:, b], count)
+        hessian += np.eye(dim) / prior_std**2
+        step = np.linalg.solve(hessian, gradient[..., None])[..., 0]
+        # Damped Newton (the collinear one-hot basis makes full steps overshoot): per member, the best of
+        # 1, 1/2, .., 1/64 of the step, or no move when none raises its objective.
+        best, best_value = w, objective(w)
+        for fraction in 0.5 ** np.arange(7):
+            candidate = w + fraction * step
+            value = objective(candidate)
+            better = value > best_value
+            best = np.where(better[:, None], candidate, best)
+            best_value = np.where(better, value, best_value)
+        w = best
+
+    frame = _truth_frame(paths, eval_day)
+    phi_eval, effect_eval = _member_basis(paths, eval_day, frame)
+    true_logit = np.log(frame["true_prob"].to_numpy() / (1 - frame["true_prob"].to_numpy()))
+    where = np.clip(np.searchsorted(members, frame["member_id"].to_numpy()), 0, count - 1)
+    known = members[where] == frame["member_id"].to_numpy()
+    estimate = np.where(known[:, None], w[where], 0.0)
+    score = true_logit - effect_eval + (estimate * phi_eval).sum(1)
+    labels = frame["label"].to_numpy().astype(np.float64)
+    events_per_member = np.bincount(index)
+    return {"auc": auc(score, labels), "events_per_member_median": float(np.median(events_per_member)),
+            "events_per_member_mean": float(events_per_member.mean())}
+
+
+# ---------------------------------------------------------------------------------------------
+# The models
+
+
+def _evaluate(settings, model, eval_day: date, train_days: list[date]) -> dict[str, Any]:
+    from rankflow.stages.ranker import evaluate_model
+
+    evaluation = evaluate_model(settings, model, [eval_day], train_days)
+    values = evaluation.to_dict()
+    values.pop("reliability")
+    return values
+
+
+def measure(settings, train_config=None, model_overrides: dict[str, Any] | None = None,
+            logistic_config=None, with_bound: bool = True, log=print) -> QualityRun:
+    """Train and evaluate everything in the module docstring on the newest day of `settings`' data."""
+    import torch
+
+    from training.ranker import data
+    from training.ranker.logistic import LogisticRegression
+    from training.ranker.model import RankerConfig
+    from training.ranker.train import TrainConfig, train_ranker
+
+    train_config = train_config or TrainConfig()
+    training_set = settings.paths.feature_table("training_set")
+    days = data.available_days(training_set)
+    if len(days) < 3:
+        raise ValueError(f"{training_set}: need at least 3 training-set days, found {len(days)}")
+    train_days, eval_day = days[:-1], days[-1]
+    spec = data.read_spec(training_set)
+    model_config = RankerConfig.from_spec(spec, **(model_overrides or {}))
+
+    log(f"full retrain on {train_days[0]}..{train_days[-1]}")
+    full = train_ranker(training_set, train_days, model_config, train_config)
+    ranker = _evaluate(settings, full.model, eval_day, train_days)
+    log(f"  AUC {ranker['auc']:.4f} ECE {ranker['ece']:.4f} ({full.seconds:.1f}s)")
+
+    log("logistic regression on the same rows")
+    logistic_config = logistic_config or train_config
+    logistic_model = train_ranker(training_set, train_days, model_config, logistic_config,
+                                  model_factory=LogisticRegression).model
+    logistic = _evaluate(settings, logistic_model, eval_day, train_days)
+    log(f"  AUC {logistic['auc']:.4f}")
+
+    log(f"serving model on {train_days[0]}..{train_days[-2]}, warm start on {train_days[-1]}")
+    serving = train_ranker(training_set, train_days[:-1], model_config, train_config).model
+    serving_auc = _evaluate(settings, serving, eval_day, train_days[:-1])["auc"]
+    warm = train_ranker(training_set, [train_days[-1]], None, train_config, warm_start=copy.deepcopy(serving))
+    warm_eval = _evaluate(settings, warm.model, eval_day, train_days)
+    log(f"  warm AUC {warm_eval['auc']:.4f} ({warm.seconds:.1f}s) vs full {ranker['auc']:.4f} ({full.seconds:.1f}s)")
+
+    oracle = oracle_metrics(settings.paths, eval_day)
+    bound = learnable_bound(settings.paths, train_days, eval_day) if with_bound else {}
+    rows_train = int(sum(data.read_column(data.day_files(training_set, [d]), "label").size for d in train_days))
+    torch_model = {k: v for k, v in model_config.to_dict().items() if k not in (
+        "sparse_features", "sparse_buckets", "bag_features", "bag_buckets", "dense_features", "vector_features")}
+    return QualityRun(
+        train_days=[d.isoformat() for d in train_days], eval_day=eval_day.isoformat(), rows_train=rows_train,
+        rows_eval=ranker["rows"], ranker=ranker, logistic=logistic, oracle=oracle,
+        warm={"auc": warm_eval["auc"], "ece": warm_eval["ece"], "seconds": warm.seconds, "rows": warm.rows,
+              "serving_auc": serving_auc},
+        full_seconds=full.seconds, train_config=asdict(train_config), model=torch_model, bound=bound,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Table
+
+
+def table(run: QualityRun) -> str:
+    r, lg, o, w, b = run.ranker, run.logistic, run.oracle, run.warm, run.bound
+    rows = [
+        ("oracle AUC (true probabilities)", f"{o['auc']:.4f}"),
+        ("position-blind oracle AUC", f"{o['auc_position_blind']:.4f}"),
+        ("learnable bound AUC (MAP member effect, all else true)", f"{b['auc']:.4f}" if b else "not run"),
+        ("ranker AUC", f"{r['auc']:.4f}"),
+        ("logistic regression AUC", f"{lg['auc']:.4f}"),
+        ("ranker - logistic AUC", f"{r['auc'] - lg['auc']:+.4f}"),
+        ("oracle - ranker AUC (target <= 0.01)", f"{o['auc'] - r['auc']:.4f}"),
+        ("bound - ranker AUC", f"{b['auc'] - r['auc']:.4f}" if b else "not run"),
+        ("ranker log loss / oracle log loss", f"{r['log_loss']:.4f} / {o['log_loss']:.4f}"),
+        ("ranker NE", f"{r['normalized_entropy']:.4f}"),
+        (f"ranker ECE, calibrated ({ECE_BINS} equal-width bins; target < 0.01)", f"{r['ece']:.4f}"),
+        ("ranker ECE, uncalibrated", f"{r['ece_uncalibrated']:.4f}"),
+        ("oracle ECE (sampling noise floor)", f"{o['ece']:.4f}"),
+        ("logistic ECE, calibrated", f"{lg['ece']:.4f}"),
+        (f"ranker AUC cold members ({r['cold_rows']} rows) / warm", f"{r['auc_cold']:.4f} / {r['auc_warm']:.4f}"),
+        ("serving model AUC (trained without the newest day)", f"{w['serving_auc']:.4f}"),
+        ("warm start AUC / full retrain AUC", f"{w['auc']:.4f} / {r['auc']:.4f}"),
+        ("full - warm AUC (target <= 0.002)", f"{r['auc'] - w['auc']:+.4f}"),
+        ("warm start seconds / full retrain seconds", f"{w['seconds']:.1f} / {run.full_seconds:.1f}"),
+        ("warm / full time ratio", f"{w['seconds'] / run.full_seconds:.3f}"),
+    ]
+    lines = [f"Train days {run.train_days[0]}..{run.train_days[-1]} ({run.rows_train:,} rows), "
+             f"evaluation day {run.eval_day} ({run.rows_eval:,} rows, positive rate {o['positive_rate']:.4f}).", "",
+             "| metric | value |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in rows), ""]
+    if b:
+        lines.append(f"Training events per member: median {b['events_per_member_median']:.0f}, "
+                     f"mean {b['events_per_member_mean']:.1f}.")
+    lines += ["", f"Train config: `{json.dumps(run.train_config)}`", "", f"Model: `{json.dumps(run.model)}`"]
+    return "\n".join(lines)
+
+
+def _build(data_dir: Path) -> None:
+    """Generate the default marketplace and build its features (the real stages)."""
+    from features.synthetic import generate
+    from rankflow.config import load_settings
+    from rankflow.stages.features import run_range
+
+    settings = load_settings(data_dir)
+    summary = generate(settings.generator, settings.paths)
+    first = date.fromisoformat(summary["start"])
+    run_range(settings, [date.fromordinal(first.toordinal() + i) for i in range(summary["days"])])
+
+
+def main(argv: list[str] | None = None) -> None:
+    import torch
+
+    from rankflow.config import load_settings
+    from training.ranker.train import TrainConfig
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--build", action="store_true", help="generate the default marketplace and its features first")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--no-bound", action="store_true", help="skip the learnable-bound estimate")
+    parser.add_argument("--json", type=Path, default=None, help="also write the raw numbers here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.build:
+        _build(args.data_dir)
+    settings = load_settings(args.data_dir)
+    started = time.perf_counter()
+    run = measure(settings, TrainConfig(device=args.device), with_bound=not args.no_bound)
+    text = table(run)
+    machine = describe_machine()
+    print(text)
+    print(f"\n(total {time.perf_counter() - started:.0f}s)")
+    print(f"written to {write_result('ranker-quality', text, machine)}")
+    if args.json:
+        args.json.write_text(json.dumps(asdict(run), indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
