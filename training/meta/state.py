@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from training.meta.config import MetaConfig
 from training.meta.subnetwork import SubNetwork
@@ -27,6 +26,8 @@ CONFIG_FILE = "config.json"
 
 def save_state(directory: Path, net: SubNetwork, config: MetaConfig, metadata: dict[str, Any]) -> None:
     """Write weights and config into `directory` (an atomic_directory staging folder)."""
+    from safetensors.torch import save_file  # inside: training imports with torch and numpy alone
+
     directory = Path(directory)
     tensors = {name: value.detach().to("cpu", torch.float32).contiguous() for name, value in net.state_dict().items()}
     save_file(tensors, str(directory / WEIGHTS_FILE))
@@ -36,6 +37,8 @@ def save_state(directory: Path, net: SubNetwork, config: MetaConfig, metadata: d
 
 def load_state(directory: Path) -> tuple[SubNetwork, MetaConfig, dict[str, Any]]:
     """Rebuild the sub-network saved by `save_state`; errors name the folder and what is missing."""
+    from safetensors.torch import load_file
+
     directory = Path(directory)
     for name in (WEIGHTS_FILE, CONFIG_FILE):
         if not (directory / name).exists():
