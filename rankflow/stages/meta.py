@@ -218,7 +218,7 @@ def refresh_meta_embeddings(settings: Settings, day: date) -> dict:
     frame, summary = compute_meta_embeddings(settings, day)
     end_of_day = pd.Timestamp(day + timedelta(days=1), tz="UTC")
     frame["event_timestamp"] = end_of_day
-    frame["created_ts"] = pd.Timestamp(datetime.now(timezone.utc))
+    frame["created_ts"] = end_of_day  # deterministic: re-running a day is byte-identical
     check_personalisation(VIEW, frame, day, reports_dir=settings.paths.reports,
                           key_column="member_id", vector_columns=[VIEW])
     written = write_features(settings, VIEW, frame, day)
