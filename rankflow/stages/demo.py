@@ -117,12 +117,34 @@ def run_demo(settings: Settings, fresh: bool = False, serve_check: bool = True,
     log.info("promotion: %s", promoted)
 
     if serve_check:
-        from rankflow.stages import publish
-
-        _timed(steps, "serve", "http://127.0.0.1 (stopped)", lambda: publish.demo_request(settings, days[-1]),
-               lambda r: f"member {r['member_id']}: top {len(r['ranking'])} of {r['candidates']} in "
+        _timed(steps, "serve", f"{paths.run}/serve-*.log", lambda: rank_once(settings, console),
+               lambda r: f"member {r['member_id']}: top {len(r['items'])} of {r['candidates']} in "
                          f"{r['latency_ms']:.0f} ms")
     return steps
+
+
+def rank_once(settings: Settings, console: Console) -> dict:
+    """Start the BentoML service on a free port, rank 100 candidates for one member over HTTP, stop it."""
+    import httpx
+    import pandas as pd
+
+    from rankflow.stages.publish import ServeOptions, free_port, start_service
+
+    newest_members = sorted(settings.paths.feature_table("member_features").glob("dt=*"))[-1]
+    newest_jobs = sorted(settings.paths.feature_table("job_features").glob("dt=*"))[-1]
+    members = pd.read_parquet(newest_members).sort_values("member_id")
+    member_id = int(members["member_id"].iloc[0])
+    candidates = [int(i) for i in pd.read_parquet(newest_jobs)["item_id"].head(100)]
+    with start_service(settings, ServeOptions(port=free_port())) as service:
+        started = time.perf_counter()
+        response = httpx.post(f"{service.url}/rank", json={"member_id": member_id, "candidates": candidates, "k": 5},
+                              timeout=30)
+        latency_ms = (time.perf_counter() - started) * 1000
+        response.raise_for_status()
+        answer = response.json()
+    console.print(f"[bold]rank[/bold] member {member_id}, {len(candidates)} candidates -> "
+                  f"{[(item['item_id'], round(item['score'], 4)) for item in answer['items']]}")
+    return {"member_id": member_id, "candidates": len(candidates), "items": answer["items"], "latency_ms": latency_ms}
 
 
 def _describe_training(result: dict | None) -> str:
