@@ -8,9 +8,9 @@ store), applies them when they changed, and returns a `feast.FeatureStore`. Any 
 `write_features(settings, view, frame, day)` writes the offline partition atomically, then pushes the
 rows to the online store through `online_write`, which never rolls a value back: the online store must
 always hold the newest value (design.md), but Feast's SQLite store overwrites whatever it is given, so a
-backfill of an old day would replace today's values with older ones. Before writing, we read the stored
-event timestamp of every entity and drop the rows that are older (equal passes: re-running a day replaces
-that day). Feast's Redis store already skips rows not newer than the stored one.
+backfill of an old day would replace today's values with older ones. The writer (features.materialize)
+reads the stored event time of every entity and drops the rows that are older (equal passes: re-running a
+day replaces that day), on SQLite and on Redis alike, and writes the rest in Feast's own byte layout.
 """
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import shutil
-import sqlite3
 import sys
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from urllib.parse import urlparse
@@ -30,6 +28,7 @@ import pyarrow as pa
 import yaml
 
 from features.contract import PART_FILE, parquet_bytes
+from features.materialize import WRITE_BATCH_ROWS, OnlineWrite
 from rankflow.config import Settings
 from rankflow.logs import get_logger
 from rankflow.paths import DataPaths, atomic_directory, atomic_write_bytes
@@ -40,7 +39,6 @@ PROJECT = "rankflow"
 TEMPLATE = Path(__file__).resolve().parent / "repo"
 DECLARATION_FILES = ("definitions.py", ".feastignore")
 _APPLIED_MARK = ".applied"
-WRITE_BATCH_ROWS = 10_000
 
 
 def redis_connection_string(url: str) -> str:
@@ -165,72 +163,14 @@ def write_offline_partition(paths: DataPaths, table: str, day: date, frame: pd.D
     return target
 
 
-@dataclass(frozen=True)
-class OnlineWrite:
-    """What an online write did: rows written, rows skipped because the store holds newer values."""
-
-    view: str
-    written: int
-    skipped_older: int
-
-    def to_dict(self) -> dict:
-        return {"view": self.view, "written": self.written, "skipped_older": self.skipped_older}
-
-
-def _stored_event_times(store, feature_view) -> dict[bytes, pd.Timestamp]:
-    """SQLite only: the newest event timestamp held per serialised entity key of one view."""
-    from feast.infra.online_stores.helpers import compute_table_id
-
-    config = store.config
-    table = compute_table_id(config.project, feature_view, config.registry.enable_online_feature_view_versioning)
-    path = Path(config.online_store.path)
-    db = path if path.is_absolute() else Path(store.repo_path) / path
-    if not db.exists():
-        return {}
-    with sqlite3.connect(db) as connection:
-        try:
-            rows = connection.execute(f'SELECT entity_key, MAX(event_ts) FROM "{table}" GROUP BY entity_key').fetchall()
-        except sqlite3.OperationalError:  # the table is created at apply; absent means nothing stored
-            return {}
-    return {key: _utc(ts) for key, ts in rows if ts}
-
-
-def _utc(value) -> pd.Timestamp:
-    """Feast hands naive-UTC datetimes around and its SQLite store keeps epoch seconds: make them aware."""
-    stamp = pd.Timestamp(value, unit="s") if isinstance(value, (int, float)) else pd.Timestamp(value)
-    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-
-
 def online_write(store, view: str, frame: pd.DataFrame, batch_rows: int = WRITE_BATCH_ROWS) -> OnlineWrite:
-    """Push rows of one FeatureView to the online store, never replacing a newer stored value."""
-    from feast.infra.key_encoding_utils import serialize_entity_key
-    from feast.utils import _convert_arrow_to_proto
+    """Push rows of one FeatureView to the online store, never replacing a newer stored value.
 
-    feature_view = store.get_feature_view(view)
-    join_keys = {entity.join_key: entity.value_type for entity in
-                 (store.get_entity(name) for name in feature_view.entities)}
-    provider = store._get_provider()
-    is_sqlite = store.config.online_store.type == "sqlite"
-    stored = _stored_event_times(store, feature_view) if is_sqlite else {}
-    version = store.config.entity_key_serialization_version
-    columns = [*join_keys, *(f.name for f in feature_view.features), "event_timestamp", "created_ts"]
-    table = pa.Table.from_pandas(frame[columns], preserve_index=False)
-    written = skipped = 0
-    for batch in table.to_batches(max_chunksize=batch_rows):
-        rows = _convert_arrow_to_proto(batch, feature_view, join_keys)
-        if stored:
-            fresh = []
-            for row in rows:
-                held = stored.get(serialize_entity_key(row[0], entity_key_serialization_version=version))
-                if held is not None and _utc(row[2]) < held:
-                    skipped += 1
-                else:
-                    fresh.append(row)
-            rows = fresh
-        if rows:
-            provider.online_write_batch(store.config, feature_view, rows, progress=None)
-            written += len(rows)
-    return OnlineWrite(view=view, written=written, skipped_older=skipped)
+    Feast's exact layout, written vectorised (features.materialize explains the bytes and the guard).
+    """
+    from features.materialize import online_write as write
+
+    return write(store, view, frame, batch_rows=batch_rows)
 
 
 def write_features(settings: Settings, view: str, frame: pd.DataFrame, day: date) -> dict:
