@@ -307,29 +307,54 @@ def start(options: AirflowOptions, wait_s: float = 240.0) -> AirflowInfo:
     return AirflowInfo(url=options.url, username=ADMIN_USER, password=password, home=options.home, pids=pids)
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every live descendant of a process; task runners call setsid, so they leave the component's group."""
+    import psutil
+
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _signal(pids: list[int], groups: list[int], sig: int) -> None:
+    for group_id in groups:
+        try:
+            os.killpg(group_id, sig)
+        except ProcessLookupError:
+            pass
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _still_running(pids: list[int], groups: list[int]) -> list[int]:
+    return [pid for pid in pids if _process_start_time(pid) is not None] + \
+        [pid for group_id in groups for pid in _group_members(group_id)]
+
+
 def stop(data_dir: Path, grace_s: float = 30.0) -> list[str]:
-    """Stop the components `start()` started for this data dir (their whole sessions); return their names."""
+    """Stop the components `start()` started for this data dir, with their task processes; return their names.
+
+    Each component runs in its own session (setsid made its pid the group id); the task processes
+    a worker forks start sessions of their own, so they are found as descendants, before signalling.
+    """
     run_dir = AirflowOptions(data_dir).run_dir
-    stopped = []
+    stopped, groups, descendants = [], [], []
     for name in COMPONENTS:
-        pid_file = run_dir / f"{name}.pid"
-        record = _read_json(pid_file)
+        record = _read_json(run_dir / f"{name}.pid")
         if record and _alive(record):
-            try:
-                os.killpg(record["pid"], signal.SIGTERM)  # setsid made the pid its group id
-            except ProcessLookupError:
-                pass
             stopped.append(name)
+            groups.append(record["pid"])
+            descendants += _descendants(record["pid"])
+    _signal(descendants, groups, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    for name in stopped:
-        group_id = _read_json(run_dir / f"{name}.pid")["pid"]
-        while _group_members(group_id) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        if _group_members(group_id):  # still there after the grace period (a hung task, say)
-            try:
-                os.killpg(group_id, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    while _still_running(descendants, groups) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if _still_running(descendants, groups):  # still there after the grace period (a hung task, say)
+        _signal(_still_running(descendants, []), groups, signal.SIGKILL)
     for name in COMPONENTS:
         (run_dir / f"{name}.pid").unlink(missing_ok=True)
     return stopped
