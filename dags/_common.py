@@ -12,6 +12,7 @@ AIRFLOW__RANKFLOW__<KEY> env vars, written by `rankflow airflow up`):
     gpu_pool   Airflow pool of the ranker's train task (default: default_pool)
     gpu_queue  executor queue of the ranker's train task (Celery/Kubernetes; default: default)
     retries    retries of a failed task, with exponential backoff from 30 s (default: 3)
+    meta_min_history_days  training-set days before the first meta-training (default: 3)
 """
 
 from __future__ import annotations
@@ -158,6 +159,11 @@ def triggered_days(triggering_asset_events: Any, asset: Asset, requested_day: st
 META_MIN_HISTORY_DAYS = 3
 
 
+def meta_min_history_days() -> int:
+    """`[rankflow] meta_min_history_days`: training-set days needed before the first meta-training."""
+    return int(rankflow_option("meta_min_history_days", str(META_MIN_HISTORY_DAYS)))
+
+
 def meta_not_ready(day: date) -> str | None:
     """Why `day` can neither use nor meta-train a meta-initialisation yet; None when it can.
 
@@ -173,10 +179,11 @@ def meta_not_ready(day: date) -> str | None:
         return None
     table = settings.paths.feature_table("training_set")
     history = [p for p in table.glob("dt=*") if p.is_dir() and date.fromisoformat(p.name[3:]) < day]
-    if len(history) >= META_MIN_HISTORY_DAYS:
+    needed = meta_min_history_days()
+    if len(history) >= needed:
         return None
     return (f"no meta-initialisation at or before {day} under {meta_root} and only {len(history)} "
-            f"training-set day(s) before it in {table} (meta-training needs {META_MIN_HISTORY_DAYS})")
+            f"training-set day(s) before it in {table} (meta-training needs {needed})")
 
 
 def training_window(
