@@ -503,7 +503,11 @@ def _sqlite_write(store, feature_view, rows: ViewRows) -> tuple[int, int]:
     quoted = '"' + table.replace('"', '""') + '"'
     n = len(rows.keys)
     with closing(sqlite3.connect(_sqlite_path(store))) as connection, connection:
-        stored = dict(connection.execute(f"SELECT entity_key, MAX(event_ts) FROM {quoted} GROUP BY entity_key"))
+        try:
+            stored = dict(connection.execute(f"SELECT entity_key, MAX(event_ts) FROM {quoted} GROUP BY entity_key"))
+        except sqlite3.OperationalError as error:
+            raise RuntimeError(f"{_sqlite_path(store)}: no table {table} ({error}); feast apply creates it "
+                               "(features.store.feature_store(settings) applies the repo)") from error
         event_seconds = _epoch_seconds(rows.event_nanos)
         if stored:
             # Feast keeps whole epoch seconds: compare at that resolution (equal passes).
@@ -581,7 +585,8 @@ def _feast_write(store, feature_view, rows: ViewRows) -> tuple[int, int]:
     return len(protos), 0
 
 
-def materialize_day(settings: Settings, day: date, tables: tuple[str, ...] | None = None) -> dict:
+def materialize_day(settings: Settings, day: date, tables: tuple[str, ...] | None = None,
+                    guard: str = "hmget") -> dict:
     """Write day D's rows of every feature table into the online store; newer stored values are kept."""
     from features.spark.build import FEATURE_TABLES
     import pyarrow.parquet as pq
@@ -597,7 +602,7 @@ def materialize_day(settings: Settings, day: date, tables: tuple[str, ...] | Non
         if not part.exists():
             raise FileNotFoundError(f"{part.parent}: build the day before materialising it "
                                     f"(`rankflow features build --date {day}`)")
-        results[table] = online_write(store, table, pq.read_table(part)).to_dict()
+        results[table] = online_write(store, table, pq.read_table(part), guard=guard).to_dict()
     seconds = time.perf_counter() - started
     rows = sum(r["written"] + r["skipped_older"] for r in results.values())
     return {"day": day.isoformat(), "tables": results, "rows": rows, "seconds": round(seconds, 3),
