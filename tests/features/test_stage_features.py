@@ -20,7 +20,7 @@ from rankflow.paths import DataPaths
 from rankflow.stages.features import build_features, materialize, run_range, validate_raw
 from validation import ValidationFailed
 
-from test_store import REDIS_URL, online_rows, redis_or_skip
+from test_store import REDIS_URL, online_lookups, redis_or_skip
 
 TABLES = {"member_features": "member_id", "job_features": "item_id", "member_affinities": "member_id"}
 
@@ -35,23 +35,26 @@ def built(tmp_path_factory, tiny_data_dir) -> Settings:
     return settings
 
 
-def _assert_online_equals_offline(repo: Path, offline: pd.DataFrame, view: str, key: str, out: Path) -> None:
-    online = online_rows(repo, view, key, offline[key].tolist(), out)
-    for column in offline.columns.drop([key, "event_timestamp", "created_ts"]):
-        for entity, expected in zip(offline[key], offline[column]):
-            got = online.loc[entity, column]
-            if isinstance(expected, (list, np.ndarray)):
-                assert list(np.asarray(got)) == list(np.asarray(expected)), (view, column, entity)
-            else:
-                assert got == expected, (view, column, entity)
+def _assert_online_equals_offline(repo: Path, offline: dict[str, pd.DataFrame], out: Path) -> None:
+    """Every view's online rows (one fresh process reads them all through Feast) == its offline table."""
+    requests = [{"repo": repo, "view": view, "key": TABLES[view], "ids": frame[TABLES[view]].tolist(),
+                 "out": out / f"{view}.pkl"} for view, frame in offline.items()]
+    for (view, frame), online in zip(offline.items(), online_lookups(requests)):
+        key = TABLES[view]
+        for column in frame.columns.drop([key, "event_timestamp", "created_ts"]):
+            for entity, expected in zip(frame[key], frame[column]):
+                got = online.loc[entity, column]
+                if isinstance(expected, (list, np.ndarray)):
+                    assert list(np.asarray(got)) == list(np.asarray(expected)), (view, column, entity)
+                else:
+                    assert got == expected, (view, column, entity)
 
 
 def test_online_lookups_equal_the_offline_table_sqlite(built, tmp_path):
     day = raw_days(built.paths)[1]
-    for view, key in TABLES.items():
-        offline = read_offline_partition(built.paths, view, day)
-        assert len(offline) > 50
-        _assert_online_equals_offline(built.paths.feast, offline, view, key, tmp_path / f"{view}.pkl")
+    offline = {view: read_offline_partition(built.paths, view, day) for view in TABLES}
+    assert all(len(frame) > 50 for frame in offline.values())
+    _assert_online_equals_offline(built.paths.feast, offline, tmp_path)
 
 
 def test_online_lookups_equal_the_offline_table_redis(built, tmp_path):
@@ -62,9 +65,8 @@ def test_online_lookups_equal_the_offline_table_redis(built, tmp_path):
     day = raw_days(settings.paths)[1]
     result = materialize(settings, day)
     assert result["rows"] == sum(len(read_offline_partition(settings.paths, t, day)) for t in TABLES)
-    for view, key in TABLES.items():
-        _assert_online_equals_offline(settings.paths.feast, read_offline_partition(settings.paths, view, day),
-                                      view, key, tmp_path / f"{view}.pkl")
+    offline = {view: read_offline_partition(settings.paths, view, day) for view in TABLES}
+    _assert_online_equals_offline(settings.paths.feast, offline, tmp_path)
 
 
 def test_rematerialising_an_old_day_keeps_the_newer_online_values(built, tmp_path):
@@ -73,7 +75,7 @@ def test_rematerialising_an_old_day_keeps_the_newer_online_values(built, tmp_pat
     assert result["tables"]["member_features"]["written"] == 0
     assert result["tables"]["member_features"]["skipped_older"] == len(read_offline_partition(built.paths, "member_features", first))
     newest = read_offline_partition(built.paths, "member_features", second)
-    _assert_online_equals_offline(built.paths.feast, newest, "member_features", "member_id", tmp_path / "m.pkl")
+    _assert_online_equals_offline(built.paths.feast, {"member_features": newest}, tmp_path)
 
 
 def _digest(*roots: Path) -> str:

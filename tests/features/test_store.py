@@ -199,6 +199,8 @@ def test_redis_writer_bytes_equal_feasts_and_read_back_through_feast(applied_rep
     # member_* views share one hash per member, job_features one per job: every key and field byte-equal.
     assert len(mine) == len(set(frames["member_features"]["member_id"])) + len(set(frames["job_features"]["item_id"]))
     assert mine == reference
+    if guard != "hmget":  # the bytes are Feast's; one read-back through a fresh process is enough
+        return
     frame = frames["job_features"]
     [online] = online_lookups([{"repo": ours.paths.feast, "view": "job_features", "key": "item_id",
                                 "ids": frame["item_id"], "out": tmp_path / "j.pkl"}])
@@ -218,9 +220,11 @@ def test_old_day_never_rolls_the_online_store_back(applied_repo, tmp_path, onlin
     # Re-writing the newest day itself replaces it (a fixed re-run of today is not "older").
     again = write_features(settings, "glmix_member", glmix_frame(newer, shift=200.0), newer)
     assert again["written"] == 5
-    online = online_rows(settings.paths.feast, "glmix_member", "member_id", range(1, 6), tmp_path / "o.pkl")
-    for member_id in range(1, 6):
-        assert online.loc[member_id, "member_re_mean"][0] == pytest.approx(member_id + 200.0)
+    from feast import FeatureStore  # a new SDK object on the rendered repo (no cached state of ours)
+
+    online = FeatureStore(repo_path=str(settings.paths.feast)).get_online_features(
+        features=["glmix_member:member_re_mean"], entity_rows=[{"member_id": i} for i in range(1, 6)]).to_dict()
+    assert [means[0] for means in online["member_re_mean"]] == pytest.approx([i + 200.0 for i in range(1, 6)])
     # Both offline partitions exist: the backfill is kept for training, only the online store ignores it.
     assert (settings.paths.feature_partition("glmix_member", older) / "part-0.parquet").exists()
 
