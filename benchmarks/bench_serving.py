@@ -181,13 +181,13 @@ def main() -> int:
                        "degraded": len(deg), "closed_degraded": len(tdeg)}
                 rows.append(row)
                 print(row, flush=True)
-                path = write_result("serving", _table(rows, args, total, all_failures), machine)
-    print(_table(rows, args, total, all_failures))
+                path = write_result("serving", _table(rows, args, total, all_failures, members, items), machine)
+    print(_table(rows, args, total, all_failures, members, items))
     print(f"written to {path}")
     return 1 if all_failures else 0
 
 
-def _table(rows, args, total, failures) -> str:
+def _table(rows, args, total, failures, members, items) -> str:
     header = ("| candidates | adaptive batching | open-loop rate req/s | requests | p50 ms | p99 ms "
               f"| degraded | closed-loop throughput req/s ({args.concurrency} clients) | requests | p50 ms | p99 ms "
               "| degraded | errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")

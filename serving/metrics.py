@@ -23,6 +23,7 @@ class ServingMetrics:
     degraded: Any                # Counter: responses served with default features
     cold_start: Any              # Counter: responses for members the store has no row of
     reloads: Any                 # Counter: model sets swapped in without restart
+    scorer_fallbacks: Any        # Counter: requests scored in the front because the scorer call failed
 
     @classmethod
     def create(cls) -> "ServingMetrics":
@@ -40,6 +41,8 @@ class ServingMetrics:
             degraded=Counter("rankflow_degraded_responses_total", "Responses served with default features"),
             cold_start=Counter("rankflow_cold_start_responses_total", "Responses for members unknown to the store"),
             reloads=Counter("rankflow_model_reloads_total", "Model sets swapped in without a restart"),
+            scorer_fallbacks=Counter("rankflow_scorer_fallbacks_total",
+                                     "Requests scored in the front process because the scorer call failed"),
         )
 
     def count_degraded(self, reasons: list[str]) -> None:

@@ -13,6 +13,7 @@ Health: /livez, /readyz (models loaded and the feature store answering); metrics
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import bentoml
@@ -113,6 +114,7 @@ class Ranking:
         self.features = OnlineFeatures(feature_store(SETTINGS), CONFIG.feature_deadline_ms,
                                        CONFIG.candidate_cache_seconds, CONFIG.candidate_cache_size)
         self.metrics = ServingMetrics.create()
+        self._served = None
         log.info("ranking service: data dir %s, online store %s, %s", SETTINGS.data_dir, SETTINGS.online_store, CONFIG)
 
     async def __is_ready__(self) -> bool:
@@ -120,13 +122,28 @@ class Ranking:
         read = await self.features.read(0, [0])
         return self.registry.current is not None and not read.degraded
 
-    async def _scores(self, rows: pd.DataFrame) -> np.ndarray:
+    async def _scores(self, rows: pd.DataFrame, models) -> np.ndarray:
+        """Scores from the scorer; on a connection failure one retry, then the same function in this process.
+
+        Scoring is idempotent, and a pooled keep-alive connection the scorer has just closed is an ordinary
+        event under bursts: neither may turn into a 500 for the caller.
+        """
         client = getattr(self.scorer, "to_async", None)
-        if client is None:  # the scorer runs in this process (tests that instantiate the class)
-            return np.asarray(self.scorer.score(rows))
-        if CONFIG.adaptive_batching:
-            return np.asarray((await client.score_batch([rows]))[0])
-        return np.asarray(await client.score(rows))
+        for attempt in range(2):
+            if client is None:
+                break
+            try:
+                if CONFIG.adaptive_batching:
+                    return np.asarray((await client.score_batch([rows]))[0])
+                return np.asarray(await client.score(rows))
+            except (OSError, ConnectionError, asyncio.TimeoutError, *_client_errors()) as error:
+                log.warning("scorer call failed (attempt %d): %s: %s", attempt + 1, type(error).__name__, error)
+        self.metrics.scorer_fallbacks.inc()
+        from serving.scoring import combine, ranker_probabilities
+
+        offset = rows[RE_OFFSET].to_numpy(dtype=np.float64)
+        probabilities = ranker_probabilities(models.ranker, models.spec, rows.drop(columns=[RANKER_TAG, RE_OFFSET]))
+        return np.where(np.isnan(offset), probabilities, combine(probabilities, np.nan_to_num(offset)))
 
     @bentoml.api(route="/rank", input_spec=RankRequest, output_spec=RankResponse)
     async def rank(self, member_id: int, candidates: list[int], k: int | None = None) -> RankResponse:
@@ -135,6 +152,9 @@ class Ranking:
         started = time.perf_counter()
         self.registry.maybe_reload()
         models = self.registry.current  # one set for the whole request, even if a reload swaps it now
+        if models is not self._served:
+            self.metrics.reloads.inc(int(self._served is not None))
+            self._served = models
         read = await self.features.read(member_id, candidates)
         self.metrics.feature_read_seconds.observe(read.seconds)
         frame = candidate_frame(member_id, read.member, read.jobs)
@@ -143,7 +163,7 @@ class Ranking:
         rows[RANKER_TAG] = models.ranker_tag
         rows[RE_OFFSET] = np.nan if offset is None else offset
         self.metrics.score_rows.observe(len(rows))
-        scores = await self._scores(rows)
+        scores = await self._scores(rows, models)
         best = top_k(np.asarray(candidates), scores, k or CONFIG.default_k)
         if read.degraded:
             self.metrics.count_degraded(read.degraded_reasons)
@@ -164,6 +184,12 @@ class Ranking:
         jobs = read.jobs.astype(object).where(read.jobs.notna(), None)
         return {"member_id": member_id, "member": _jsonable(read.member), "jobs": _jsonable(jobs.to_dict("records")),
                 "cold_start": read.cold_start, "degraded": read.degraded, "degraded_reasons": read.degraded_reasons}
+
+
+def _client_errors() -> tuple[type[BaseException], ...]:
+    import aiohttp
+
+    return (aiohttp.ClientError,)
 
 
 def _jsonable(value):

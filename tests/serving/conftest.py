@@ -8,15 +8,11 @@ Feast, online store = Redis db 2) -> train a small ranker on day 2 and promote i
 from __future__ import annotations
 
 import shutil
-from datetime import date
 from pathlib import Path
 
 import pytest
 
-REDIS_URL = "redis://127.0.0.1:6379/2"
-DAYS = (date(2026, 1, 1), date(2026, 1, 2))
-SERVED_DAY = DAYS[-1]
-SMALL_RANKER = {"cross_layers": 1, "cross_rank": 8, "mlp_widths": (32, 16), "embedding_dim": 8}
+from serving_testdata import DAYS, REDIS_URL, SERVED_DAY, SMALL_RANKER
 
 
 def _flush_redis_db() -> None:

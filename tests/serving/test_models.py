@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.redis]
 def test_hot_reload_and_rollback_without_failed_requests(service, served_settings, known_ids):
     import torch
 
-    from conftest import DAYS, SMALL_RANKER
+    from serving_testdata import DAYS, SMALL_RANKER
     from rankflow.stages import ranker
     from rankflow.stages.publish import rollback
     from training.ranker.train import TrainConfig

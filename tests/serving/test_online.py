@@ -39,7 +39,7 @@ def test_unreachable_store_gives_defaults_and_a_reason(served_settings, known_id
 
 
 def test_skew_check_passes_on_the_served_day_and_catches_an_older_day(served_settings):
-    from conftest import DAYS, SERVED_DAY
+    from serving_testdata import DAYS, SERVED_DAY
     from serving.skew import skew_check
 
     report = skew_check(served_settings, SERVED_DAY, sample=8)
@@ -49,7 +49,7 @@ def test_skew_check_passes_on_the_served_day_and_catches_an_older_day(served_set
 
 
 def test_skew_check_through_the_running_service(service, served_settings):
-    from conftest import SERVED_DAY
+    from serving_testdata import SERVED_DAY
     from serving.skew import skew_check
 
     report = skew_check(served_settings, SERVED_DAY, sample=5, url=service.url)

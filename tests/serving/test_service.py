@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import SERVED_DAY  # noqa: F401  (tests/serving/conftest.py)
+from serving_testdata import SERVED_DAY
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 

@@ -1,0 +1,8 @@
+"""Constants of the served test data dir (tests/serving/conftest.py builds it)."""
+
+from datetime import date
+
+REDIS_URL = "redis://127.0.0.1:6379/2"   # the serving area's Redis database
+DAYS = (date(2026, 1, 1), date(2026, 1, 2))
+SERVED_DAY = DAYS[-1]
+SMALL_RANKER = {"cross_layers": 1, "cross_rank": 8, "mlp_widths": (32, 16), "embedding_dim": 8}
