@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from conftest import TINY_GENERATOR, generate_tiny
+from tiny_marketplace import TINY_GENERATOR, generate_tiny
 from features.contract import load_raw_schema, read_partitions, read_raw
 from features.synthetic import BASIS, MarketplaceTruth
 from rankflow.paths import DataPaths
