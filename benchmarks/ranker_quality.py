@@ -271,6 +271,13 @@ def table(run: QualityRun) -> str:
     return "\n".join(lines)
 
 
+def logistic_config(device: str = "auto"):
+    """The baseline's own tuned settings (the best of a small sweep on the demo data): a fair opponent."""
+    from training.ranker.train import TrainConfig
+
+    return TrainConfig(device=device, epochs=8, embedding_lr=0.2, dense_lr=0.01, embedding_weight_decay=1e-3)
+
+
 def _build(data_dir: Path) -> None:
     """Generate the default marketplace and build its features (the real stages)."""
     from features.synthetic import generate
@@ -303,7 +310,8 @@ def main(argv: list[str] | None = None) -> None:
         _build(args.data_dir)
     settings = load_settings(args.data_dir)
     started = time.perf_counter()
-    run = measure(settings, TrainConfig(device=args.device), with_bound=not args.no_bound)
+    run = measure(settings, TrainConfig(device=args.device), logistic_config=logistic_config(args.device),
+                  with_bound=not args.no_bound)
     text = table(run)
     machine = describe_machine()
     print(text)

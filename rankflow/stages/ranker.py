@@ -141,7 +141,7 @@ def evaluate_model(settings: Settings, model, days: list[date], train_days: list
     spec = data.read_spec(training_set)
     rows = data.load_rows(data.day_files(training_set, days), spec, model.config)
     logits = predict_logits(model, rows)
-    probabilities = model.calibration(logits)
+    probabilities = model.calibration(logits.to(model.calibration.knots.device)).cpu()
     truth = None
     if rows.event_id is not None:
         parts, start = [], 0
