@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from rankflow.config import load_settings
-    from training.ranker.train import TrainConfig
+    from training.ranker.train import quality_config
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path, required=True)
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
         _build(args.data_dir)
     settings = load_settings(args.data_dir)
     started = time.perf_counter()
-    run = measure(settings, TrainConfig(device=args.device), logistic_config=logistic_config(args.device),
+    run = measure(settings, quality_config(device=args.device), logistic_config=logistic_config(args.device),
                   with_bound=not args.no_bound)
     text = table(run)
     machine = describe_machine()

@@ -45,7 +45,7 @@ def quality(tmp_path_factory):
     from ranker_quality import logistic_config, measure
     from rankflow.config import load_settings
     from rankflow.stages.features import run_range
-    from training.ranker.train import TrainConfig
+    from training.ranker.train import quality_config
 
     root = generate_tiny(tmp_path_factory.mktemp("quality"), **SIZE)
     settings = load_settings(root)
@@ -54,7 +54,7 @@ def quality(tmp_path_factory):
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        return measure(settings, TrainConfig(device="cpu"), logistic_config=logistic_config("cpu"), log=lambda *_: None)
+        return measure(settings, quality_config(device="cpu"), logistic_config=logistic_config("cpu"), log=lambda *_: None)
     finally:
         torch.set_num_threads(previous)
 

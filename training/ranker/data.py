@@ -156,8 +156,13 @@ def _column(table: Any, name: str, source: str) -> Any:
     return table.column(name)
 
 
-def encode_table(table: Any, spec: dict[str, Any], config: RankerConfig, source: str = "training set") -> Batch:
-    """A pyarrow Table of training-set rows -> a CPU Batch, columns chosen by `config` (from `spec`)."""
+def encode_table(table: Any, spec: dict[str, Any], config: RankerConfig, source: str = "training set",
+                 absent_dense_as_zero: bool = False) -> Batch:
+    """A pyarrow Table of training-set rows -> a CPU Batch, columns chosen by `config` (from `spec`).
+
+    A missing column raises KeyError naming it, except, with `absent_dense_as_zero` (the training-set
+    readers below), a dense column an older partition lacks, read as 0 with a MissingColumnWarning.
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -177,7 +182,7 @@ def encode_table(table: Any, spec: dict[str, Any], config: RankerConfig, source:
         bag_offsets.append(torch.from_numpy(np.cumsum(lengths) - lengths))
 
     dense_parts = []
-    absent = [name for name in config.dense_features if name not in table.column_names]
+    absent = [name for name in config.dense_features if name not in table.column_names] if absent_dense_as_zero else []
     if absent:
         # A partition written before a derived column existed (e.g. the first day, built with no feature
         # rows at all): the column reads as 0, exactly as features.assemble.assemble_rows fills a spec
@@ -313,7 +318,7 @@ def _read_range(item: "Path | RowRange") -> Any:
 
 def load_rows(files: list["Path | RowRange"], spec: dict[str, Any], config: RankerConfig) -> Batch:
     """Every row of `files` as one CPU Batch (evaluation, calibration)."""
-    return concat_batches([encode_table(_read_range(f), spec, config, source=str(_as_range(f).path)) for f in files])
+    return concat_batches([encode_table(_read_range(f), spec, config, source=str(_as_range(f).path), absent_dense_as_zero=True) for f in files])
 
 
 def read_column(files: list[Path], name: str) -> np.ndarray:
@@ -335,7 +340,7 @@ def newest_rows(files: list["Path | RowRange"], spec: dict[str, Any], config: Ra
     parts: list[Batch] = []
     have = 0
     for item in reversed(files):
-        batch = encode_table(_read_range(item), spec, config, source=str(_as_range(item).path))
+        batch = encode_table(_read_range(item), spec, config, source=str(_as_range(item).path), absent_dense_as_zero=True)
         parts.insert(0, batch)
         have += len(batch)
         if have >= rows:
@@ -371,7 +376,7 @@ def _chunks(files: list["Path | RowRange"], spec: dict[str, Any], config: Ranker
             if hi <= lo:
                 continue
             table = pa.Table.from_batches([record_batch.slice(lo - begin, hi - lo)])
-            yield encode_table(table, spec, config, source=str(rows.path))
+            yield encode_table(table, spec, config, source=str(rows.path), absent_dense_as_zero=True)
 
 
 def _shuffle_buffers(chunks: Iterator[Batch], rows: int) -> Iterator[Batch]:
