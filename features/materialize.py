@@ -18,7 +18,7 @@ ValueProto of the common types is a tag and a payload (protobuf wire format):
 Fixed-width values are built as uint8 matrices (one row per entity); categorical strings are encoded once
 per distinct value; any other type, and any column holding a null or NaN, goes through Feast's own
 converter (`python_values_to_proto_values`), so the bytes are Feast's by construction there too.
-tests/features/test_materialize_exactness.py compares every key and field with Feast's online_write_batch.
+tests/features/test_store.py compares every key and field with Feast's online_write_batch.
 
 Never roll back: the online store must hold the newest value of every entity (design.md). A row is written
 when its event time is >= the stored one (equal passes: re-running a day replaces that day). Redis: one
