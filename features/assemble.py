@@ -72,7 +72,9 @@ def _affinity_lookup(values: Any, rates: Any, wanted: Any, fallback: float) -> f
     return fallback
 
 
-def _affinity_columns(frame: pd.DataFrame, fallback: np.ndarray) -> dict[str, np.ndarray]:
+def _affinity_columns(frame: pd.DataFrame, fallback: np.ndarray, multi_valued: set[str]) -> dict[str, np.ndarray]:
+    # Whether the job attribute is a bag comes from its declared role, never from the values: on a day
+    # where no job has features yet every value is null, and the output columns must not change shape.
     out: dict[str, np.ndarray] = {}
     for column in frame.columns:
         if not (column.startswith(AFFINITY_PREFIX) and column.endswith("_values")):
@@ -83,7 +85,7 @@ def _affinity_columns(frame: pd.DataFrame, fallback: np.ndarray) -> dict[str, np
             continue
         values, rates = frame[column].to_numpy(), frame[f"{AFFINITY_PREFIX}{attribute}_rates"].to_numpy()
         candidates = frame[job_column].to_numpy()
-        if _is_list(_first_value(frame[job_column])):
+        if job_column in multi_valued:
             means, maxima = np.empty(len(frame), np.float32), np.empty(len(frame), np.float32)
             for i, (vals, rts, wanted) in enumerate(zip(values, rates, candidates)):
                 table = dict(zip(vals, rts)) if _is_list(vals) else {}
@@ -144,7 +146,7 @@ def assemble_rows(frame: pd.DataFrame, spec: dict | None = None,
         known = frame[probe].notna().to_numpy() if probe is not None else np.zeros(len(frame), bool)
         dense[f"{prefix}known"] = known.astype(np.float32)
     fallback = dense.get("m_rate_28d", np.zeros(len(frame), np.float32))
-    dense.update(_affinity_columns(frame, fallback))
+    dense.update(_affinity_columns(frame, fallback, set(roles["multi_valued"])))
     dense.update(_match_columns(filled, roles))
     if spec is not None:
         dense = {c: dense.get(c, np.zeros(len(frame), np.float32)) for c in spec["dense"]}
