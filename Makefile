@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?= data
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast venv clean-venv chromium
+.PHONY: demo test test-heavy test-fast venv clean-venv chromium
 
 $(STAMP): pyproject.toml
 	@command -v java >/dev/null || { echo "Java 17+ is needed for Spark (apt-get install openjdk-17-jre-headless)"; exit 1; }
@@ -29,6 +29,10 @@ chromium:
 # All tests, slow ones included. pytest exits 5 when it collects nothing: make fails on it.
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Tests that build many days through Spark and Feast (marked heavy): 10+ minutes on 2 cores.
+test-heavy: $(STAMP)
+	$(BIN)/python -m pytest -m heavy $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
