@@ -5,7 +5,8 @@ The tests share one Airflow (module fixture) and run in file order; each waits f
 previous one left. The data is the smallest marketplace that still has every table (150 members,
 60 jobs, 1,000 impressions a day) and lives under /tmp/rankflow-e2e-*, outside pytest's basetemp, so a
 failure's task logs can be printed before the directory is removed. Any failed task's log is put
-into the assertion message. About 6-8 minutes on 2 shared cores, most of it Spark inside the tasks.
+into the assertion message. Each features day is ~2-3 minutes of Spark on a loaded 2-core box, so the
+file takes ~20 minutes there; the waits are bounded accordingly.
 """
 
 from __future__ import annotations
@@ -120,7 +121,10 @@ def wait_for(condition, what: str, timeout_s: float, api: AirflowREST | None = N
         if failed:
             raise AssertionError(f"a task failed while waiting for {what}:\n{failed}")
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            where = "" if api is None else "; runs now: " + "; ".join(
+                f"{dag}: " + ", ".join(f"{run['data_interval_start'] and run_day(run)} {run['state']}"
+                                       for run in api.runs(dag)) for dag in ("features", "personalisation"))
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}{where}")
         time.sleep(poll_s)
 
 
@@ -218,7 +222,7 @@ def airflow():
 
 def test_scheduled_first_day_triggers_personalisation_through_the_asset(airflow):
     api = airflow["api"]
-    wait_for(lambda: features_states(api).get(FIRST) == "success", "scheduled features run of day 1", 300, api)
+    wait_for(lambda: features_states(api).get(FIRST) == "success", "scheduled features run of day 1", 420, api)
     wait_for(lambda: personalised_days(api).get(FIRST) == "success", "personalisation of day 1", 300, api)
     assert [run["run_type"] for run in api.runs("features")] == ["scheduled"]
     assert [run["run_type"] for run in api.runs("personalisation")] == ["asset_triggered"]
@@ -228,9 +232,9 @@ def test_rest_backfill_of_three_days_succeeds_and_fills_the_stores(airflow):
     api, data_dir = airflow["api"], airflow["data_dir"]
     backfill = api.backfill("features", DAYS[1], DAYS[3])
     assert backfill["dag_id"] == "features"
-    wait_for(lambda: all(features_states(api).get(d) == "success" for d in DAYS[:4]), "backfilled days", 480, api)
+    wait_for(lambda: all(features_states(api).get(d) == "success" for d in DAYS[:4]), "backfilled days", 900, api)
     wait_for(lambda: all(personalised_days(api).get(d) == "success" for d in DAYS[:4]) and idle(api, "personalisation"),
-             "personalisation of the backfilled days", 300, api)
+             "personalisation of the backfilled days", 420, api)
     assert {run["run_type"] for run in api.runs("features")} == {"scheduled", "backfill"}
     for day in DAYS[:4]:
         for table in ("training_set", "glmix_member", "glmix_job"):
@@ -250,7 +254,7 @@ def test_rerunning_a_backfilled_day_gives_byte_identical_outputs(airflow):
     personalisations = len(api.runs("personalisation"))
     api.backfill("features", day, day, reprocess="completed")
     wait_for(lambda: len(api.runs("personalisation")) > personalisations and idle(api, "personalisation")
-             and idle(api, "features"), "the re-run and its personalisation", 420, api)
+             and idle(api, "features"), "the re-run and its personalisation", 600, api)
     assert features_states(api)[day] == "success"
     after = day_digests(data_dir, day)
     assert after == before, explain_difference(data_dir, before, after)
@@ -268,9 +272,9 @@ def test_a_bad_raw_day_fails_at_validation_and_later_days_still_run(airflow):
 
     api.backfill("features", bad, good)
     wait_for(lambda: features_states(api).get(bad) == "failed" and features_states(api).get(good) == "success",
-             "the bad day to fail and the good day to succeed", 420, api, expected_failures=(bad,))
+             "the bad day to fail and the good day to succeed", 600, api, expected_failures=(bad,))
     wait_for(lambda: personalised_days(api).get(good) == "success" and idle(api, "personalisation"),
-             "personalisation of the good day", 300, api, expected_failures=(bad,))
+             "personalisation of the good day", 420, api, expected_failures=(bad,))
     bad_run = next(run for run in api.runs("features") if run_day(run) == bad)
     states = {ti["task_id"]: ti["state"] for ti in api.task_instances("features", bad_run["dag_run_id"])}
     assert states == {"validate_raw": "failed", "build_features": "upstream_failed",
