@@ -46,12 +46,31 @@ def served_settings(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactor
     return settings
 
 
+# The session service's feature deadline. Generous on purpose: on the loaded 2-core CI box 16 concurrent
+# reads can take over 100 ms, and a read past the deadline answers with default features (`degraded`),
+# whose scores then differ from the offline ones. The slow-store test pauses Redis well past this.
+SERVICE_DEADLINE_MS = 1_000
+
+
+@pytest.fixture
+def private_settings(served_settings, tmp_path: Path):
+    """A copy of the served data dir for tests that rewrite serving.json or the model store.
+
+    The session service keeps serving the original, so its scores cannot depend on which test ran before.
+    """
+    from rankflow.config import load_settings
+
+    root = tmp_path / "data"
+    shutil.copytree(served_settings.data_dir, root, ignore=shutil.ignore_patterns("run"))
+    return load_settings(root, online_store=REDIS_URL, spark_master="local[2]")
+
+
 @pytest.fixture(scope="session")
 def service(served_settings):
     """A running service (adaptive batching on) on a free loopback port."""
     from rankflow.stages.publish import ServeOptions, free_port, start_service
 
-    handle = start_service(served_settings, ServeOptions(port=free_port(), feature_deadline_ms=100,
+    handle = start_service(served_settings, ServeOptions(port=free_port(), feature_deadline_ms=SERVICE_DEADLINE_MS,
                                                          reload_check_seconds=0.5))
     yield handle
     handle.stop()

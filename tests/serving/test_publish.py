@@ -7,7 +7,8 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
 
-def test_build_smoke_test_promote_and_rollback_the_bento(served_settings):
+def test_build_smoke_test_promote_and_rollback_the_bento(private_settings):
+    served_settings = private_settings  # promotion and rollback rewrite serving.json: a copy of the data dir
     from rankflow.stages import ranker
     from rankflow.stages.publish import BENTO_NAME, build_bento, promote_bento, rollback, smoke_test
 
