@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import REPO_ROOT, describe_machine, write_result  # noqa: E402
 
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # tiny_marketplace.generate_tiny, shared with the tests
 
 
 def _seconds(start: str, end: str) -> float:
@@ -48,7 +49,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from rankflow.airflow_local import AirflowOptions, start, stop
-    from tests.conftest import generate_tiny
+    from tiny_marketplace import generate_tiny
     from tests.dags.test_end_to_end import AirflowREST, wait_for
 
     data_dir = Path(tempfile.mkdtemp(prefix="rankflow-bench-airflow-", dir="/tmp")) / "data"
