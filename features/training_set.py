@@ -86,7 +86,14 @@ def build_training_set(settings: Settings, day: date) -> tuple[pd.DataFrame, dic
 def write_training_set(settings: Settings, day: date, frame: pd.DataFrame, spec: dict) -> None:
     """Swap the day's partition in atomically, then spec.json (the same for every day of one schema)."""
     with atomic_directory(settings.paths.feature_partition(TABLE, day)) as staging:
-        (staging / PART_FILE).write_bytes(parquet_bytes(pa.Table.from_pandas(frame, preserve_index=False)))
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        # A bag column whose lists are all empty (day 1: no job or member has features yet) would be typed
+        # list<null>; every day must have the same schema, so bags are always list<string>.
+        for column in spec["multi_valued"]:
+            if column in table.column_names and table.schema.field(column).type != pa.list_(pa.string()):
+                index = table.column_names.index(column)
+                table = table.set_column(index, column, table.column(column).cast(pa.list_(pa.string())))
+        (staging / PART_FILE).write_bytes(parquet_bytes(table))
     atomic_write_bytes(settings.paths.feature_table(TABLE) / "spec.json", json.dumps(spec, indent=2).encode())
 
 

@@ -86,7 +86,6 @@ def spec_of(config, member: str = "member_id", item: str = "item_id") -> dict[st
 
 def load_ranker(settings: Settings, tag: str):
     """(model in eval mode, spec, resolved tag) of a stored ranker."""
-    import torch
 
     from training.ranker.checkpoint import load_checkpoint
 
@@ -94,7 +93,8 @@ def load_ranker(settings: Settings, tag: str):
     model = load_checkpoint(Path(stored.path), device="cpu", sparse_gradients=False).eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    torch.set_grad_enabled(False)
+    # Scoring runs under torch.inference_mode() where it happens; never switch autograd off process-wide
+    # (the service's process only scores, but tests and the CLI load rankers beside training code).
     return model, spec_of(model.config), str(stored.tag)
 
 
