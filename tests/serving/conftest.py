@@ -1,8 +1,9 @@
 """A small served data dir, built by the real stages once per session, and one running service.
 
 generate (tests/conftest.py's tiny marketplace) -> features build + materialise for two days (Spark,
-Feast, online store = Redis db 2) -> train a small ranker on day 2 and promote it. The service is
-`bentoml serve` started by rankflow.stages.publish.start_service, exactly as `rankflow serve` does.
+Feast, online store = a Redis db this session claims, see online_store_url) -> train a small ranker on
+day 2 and promote it. The service is `bentoml serve` started by
+rankflow.stages.publish.start_service, exactly as `rankflow serve` does.
 """
 
 from __future__ import annotations
@@ -12,18 +13,38 @@ from pathlib import Path
 
 import pytest
 
-from serving_testdata import DAYS, REDIS_URL, SERVED_DAY, SMALL_RANKER
+from serving_testdata import DAYS, REDIS_URL, SERVED_DAY, SESSION_DBS, SMALL_RANKER
 
-
-def _flush_redis_db() -> None:
-    import redis
-
-    redis.Redis.from_url(REDIS_URL).flushdb()
+CLAIM_SECONDS = 1800  # a crashed session's claim runs out by itself
 
 
 @pytest.fixture(scope="session")
-def served_settings(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """Settings of a data dir with features online (Redis db 2) and a promoted ranker."""
+def online_store_url():
+    """A Redis database of this session's own, claimed (SET NX in db 2) and flushed; released at the end."""
+    import os
+    import socket
+
+    import redis
+
+    claims = redis.Redis.from_url(REDIS_URL)
+    owner = f"{socket.gethostname()}:{os.getpid()}"
+    for db in SESSION_DBS:
+        key = f"rankflow:serving-tests:db:{db}"
+        if claims.set(key, owner, nx=True, ex=CLAIM_SECONDS):
+            break
+    else:
+        pytest.fail(f"all Redis databases {SESSION_DBS} are claimed by other serving test sessions "
+                    f"(keys rankflow:serving-tests:db:* in {REDIS_URL})")
+    url = f"redis://127.0.0.1:6379/{db}"
+    redis.Redis.from_url(url).flushdb()
+    yield url
+    if claims.get(key) == owner.encode():
+        claims.delete(key)
+
+
+@pytest.fixture(scope="session")
+def served_settings(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactory, online_store_url: str):
+    """Settings of a data dir with features online (the claimed Redis db) and a promoted ranker."""
     import torch
 
     from rankflow.config import load_settings
@@ -32,8 +53,7 @@ def served_settings(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactor
 
     root = tmp_path_factory.mktemp("served") / "data"
     shutil.copytree(tiny_data_dir, root)
-    _flush_redis_db()
-    settings = load_settings(root, online_store=REDIS_URL, spark_master="local[2]")
+    settings = load_settings(root, online_store=online_store_url, spark_master="local[2]")
     features.run_range(settings, list(DAYS), steps=("build", "materialize"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -62,7 +82,7 @@ def private_settings(served_settings, tmp_path: Path):
 
     root = tmp_path / "data"
     shutil.copytree(served_settings.data_dir, root, ignore=shutil.ignore_patterns("run"))
-    return load_settings(root, online_store=REDIS_URL, spark_master="local[2]")
+    return load_settings(root, online_store=served_settings.online_store, spark_master="local[2]")
 
 
 @pytest.fixture(scope="session")
