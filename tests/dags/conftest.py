@@ -18,7 +18,10 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DAGS_FOLDER = REPO_ROOT / "dags"
-AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="rankflow-dag-tests-"))
+# test_common.py imports this module a second time as `tests.dags.conftest`: a second fresh home would
+# re-point the environment at an unmigrated DB after Airflow read the first one, so the home is made once.
+AIRFLOW_HOME = Path(os.environ.get("RANKFLOW_DAG_TESTS_AIRFLOW_HOME") or tempfile.mkdtemp(prefix="rankflow-dag-tests-"))
+os.environ["RANKFLOW_DAG_TESTS_AIRFLOW_HOME"] = str(AIRFLOW_HOME)
 
 os.environ.update({
     "AIRFLOW_HOME": str(AIRFLOW_HOME),
