@@ -55,16 +55,17 @@ def main() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="rankflow-bench-airflow-", dir="/tmp")) / "data"
     sizes = {"members": args.members, "jobs": args.jobs, "impressions_per_day": args.impressions, "days": 2,
              "seed": defaults.seed, "start_date": defaults.start_date}
-    generated = time.perf_counter()
-    generate_tiny(data_dir, **sizes)
-    generated = time.perf_counter() - generated
     first = defaults.start_date
-    options = AirflowOptions(data_dir=data_dir, db_url=args.db, port=args.port, end_date=first, open_access=True)
-    load_before = os.getloadavg()[0]
-    started = time.perf_counter()
-    info = start(options)
-    startup = time.perf_counter() - started
     try:
+        generated = time.perf_counter()
+        generate_tiny(data_dir, **sizes)
+        generated = time.perf_counter() - generated
+        options = AirflowOptions(data_dir=data_dir, db_url=args.db, port=args.port, end_date=first,
+                                 open_access=True)
+        load_before = os.getloadavg()[0]
+        started = time.perf_counter()
+        info = start(options)
+        startup = time.perf_counter() - started
         api = AirflowREST(info.url)
         done = lambda dag: [r for r in api.runs(dag) if r["state"] in ("success", "failed")]  # noqa: E731
         wait_for(lambda: done("features") and done("personalisation"), "day 1 features + personalisation",
