@@ -305,7 +305,9 @@ def read_partitions(directory: Path, day: date | None = None, start: date | None
         empty_schema = pq.read_schema(directory / dt_partition(available[0]) / PART_FILE)
         return empty_schema.empty_table().to_pandas()
     tables = [pq.read_table(directory / dt_partition(d) / PART_FILE) for d in chosen]
-    return pa.concat_tables(tables).to_pandas()
+    # Later partitions may carry columns earlier ones lack (e.g. the training set gains meta_embedding once
+    # personalisation has run): missing columns read as nulls.
+    return pa.concat_tables(tables, promote_options="default").to_pandas()
 
 
 def read_raw(paths: DataPaths, table: str, day: date | None = None, start: date | None = None,

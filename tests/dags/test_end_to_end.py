@@ -67,7 +67,13 @@ class AirflowREST:
     def backfill(self, dag_id: str, first: date, last: date, reprocess: str = "none") -> dict:
         body = {"dag_id": dag_id, "from_date": f"{first}T00:00:00Z", "to_date": f"{last}T00:00:00Z",
                 "max_active_runs": 1, "reprocess_behavior": reprocess}
+        # The scheduler marks a finished backfill completed a little after its last run ends: until then a
+        # new backfill of the same DAG is refused, so wait (bounded) for the previous one to close.
+        deadline = time.monotonic() + 300
         response = self.http.post("/backfills", json=body)
+        while "already a running backfill" in response.text and time.monotonic() < deadline:
+            time.sleep(5)
+            response = self.http.post("/backfills", json=body)
         assert response.status_code in (200, 201), response.text
         return response.json()
 
