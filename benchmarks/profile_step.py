@@ -30,6 +30,7 @@ import torch.nn.functional as F
 import triton
 from torch import nn
 
+from benchmarks.reference_dcn import ReferenceShape
 from kernels import dispatch
 from kernels.bce import bce_with_logits
 from kernels.cross import cross_tail
@@ -37,14 +38,9 @@ from kernels.embedding import FusedEmbeddingBag
 
 
 @dataclass(frozen=True)
-class Shape:
-    sparse_features: int = 26
-    rows_per_table: int = 100_000
-    embedding_dim: int = 64
-    dense_features: int = 13
-    cross_layers: int = 3
-    cross_rank: int = 256
-    mlp: tuple[int, ...] = (1024, 1024, 512)
+class Shape(ReferenceShape):
+    """The baseline shape of benchmarks/reference_dcn.py plus the batch size."""
+
     batch: int = 8192
 
 
