@@ -6,16 +6,18 @@ update_random_effects(settings, D):
    phi(job) = [1, onehot(j_industry), onehot(j_seniority)] (member effects) and phi(member) (job effects);
 2. prior = the newest GLMix state strictly before D in <data_dir>/models/glmix/dt=*/ (so re-running D, or
    backfilling it after later days exist, gives the same answer), or the population prior;
-3. global part: the serving ranker's logit when `ranker_logit` gives one, else the fixed-effect logistic
-   regression refit on D's dense features (warm-started, random effects as offsets);
+3. global part: the serving ranker's logit (`ranker_logit`: the promoted ranker, if it was trained on days
+   strictly before D), else the fixed-effect logistic regression refit on D's dense features (warm-started,
+   random effects as offsets); meta.json records which, the ranker's tag and why;
 4. the batched Laplace update (training.glmix), validated (validation.check_personalisation: no NaN ever
-   reaches the store), then written: models/glmix/dt=D/ (safetensors + JSON, atomic), the BentoML model
-   `rankflow-glmix` (when bentoml imports), and features glmix_member / glmix_job through
+   reaches the store), then written: models/glmix/dt=D/ (safetensors + JSON, atomic), the day's BentoML model
+   `rankflow-glmix` (one per day: a re-run reuses or replaces it), and features glmix_member / glmix_job through
    features.store.write_features (offline partition + online store, newest value wins).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import asdict, dataclass
@@ -79,13 +81,56 @@ def load_state(settings: Settings, day: date):
     return GLMixState(member, job), fixed, meta
 
 
-def ranker_logit(settings: Settings, frame) -> np.ndarray | None:
-    """Hook: the serving ranker's logit per training row, to use as the GLMix offset.
+@dataclass(frozen=True)
+class GlobalPart:
+    """The offset of the random-effect update: the serving ranker's logit, or None (fixed effect)."""
 
-    Returns None (use the fixed effect) until the ranker area exposes a batch scorer over training-set
-    rows; wire it here, nothing else changes.
+    offsets: np.ndarray | None
+    ranker_tag: str | None
+    reason: str
+
+    @property
+    def kind(self) -> str:
+        return "ranker" if self.offsets is not None else "fixed_effect"
+
+
+def ranker_logit(settings: Settings, day: date, frame) -> GlobalPart:
+    """The serving ranker's logit per training row of `day` (GLMix's global part, an offset), when usable.
+
+    The offset is what serving adds the random effects to (serving.scoring: logit of the calibrated,
+    clipped ranker probability), so the effects learn the residual of exactly that score. Rows are encoded
+    by the ranker's own training-set reader (training.ranker.data.load_rows on D's partition, as ranker
+    evaluation does) and scored by training.ranker.train.predict_logits. A ranker trained on D or later
+    is not used (its logit has seen D's labels, so the random effects would learn almost nothing from D):
+    the fixed effect is fitted instead, and the reason is recorded.
     """
-    return None
+    import torch
+
+    from rankflow.stages.ranker import model_info, serving_tag
+    from serving.models import load_ranker
+    from serving.scoring import _PROBABILITY_CLIP
+    from training.ranker import data
+    from training.ranker.train import predict_logits
+
+    tag = serving_tag(settings)
+    if tag is None:
+        return GlobalPart(None, None, "no serving rankflow-ranker in models/serving.json")
+    train_end = model_info(settings, tag)["metadata"].get("train_end")
+    if train_end is None or date.fromisoformat(train_end) >= day:
+        return GlobalPart(None, tag, f"serving ranker {tag} was trained on days up to {train_end}, "
+                                     f"not strictly before {day}")
+    model, _, tag = load_ranker(settings, tag)
+    training_set = settings.paths.feature_table("training_set")
+    files = data.day_files(training_set, [day])
+    rows = data.load_rows(files, data.read_spec(training_set), model.config)
+    member_column = data.read_spec(training_set).get("member", "member_id")
+    if len(rows) != len(frame) or not np.array_equal(rows.member_id.numpy(), frame[member_column].to_numpy(np.int64)):
+        raise RuntimeError(f"{files[0].parent}: the ranker's reader gave {len(rows)} rows in another order than "
+                           f"the {len(frame)} rows read for GLMix")
+    with torch.inference_mode():
+        probabilities = model.calibration(predict_logits(model, rows)).double().numpy()
+    p = np.clip(probabilities, _PROBABILITY_CLIP, 1 - _PROBABILITY_CLIP)
+    return GlobalPart(np.log(p) - np.log1p(-p), tag, f"serving ranker {tag} (trained up to {train_end})")
 
 
 def _basis_from_raw(settings: Settings, day: date, attributes: tuple[str, ...]):
@@ -144,19 +189,83 @@ def _feature_frame(ids, key: str, state, rows, prefix: str, day: date):
     })
 
 
+def _file_digests(folder: Path, names: list[str]) -> dict[str, str] | None:
+    """sha256 of each named file in `folder`, or None when one is missing."""
+    digests = {}
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            return None
+        digests[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digests
+
+
 def _register_bentoml(settings: Settings, folder: Path, day: date, metadata: dict) -> str | None:
+    """The day's `rankflow-glmix` model in the BentoML store: one per logical day, whatever the re-runs.
+
+    A stored model of `day` with the same files is reused as it is (re-running a day from the same prior
+    adds nothing). Otherwise the new model is created in full first and only then are the day's older
+    models deleted, so a reader always finds a complete model of the day (serving picks the newest by
+    logical_date, then creation time). A model that models/serving.json pins is never deleted.
+    """
     try:
         import bentoml
+        from bentoml.exceptions import NotFound
     except ImportError:
         return None
-    from rankflow.stages.ranker import model_store
+    from rankflow.stages.ranker import model_store, serving_tag
 
-    with bentoml.models.create(MODEL_NAME, labels={"logical_date": day.isoformat(), "status": "serving"},
-                               metadata=metadata,
-                               _model_store=model_store(settings)) as stored:
-        for item in folder.iterdir():
-            shutil.copy2(item, Path(stored.path) / item.name)
-        return str(stored.tag)
+    store = model_store(settings)
+    names = sorted(item.name for item in folder.iterdir())
+    wanted = _file_digests(folder, names)
+    try:
+        same_day = [m for m in store.list(MODEL_NAME) if m.info.labels.get("logical_date") == day.isoformat()]
+    except NotFound:
+        same_day = []
+    keep = next((m for m in sorted(same_day, key=lambda m: m.info.creation_time, reverse=True)
+                 if _file_digests(Path(m.path), names) == wanted and dict(m.info.metadata) == metadata), None)
+    if keep is not None:
+        tag = str(keep.tag)
+    else:
+        with bentoml.models.create(MODEL_NAME, labels={"logical_date": day.isoformat(), "status": "serving"},
+                                   metadata=metadata, _model_store=store) as stored:
+            for name in names:
+                shutil.copy2(folder / name, Path(stored.path) / name)
+            tag = str(stored.tag)
+    pinned = serving_tag(settings, MODEL_NAME)
+    for old in same_day:
+        if str(old.tag) not in (tag, pinned):
+            store.delete(old.tag)
+    return tag
+
+
+def glmix_config_for(config: PersonaliseConfig, member_basis, job_basis):
+    """training.glmix's GLMixConfig for these stage settings and design bases."""
+    from training.glmix.model import GLMixConfig
+    from training.glmix.random_effects import RandomEffectConfig
+
+    return GLMixConfig(
+        member=RandomEffectConfig(dim=member_basis.dim, covariance=config.covariance,
+                                  forgetting=config.member_forgetting, prior_variance=config.member_prior_variance),
+        job=RandomEffectConfig(dim=job_basis.dim, covariance=config.covariance,
+                               forgetting=config.job_forgetting, prior_variance=config.job_prior_variance),
+        passes=config.passes)
+
+
+def training_events(frame, spec: dict, member_basis, job_basis, offsets: np.ndarray | None):
+    """GLMixEvents of the training-set rows: ids, both design matrices, labels, weights, global offsets."""
+    import torch
+
+    from training.glmix.model import GLMixEvents
+
+    weight = spec.get("weight", "weight")
+    return GLMixEvents(
+        torch.as_tensor(frame[spec.get("member", "member_id")].to_numpy(np.int64)),
+        torch.as_tensor(frame[spec.get("item", "item_id")].to_numpy(np.int64)),
+        torch.as_tensor(_design(frame, "j_", member_basis)), torch.as_tensor(_design(frame, "m_", job_basis)),
+        torch.as_tensor(frame[spec.get("label", "label")].to_numpy(np.float64)),
+        torch.as_tensor(frame[weight].to_numpy(np.float64)) if weight in frame else None,
+        None if offsets is None else torch.as_tensor(offsets, dtype=torch.float64))
 
 
 def update_random_effects(settings: Settings, day: date, config: PersonaliseConfig = PersonaliseConfig(),
@@ -164,8 +273,7 @@ def update_random_effects(settings: Settings, day: date, config: PersonaliseConf
     """GLMix posterior update for logical day `day`; validates, then writes state, model store and features."""
     import torch
 
-    from training.glmix.model import GLMixConfig, GLMixEvents, GLMixState, update_day
-    from training.glmix.random_effects import RandomEffectConfig
+    from training.glmix.model import GLMixState, update_day
     from training.glmix.state import encode_state
     from validation import check_personalisation
 
@@ -178,12 +286,7 @@ def update_random_effects(settings: Settings, day: date, config: PersonaliseConf
     else:
         member_basis = job_basis = _basis_from_raw(settings, day, config.basis_attributes)
         prior, fixed_effect = None, None
-    glmix_config = GLMixConfig(
-        member=RandomEffectConfig(dim=member_basis.dim, covariance=config.covariance,
-                                  forgetting=config.member_forgetting, prior_variance=config.member_prior_variance),
-        job=RandomEffectConfig(dim=job_basis.dim, covariance=config.covariance,
-                               forgetting=config.job_forgetting, prior_variance=config.job_prior_variance),
-        passes=config.passes)
+    glmix_config = glmix_config_for(config, member_basis, job_basis)
     if prior is None:
         prior = GLMixState.empty(glmix_config, torch.float64, config.device)
     prior = GLMixState(prior.member.to(config.device, torch.float64), prior.job.to(config.device, torch.float64))
@@ -195,15 +298,9 @@ def update_random_effects(settings: Settings, day: date, config: PersonaliseConf
         raise KeyError(f"{settings.paths.feature_partition('training_set', day)}: columns {missing} named in "
                        f"training_set/spec.json are missing (partition built with an older spec? rebuild the day)")
     dense = frame[dense_names].to_numpy(dtype=np.float64) if dense_names else np.zeros((len(frame), 0))
-    offsets = ranker_logit(settings, frame)
-    events = GLMixEvents(
-        torch.as_tensor(frame[spec.get("member", "member_id")].to_numpy(np.int64)),
-        torch.as_tensor(frame[spec.get("item", "item_id")].to_numpy(np.int64)),
-        torch.as_tensor(_design(frame, "j_", member_basis)), torch.as_tensor(_design(frame, "m_", job_basis)),
-        torch.as_tensor(frame[spec.get("label", "label")].to_numpy(np.float64)),
-        torch.as_tensor(frame[spec.get("weight", "weight")].to_numpy(np.float64)) if spec.get("weight") in frame
-        else None,
-        None if offsets is None else torch.as_tensor(offsets, dtype=torch.float64))
+    global_part = ranker_logit(settings, day, frame)
+    log.info("glmix %s: global part %s: %s", day, global_part.kind, global_part.reason)
+    events = training_events(frame, spec, member_basis, job_basis, global_part.offsets)
     state, fixed_effect, summary = update_day(prior, events, glmix_config, dense, dense_names, fixed_effect)
 
     # Rows to publish: the entities updated today (the others' stored values are still current).
@@ -222,7 +319,8 @@ def update_random_effects(settings: Settings, day: date, config: PersonaliseConf
     }
 
     meta = {"logical_date": day.isoformat(), "prior_date": previous.isoformat() if previous else None,
-            "global_part": "ranker" if offsets is not None else "fixed_effect",
+            "global_part": global_part.kind, "ranker_tag": global_part.ranker_tag,
+            "global_part_reason": global_part.reason,
             "fixed_effect": fixed_effect.to_json() if fixed_effect is not None else None,
             "member_basis": member_basis.to_json(), "job_basis": job_basis.to_json(),
             "config": asdict(config), "summary": summary}
@@ -245,6 +343,7 @@ def update_random_effects(settings: Settings, day: date, config: PersonaliseConf
         written = {MEMBER_VIEW: write_features(settings, MEMBER_VIEW, member_frame, day),
                    JOB_VIEW: write_features(settings, JOB_VIEW, job_frame, day)}
     result = {"day": day.isoformat(), "prior_date": meta["prior_date"], "global_part": meta["global_part"],
+              "ranker_tag": global_part.ranker_tag, "global_part_reason": global_part.reason,
               "members_updated": int(len(member_ids)), "jobs_updated": int(len(item_ids)),
               "member_basis_version": member_basis.version, "job_basis_version": job_basis.version,
               "summary": summary, "state": str(folder), "bentoml_tag": tag, "validation": validation,

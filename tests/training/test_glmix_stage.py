@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from datetime import date, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,17 @@ from glmix_reference import one_torch_thread  # noqa: F401 (autouse fixture)
 from features.contract import read_raw
 from rankflow.config import load_settings
 from rankflow.paths import atomic_directory
-from rankflow.stages.personalise import PersonaliseConfig, load_state, prior_day, update_random_effects
+from rankflow.stages import ranker as ranker_stage
+from rankflow.stages.personalise import (
+    MODEL_NAME,
+    PersonaliseConfig,
+    glmix_config_for,
+    load_state,
+    prior_day,
+    ranker_logit,
+    training_events,
+    update_random_effects,
+)
 
 DAYS = [date(2026, 1, 1) + timedelta(days=i) for i in range(3)]
 
@@ -43,16 +54,29 @@ def _write_training_set(settings, day, first_day: bool):
     (settings.paths.feature_table("training_set") / "spec.json").write_text(json.dumps(spec))
 
 
-def test_daily_stage_chains_posteriors_and_rerunning_a_day_is_idempotent(tiny_data_dir, tmp_path):
-    root = shutil.copytree(tiny_data_dir, tmp_path / "data")
+@pytest.fixture(scope="module")
+def stage_data(tiny_data_dir, tmp_path_factory):
+    """The tiny marketplace with hand-built training sets for DAYS (read-only: copy before writing)."""
+    root = shutil.copytree(tiny_data_dir, tmp_path_factory.mktemp("glmix_stage") / "data")
     settings = load_settings(root)
     for index, day in enumerate(DAYS):
         _write_training_set(settings, day, first_day=index == 0)
+    return root
+
+
+def _glmix_models(settings):
+    """{tag: logical_date} of every rankflow-glmix model in the data directory's BentoML store."""
+    return {str(m.tag): m.info.labels["logical_date"] for m in ranker_stage.model_store(settings).list(MODEL_NAME)}
+
+
+def test_daily_stage_chains_posteriors_and_rerunning_a_day_is_idempotent(stage_data, tmp_path):
+    settings = load_settings(shutil.copytree(stage_data, tmp_path / "data"))
     config = PersonaliseConfig()
     results = [update_random_effects(settings, day, config, write_online=False) for day in DAYS]
 
     assert [r["prior_date"] for r in results] == [None, "2026-01-01", "2026-01-02"]
-    assert results[0]["global_part"] == "fixed_effect"
+    assert [r["global_part"] for r in results] == ["fixed_effect"] * 3
+    assert "no serving rankflow-ranker" in results[0]["global_part_reason"]
     # Basis from the raw zone, not the cold first-day placeholders: 1 + 8 industries + 4 seniorities.
     state, fixed_effect, meta = load_state(settings, DAYS[2])
     assert state.member.dim == 13 and "industry=software" in _names(meta["member_basis"])
@@ -60,14 +84,84 @@ def test_daily_stage_chains_posteriors_and_rerunning_a_day_is_idempotent(tiny_da
     assert fixed_effect.weights[1] < 0  # position bias: lower positions, fewer applies
     assert results[2]["summary"]["member"]["not_converged"] == 0
     assert all(v["success"] for v in results[2]["validation"].values())
+    assert sorted(_glmix_models(settings).values()) == [d.isoformat() for d in DAYS]
 
-    # Re-running day 2 after day 3 exists uses day 1's state as its prior and reproduces day 2 exactly.
+    # Re-running day 2 after day 3 exists uses day 1's state as its prior (not day 2's own posterior),
+    # reproduces day 2 exactly, and reuses day 2's model in the store: twice, no model added.
     before, _, _ = load_state(settings, DAYS[1])
-    again = update_random_effects(settings, DAYS[1], config, write_online=False)
+    models = _glmix_models(settings)
+    for _ in range(2):
+        again = update_random_effects(settings, DAYS[1], config, write_online=False)
+        assert again["prior_date"] == "2026-01-01" and prior_day(settings, DAYS[1]) == DAYS[0]
+        assert again["bentoml_tag"] == results[1]["bentoml_tag"]
+        assert _glmix_models(settings) == models
     after, _, _ = load_state(settings, DAYS[1])
-    assert again["prior_date"] == "2026-01-01" and prior_day(settings, DAYS[1]) == DAYS[0]
     torch.testing.assert_close(after.member.mean, before.member.mean, rtol=0, atol=0)
     torch.testing.assert_close(after.job.precision, before.job.precision, rtol=0, atol=0)
+
+    # A re-run that changes the day's answer replaces the day's model (still one per day) with the new files.
+    changed = update_random_effects(settings, DAYS[1], PersonaliseConfig(member_prior_variance=4.0),
+                                    write_online=False)
+    models_now = _glmix_models(settings)
+    assert sorted(models_now.values()) == [d.isoformat() for d in DAYS]
+    assert changed["bentoml_tag"] in models_now and results[1]["bentoml_tag"] not in models_now
+    stored = Path(ranker_stage.model_store(settings).get(changed["bentoml_tag"]).path)
+    state_dir = settings.paths.models / "glmix" / f"dt={DAYS[1]}"
+    assert (stored / "member.safetensors").read_bytes() == (state_dir / "member.safetensors").read_bytes()
+    changed_state, _, _ = load_state(settings, DAYS[1])
+    assert not torch.equal(changed_state.member.mean, before.member.mean)
+
+
+def test_the_serving_ranker_logit_is_the_global_offset(stage_data, tmp_path):
+    from serving.models import load_ranker
+    from serving.scoring import ranker_probabilities
+    from training.glmix.model import daily_update
+    from training.glmix.design import CategoricalBasis
+    from training.ranker.train import TrainConfig
+
+    settings = load_settings(shutil.copytree(stage_data, tmp_path / "data"))
+    small = {"cross_layers": 1, "cross_rank": 8, "mlp_widths": (32, 16), "embedding_dim": 8}
+    trained = ranker_stage.train(settings, DAYS[0], DAYS[1], eval_days=1, warm_start=False,
+                                 train_config=TrainConfig(epochs=1), model_overrides=small)
+    assert ranker_stage.promote(settings, trained["tag"])["status"] == "serving"
+
+    # Trained on day 2 itself: its logit has seen day 2's labels, so day 2 keeps the fixed effect.
+    leaky = update_random_effects(settings, DAYS[1], write_online=False)
+    assert leaky["global_part"] == "fixed_effect" and leaky["ranker_tag"] == trained["tag"]
+    assert "not strictly before 2026-01-02" in leaky["global_part_reason"]
+
+    result = update_random_effects(settings, DAYS[2], write_online=False)
+    state, fixed_effect, meta = load_state(settings, DAYS[2])
+    assert result["global_part"] == meta["global_part"] == "ranker"
+    assert meta["ranker_tag"] == trained["tag"]
+
+    # The offset is serving's global part: logit of the calibrated ranker probability on the same rows,
+    # computed here through the serving path (serving.scoring), not the stage's reader.
+    frame = pd.read_parquet(settings.paths.feature_partition("training_set", DAYS[2]) / "part-0.parquet")
+    model, spec, _ = load_ranker(settings, trained["tag"])
+    p = np.clip(ranker_probabilities(model, spec, frame), 1e-7, 1 - 1e-7)
+    expected = np.log(p) - np.log1p(-p)
+    global_part = ranker_logit(settings, DAYS[2], frame)
+    np.testing.assert_allclose(global_part.offsets, expected, rtol=0, atol=1e-5)
+    assert expected.std() > 0.1  # a real, row-dependent score (not a constant the effects could absorb)
+
+    # The stored posterior is the update with exactly that offset, and not the fixed-effect one.
+    member_basis = CategoricalBasis.from_json(meta["member_basis"])
+    job_basis = CategoricalBasis.from_json(meta["job_basis"])
+    glmix_config = glmix_config_for(PersonaliseConfig(), member_basis, job_basis)
+    prior, _, _ = load_state(settings, DAYS[1])
+    training_spec = json.loads((settings.paths.feature_table("training_set") / "spec.json").read_text())
+    with_ranker, _ = daily_update(prior, training_events(frame, training_spec, member_basis, job_basis, expected),
+                                  glmix_config)
+    torch.testing.assert_close(state.member.mean, with_ranker.member.mean, rtol=0, atol=1e-4)
+    torch.testing.assert_close(state.job.mean, with_ranker.job.mean, rtol=0, atol=1e-4)
+    _, prior_fixed, _ = load_state(settings, DAYS[1])
+    fixed_offsets = prior_fixed.logit(frame[training_spec["dense"]].to_numpy(np.float64))
+    ignored, _ = daily_update(prior, training_events(frame, training_spec, member_basis, job_basis, fixed_offsets),
+                              glmix_config)
+    assert float((state.member.mean - ignored.member.mean).abs().max()) > 0.05
+    # The fixed effect is carried over unchanged for later days without a usable ranker.
+    assert fixed_effect.to_json() == prior_fixed.to_json()
 
 
 def test_missing_training_set_names_the_partition(tiny_data_dir, tmp_path):
