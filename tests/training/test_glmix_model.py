@@ -16,7 +16,7 @@ from rankflow.config import GeneratorSettings
 from rankflow.paths import DataPaths
 from training.glmix.design import CategoricalBasis
 from training.glmix.model import GLMixConfig, GLMixEvents, GLMixState, random_effect_logit, update_day
-from training.glmix.random_effects import RandomEffectConfig
+from training.glmix.random_effects import EntityEvents, RandomEffectConfig, RandomEffectState, update_random_effects
 
 DENSE = ["industry_match", "seniority_match", "region_match", "skill_overlap", "log_position"]
 # Few members, many impressions: most members pass 1,000 events in the 7 training days.
@@ -103,3 +103,71 @@ def test_recovers_member_weights_and_beats_global_and_last_day_models(market):
         glmix_logit(scratch), labels)
     assert auc_glmix > auc_global + 0.1, (auc_glmix, auc_global)
     assert auc_glmix > auc_scratch + 0.01, (auc_glmix, auc_scratch)
+
+
+# Members with 50-150 events are the hard case of acceptance 3: about 4-12 applies each (7-8% apply rate).
+BOUND_MARKET = GeneratorSettings(members=1_500, jobs=400, days=6, impressions_per_day=25_000, seed=11)
+
+
+def test_recovery_of_members_with_50_to_150_events_is_at_the_bayes_oracle(tmp_path):
+    """What bounds recovery: the data, not the estimator.
+
+    The oracle knows everything but the member effect: its offset is the true logit minus the true member term
+    (global part, job effects, latent affinity, position bias all exact), its prior is the generator's N(0, I),
+    and it sees all days at once. Its posterior mean is the best estimate the events allow. GLMix, learning
+    the global part and the job effects itself, day by day, must come within 0.02 of it. Measured on the
+    default demo market (4,000 members, 20,000 impressions/day, 10 days): oracle 0.719 / GLMix 0.711 for
+    50-150 events, 0.823 / 0.820 for 150-400, 0.880 / 0.871 for >= 400: correlation 0.9 needs several hundred
+    events per member at this apply rate, whatever the estimator (prior variance 0.5 or 2 instead of the
+    true 1: oracle 0.715 / 0.710, so an empirical-Bayes prior has nothing to gain here). On this test's market:
+    451 members with 50-150 events, oracle 0.723, GLMix 0.717.
+    """
+    paths = DataPaths(tmp_path)
+    generate(BOUND_MARKET, paths)
+    members = read_raw(paths, "members").set_index("member_id")
+    items = read_raw(paths, "items").set_index("item_id")
+    basis = CategoricalBasis.from_names(BASIS)
+    config = GLMixConfig(member=RandomEffectConfig(dim=basis.dim, prior_variance=1.0),
+                         job=RandomEffectConfig(dim=basis.dim, prior_variance=0.25), passes=2)
+    state, fixed_effect = GLMixState.empty(config, torch.float64), None
+    oracle_parts = []
+    last_day = BOUND_MARKET.start_date + timedelta(days=BOUND_MARKET.days - 1)
+    truth = read_partitions(paths.truth / "member_weights", day=last_day).set_index("member_id")
+    for index in range(BOUND_MARKET.days):
+        day = BOUND_MARKET.start_date + timedelta(days=index)
+        events = read_raw(paths, "events", day=day)
+        true_prob = read_partitions(paths.truth / "events", day=day).set_index("event_id").loc[
+            events.event_id.values, "true_prob"].to_numpy()
+        m, j = members.loc[events.member_id.values], items.loc[events.item_id.values]
+        overlap = [len(set(a) & set(b)) for a, b in zip(m.skills.values, j.skills.values)]
+        dense = np.stack([m.industry.values == j.industry.values, m.seniority.values == j.seniority.values,
+                          m.region.values == j.region.values, overlap, np.log(events.position.values)], 1)
+        member_design = basis.design({"industry": j.industry.values, "seniority": j.seniority.values})
+        day_events = GLMixEvents(
+            torch.tensor(events.member_id.values), torch.tensor(events.item_id.values), torch.tensor(member_design),
+            torch.tensor(basis.design({"industry": m.industry.values, "seniority": m.seniority.values})),
+            torch.tensor(events.label.values.astype(np.float64)))
+        state, fixed_effect, _ = update_day(state, day_events, config, dense.astype(np.float64), DENSE, fixed_effect)
+        # Truth of the last day (the daily drift, 0.02 per coordinate, is small against the unit prior).
+        member_term = (member_design * truth.loc[events.member_id.values, list(BASIS)].to_numpy()).sum(1)
+        oracle_parts.append((events.member_id.values, member_design, events.label.values.astype(np.float64),
+                             np.log(true_prob) - np.log1p(-true_prob) - member_term))
+
+    ids, design, labels, offsets = (np.concatenate(parts) for parts in zip(*oracle_parts))
+    oracle, _ = update_random_effects(RandomEffectState.empty(config.member, torch.float64), EntityEvents(
+        torch.tensor(ids), torch.tensor(design), torch.tensor(labels), None, torch.tensor(offsets)), config.member)
+
+    member_ids, counts = np.unique(ids, return_counts=True)
+    hard = member_ids[(counts >= 50) & (counts < 150)]
+    assert hard.size >= 300
+    job_types = basis.design({"industry": np.repeat(basis.columns[0][1], 4), "seniority": np.tile(basis.columns[1][1], 8)})
+    true = truth.loc[hard, list(BASIS)].to_numpy() @ job_types.T
+
+    def correlation(effects):
+        rows, found = effects.locate(torch.tensor(hard))
+        assert bool(found.all())
+        return float(np.corrcoef((effects.mean[rows].numpy() @ job_types.T).ravel(), true.ravel())[0, 1])
+
+    ours, best = correlation(state.member), correlation(oracle)
+    assert ours >= best - 0.02, (ours, best)
+    assert best < 0.85, best  # the acceptance's 0.9 is out of reach of any estimator for these members
