@@ -1,25 +1,24 @@
 """Per-kernel benchmark: ours (Triton) vs the PyTorch reference, eager and under torch.compile.
 
 Each row times forward + backward (triton.testing.do_bench, median of many runs) and converts the
-fewest bytes the op must move (each input read once, each output written once) into GB/s, next to
-the device-to-device copy bandwidth measured in the same run. Writes a markdown table and a PNG
-per op under --out (default benchmarks/results/).
+fewest bytes the op must move (each input read once, each output written once; index tensors
+included; a row gathered many times counted once) into GB/s, next to the device-to-device copy
+bandwidth measured in the same run. Writes a markdown table (benchmarks/results/kernels-<machine>.md)
+and a PNG beside it.
 
-    PYTHONPATH=. python3 benchmarks/bench_kernels.py --out benchmarks/results
+    PYTHONPATH=. python3 benchmarks/bench_kernels.py [--ops cross,gate,bce,embedding,segment]
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import triton
 from triton.testing import do_bench
 
+from benchmarks._machine import describe_machine, write_result
 from kernels import dispatch
 from kernels.bce import bce_reference, bce_with_logits
 from kernels.cross import cross_reference, cross_tail
@@ -106,12 +105,33 @@ def bench_bce(rows):
         bytes_moved = n * (3 * z.element_size() + (4 if weighted else 0))  # z, y, dz (+ w)
         label = f"{n}" + (" weighted" if weighted else "")
         time_elementwise(rows, "bce_with_logits", bce_with_logits, bce_reference, (z, y, w), grad, bytes_moved, label)
+        if weighted and n > 1 << 20:
+            # sum(w) must be known before the first normalised gradient, and 4 B x n of w does not fit on
+            # chip: w is read twice. The bytes column counts it once; the note gives the bound.
+            two_pass = bytes_moved + 4 * n
+            rows[-1].note = f"w read twice (sum, then gradient): {100 * bytes_moved / two_pass:.0f}% is the ceiling"
+
+
+def graphed(fn):
+    """fn captured as a CUDA graph (as kernels.captured_step replays the training step): replay timing is
+    GPU time without Python's launch overhead."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
 
 
 def bench_embedding(rows):
     dim = 64
     for label, num_rows, n_bags, bag_len in [("26 one-hot x 8192, 2.6M rows", 2_600_000, 26 * 8192, 1),
-                                             ("8192 bags of 20, 1M rows", 1_000_000, 8192, 20)]:
+                                             ("8192 bags of 20, 1M rows", 1_000_000, 8192, 20),
+                                             ("26 one-hot x 65536, 2.6M rows", 2_600_000, 26 * 65536, 1)]:
         offsets = torch.arange(0, n_bags * bag_len + 1, bag_len, device=DEVICE)
         indices = (torch.rand(n_bags * bag_len, device=DEVICE) ** 3 * num_rows).long()  # skewed: hot rows repeat
         grad = torch.randn(n_bags, dim, device=DEVICE)
@@ -137,48 +157,53 @@ def bench_embedding(rows):
             adam.zero_grad(set_to_none=True)
 
         unique_rows = int(torch.unique(indices).numel())
-        # fwd: nnz rows read + bags written; bwd: grad per occurrence read, unique rows read+written, momentum
-        bytes_moved = (2 * indices.numel() * dim + n_bags * dim + 2 * unique_rows * dim + 2 * unique_rows) * 4
+        index_bytes = (indices.numel() + offsets.numel()) * 8
+        # fwd: indices, offsets, each distinct row once, bags written; bwd: indices and offsets again, the bag
+        # gradients, each distinct row read and written, its momentum read and written
+        bytes_moved = (2 * index_bytes + (unique_rows * dim + n_bags * dim) * 4
+                       + (n_bags * dim + 2 * unique_rows * dim + 2 * unique_rows) * 4)
         with dispatch.backend("triton"):
             ours_ms = median_ms(ours)
+            graph_ms = median_ms(graphed(ours))
         eager_ms = median_ms(reference)
         dense_ms = median_ms(dense_adam)
-        rows.append(Row("embedding_bag + rowwise adagrad", label, "float32", bytes_moved, ours_ms, eager_ms, None,
+        shape = f"{label}, {unique_rows} distinct"
+        rows.append(Row("embedding_bag + rowwise adagrad", shape, "float32", bytes_moved, ours_ms, eager_ms, None,
                         f"dense grad + fused Adam over the table: {dense_ms:.3f} ms"))
+        rows.append(Row("embedding_bag + rowwise adagrad", shape + ", CUDA graph", "float32", bytes_moved, graph_ms,
+                        eager_ms, None, "ours replayed as a CUDA graph (GPU time; eager reference as above)"))
 
 
 def bench_segment(rows):
     for n, d, segments, dtype in [(1_000_000, 32, 100_000, torch.float32), (1_000_000, 16, 10_000, torch.bfloat16)]:
         x = torch.randn(n, d, device=DEVICE, dtype=dtype, requires_grad=True)
         w = torch.rand(n, device=DEVICE, dtype=dtype, requires_grad=True)
-        ids = torch.randint(0, segments, (n,), device=DEVICE)
         grad = torch.randn(segments, d, d, device=DEVICE, dtype=dtype)
         size = x.element_size()
-        # fwd: x, w read, [S, d, d] written; bwd: G gathered per row, x, w read, dx, dw written
-        bytes_moved = (2 * n * d + 2 * n + segments * d * d + n * d * d + 2 * n * d + 2 * n) * size
+        for ids_sorted in (False, True):
+            ids = torch.randint(0, segments, (n,), device=DEVICE)
+            if ids_sorted:
+                ids = ids.sort().values
+            # fwd: ids, x, w read, [S, d, d] written; bwd: ids, G (once per segment), x, w read, dx, dw written
+            bytes_moved = 2 * n * ids.element_size() + (n * d + n + segments * d * d) * size \
+                + (segments * d * d + 2 * n * d + 2 * n) * size
 
-        def ours():
-            out = segment_outer_sum(x, w, ids, segments)
-            torch.autograd.grad(out, (x, w), grad)
+            def ours():
+                out = segment_outer_sum(x, w, ids, segments, ids_sorted=ids_sorted)
+                torch.autograd.grad(out, (x, w), grad)
 
-        def reference():
-            out = segment_outer_sum_reference(x, w, ids, segments)
-            torch.autograd.grad(out, (x, w), grad)
-        with dispatch.backend("triton"):
-            ours_ms = median_ms(ours)
-        rows.append(Row("segment_outer_sum", f"N={n} d={d} S={segments}", str(dtype).replace("torch.", ""),
-                        bytes_moved, ours_ms, median_ms(reference), None, "unsorted ids"))
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    return (f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
-            f"CPU {cpu} ({torch.get_num_threads()} threads), {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")
+            def reference():
+                out = segment_outer_sum_reference(x, w, ids, segments)
+                torch.autograd.grad(out, (x, w), grad)
+            with dispatch.backend("triton"):
+                ours_ms = median_ms(ours)
+            rows.append(Row("segment_outer_sum", f"N={n} d={d} S={segments}", str(dtype).replace("torch.", ""),
+                            bytes_moved, ours_ms, median_ms(reference), None,
+                            "ids sorted (ids_sorted=True)" if ids_sorted else "unsorted ids (sorted inside)"))
 
 
-def write(rows: list[Row], copy_gbs: float, out_dir: Path) -> None:
-    lines = [f"# Kernel benchmark ({machine()})", "",
+def write(rows: list[Row], copy_gbs: float, machine: dict) -> None:
+    lines = [f"GPU {machine['gpu']}, torch {machine['torch']}, triton {machine['triton']}.", "",
              f"Copy bandwidth measured in this run (device-to-device, read + write): **{copy_gbs:.0f} GB/s**. "
              "Times are forward + backward, triton.testing.do_bench median, in ms. GB/s counts the fewest bytes "
              "the op must move; % copy = that over the copy bandwidth.", "",
@@ -190,10 +215,9 @@ def write(rows: list[Row], copy_gbs: float, out_dir: Path) -> None:
         vs_comp = f"{r.compiled_ms / r.ours_ms:.2f}x" if r.compiled_ms else "n/a"
         lines.append(f"| {r.op} | {r.shape} | {r.dtype} | {r.ours_ms:.3f} | {r.eager_ms:.3f} | {comp} | "
                      f"{r.eager_ms / r.ours_ms:.2f}x | {vs_comp} | {gbs:.0f} | {100 * gbs / copy_gbs:.0f}% | {r.note} |")
-    text = "\n".join(lines) + "\n"
-    gpu = torch.cuda.get_device_name().replace(" ", "-").lower()
-    (out_dir / f"kernels-{gpu}.md").write_text(text)
-    print(text)
+    table = "\n".join(lines) + "\n"
+    path = write_result("kernels", table, machine)
+    print(path.read_text())
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -201,7 +225,8 @@ def write(rows: list[Row], copy_gbs: float, out_dir: Path) -> None:
     except ImportError:
         return
     ops = list(dict.fromkeys(r.op for r in rows))
-    fig, axes = plt.subplots(1, len(ops), figsize=(5 * len(ops), 4.5))
+    fig, axes = plt.subplots(1, len(ops), figsize=(5 * len(ops), 4.5), squeeze=False)
+    axes = axes[0]
     for ax, op in zip(axes, ops):
         subset = [r for r in rows if r.op == op]
         xs = range(len(subset))
@@ -214,25 +239,27 @@ def write(rows: list[Row], copy_gbs: float, out_dir: Path) -> None:
         ax.set_ylabel("fwd+bwd ms (median)")
         ax.set_yscale("log")
     axes[0].legend(fontsize=8)
-    fig.suptitle(machine(), fontsize=8)
+    fig.suptitle(f"{machine['gpu']}, torch {machine['torch']}, triton {machine['triton']}", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_dir / f"kernels-{gpu}.png", dpi=110)
+    fig.savefig(path.with_suffix(".png"), dpi=110)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--ops", default="cross,gate,bce,embedding,segment", help="comma-separated subset")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_kernels needs a CUDA GPU")
-    args.out.mkdir(parents=True, exist_ok=True)
+    machine = describe_machine()
     torch.manual_seed(0)
     copy_gbs = copy_bandwidth_gbs()
+    benches = {"cross": bench_cross, "gate": bench_gate, "bce": bench_bce, "embedding": bench_embedding,
+               "segment": bench_segment}
     rows: list[Row] = []
-    for bench in (bench_cross, bench_gate, bench_bce, bench_embedding, bench_segment):
-        bench(rows)
+    for name in args.ops.split(","):
+        benches[name](rows)
         torch.cuda.empty_cache()
-    write(rows, copy_gbs, args.out)
+    write(rows, copy_gbs, machine)
 
 
 if __name__ == "__main__":

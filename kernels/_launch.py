@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -24,3 +26,15 @@ def check_float(name: str, tensor: torch.Tensor) -> None:
 
 def next_power_of_2(value: int) -> int:
     return 1 << max(0, (int(value) - 1).bit_length())
+
+
+@functools.cache
+def _cuda_multiprocessors(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def multiprocessor_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (sizes persistent grids); 1 under the CPU interpreter."""
+    if device.type != "cuda":
+        return 1
+    return _cuda_multiprocessors(device.index if device.index is not None else torch.cuda.current_device())

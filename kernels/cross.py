@@ -12,8 +12,9 @@ into one pass forward and one pass backward:
     d bias      = sum over rows of g * x0
     d residual  = g
 
-The bias gradient is reduced deterministically: each program sums its rows in registers and
-writes one partial row; the partial rows are summed in a fixed order afterwards (no atomics).
+Both passes are flat (wide loads whatever the row width). The backward's programs each see one
+fixed set of columns (see _cross_backward_kernel), so the bias gradient is summed in registers,
+in float32, and the partials are summed in a fixed order afterwards (deterministic, no atomics).
 Inputs may have any leading shape [..., d] and may mix float32 / bfloat16 (under autocast the
 projection is bf16 while x0 may be float32); arithmetic is float32, the output takes the
 promoted dtype, and each gradient takes its input's dtype.
@@ -21,9 +22,11 @@ promoted dtype, and each gradient takes its input's dtype.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from kernels._launch import check_float, common_dtype, rows_view
+from kernels._launch import check_float, common_dtype, multiprocessor_count, rows_view
 from kernels.dispatch import use_triton
 
 
@@ -67,51 +70,82 @@ except ImportError:  # kernels.dispatch refuses the Triton path without triton
 if triton is not None:
 
     @triton.jit
+    def _columns(start, n_cols, BLOCK: tl.constexpr, WRAPS: tl.constexpr):
+        # Column of each element of the flat block [start, start + BLOCK), in int32 arithmetic: one
+        # int64 modulo per program, not one per element (that modulo made the old forward ALU-bound).
+        # A block crosses at most WRAPS row ends (0: many, use a modulo).
+        cols = (start % n_cols).to(tl.int32) + tl.arange(0, BLOCK)
+        if WRAPS == 0:
+            return cols % n_cols
+        for _ in tl.static_range(WRAPS):
+            cols = tl.where(cols >= n_cols, cols - n_cols, cols)
+        return cols
+
+    @triton.jit
     def _cross_forward_kernel(
-        x0_ptr, proj_ptr, bias_ptr, resid_ptr, out_ptr, n_elements, n_cols, BLOCK: tl.constexpr,
+        x0_ptr, proj_ptr, bias_ptr, resid_ptr, out_ptr, n_elements, n_cols,
+        BLOCK: tl.constexpr, WRAPS: tl.constexpr,
     ):
         # Flat, not [rows, cols] tiles: rows of an odd width (1677) are not 16-byte aligned, and a flat
         # block keeps every load wide; the bias is re-read through the cache by column index.
-        offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        start = tl.program_id(0).to(tl.int64) * BLOCK
+        offsets = start + tl.arange(0, BLOCK)
         mask = offsets < n_elements
         x0 = tl.load(x0_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         proj = tl.load(proj_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         resid = tl.load(resid_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        bias = tl.load(bias_ptr + offsets % n_cols, mask=mask, other=0.0).to(tl.float32)
+        bias = tl.load(bias_ptr + _columns(start, n_cols, BLOCK, WRAPS), mask=mask, other=0.0).to(tl.float32)
         out = x0 * (proj + bias) + resid
         tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _cross_backward_kernel(
-        grad_ptr, x0_ptr, proj_ptr, bias_ptr, dx0_ptr, dproj_ptr, dbias_partial_ptr, n_rows, n_cols,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ROW_STEPS: tl.constexpr,
+        grad_ptr, x0_ptr, proj_ptr, bias_ptr, dx0_ptr, dproj_ptr, dbias_partial_ptr, n_elements, n_cols, n_steps,
+        BLOCK: tl.constexpr, WRAPS: tl.constexpr,
     ):
-        pid_m = tl.program_id(0)
-        cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-        col_mask = cols < n_cols
-        bias = tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
-        dbias = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        for step in range(ROW_STEPS):  # rows in a fixed order: the bias partial is deterministic
-            rows = (pid_m * ROW_STEPS + step) * BLOCK_M + tl.arange(0, BLOCK_M)
-            mask = (rows < n_rows)[:, None] & col_mask[None, :]
-            offsets = rows.to(tl.int64)[:, None] * n_cols + cols[None, :]
+        # Flat like the forward (wide loads at any width), and persistent: program p takes blocks p, p + P,
+        # p + 2P, ... where P * BLOCK is a multiple of n_cols, so lane i of every block of p is the same
+        # column: d bias accumulates in registers, and the partials [P * BLOCK] read as [-1, n_cols]
+        # rows that sum (in a fixed order) to d bias. No atomics, no second pass over d projected.
+        pid = tl.program_id(0)
+        n_programs = tl.num_programs(0)
+        bias = tl.load(bias_ptr + _columns(pid.to(tl.int64) * BLOCK, n_cols, BLOCK, WRAPS)).to(tl.float32)
+        dbias = tl.zeros((BLOCK,), dtype=tl.float32)
+        step = 0
+        # while, not for-range: Triton's interpreter cannot take a run-time scalar as a range bound.
+        while step < n_steps:
+            offsets = (pid + step * n_programs).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+            mask = offsets < n_elements
             grad = tl.load(grad_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
             x0 = tl.load(x0_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
             proj = tl.load(proj_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
             dproj = grad * x0
-            tl.store(dx0_ptr + offsets, (grad * (proj + bias[None, :])).to(dx0_ptr.dtype.element_ty), mask=mask)
+            tl.store(dx0_ptr + offsets, (grad * (proj + bias)).to(dx0_ptr.dtype.element_ty), mask=mask)
             tl.store(dproj_ptr + offsets, dproj.to(dproj_ptr.dtype.element_ty), mask=mask)
-            dbias += tl.sum(dproj, axis=0)
-        tl.store(dbias_partial_ptr + pid_m.to(tl.int64) * n_cols + cols, dbias, mask=col_mask)
+            dbias += dproj  # float32, before d projected is rounded to its dtype
+            step += 1
+        tl.store(dbias_partial_ptr + pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK), dbias)
 
 
-_BLOCK_M, _BLOCK_N = 16, 128
+_BLOCK = 2048
+_BACKWARD_BLOCK = 1024
+# Backward programs per multiprocessor when the column period allows (2 warps each): all resident at once,
+# so no program waits for a second wave.
+_BACKWARD_PROGRAMS_PER_SM = 24
 
 
-def _row_steps(n_rows: int) -> int:
-    # Enough programs to fill an H100 (132 SMs) several times over, few enough partial rows to sum.
-    blocks = triton.cdiv(n_rows, _BLOCK_M)
-    return max(1, min(32, blocks // 64))
+def _flat_launch(n_cols: int, block: int = _BLOCK) -> dict:
+    wraps = (n_cols - 1 + block) // n_cols  # row ends one flat block can cross
+    return {"BLOCK": block, "WRAPS": wraps if wraps <= 4 else 0}
+
+
+def _backward_programs(n_elements: int, n_cols: int, device: torch.device) -> tuple[int, int]:
+    """(programs, steps each): programs a multiple of n_cols / gcd(n_cols, BLOCK), so P * BLOCK % n_cols == 0."""
+    period = n_cols // math.gcd(n_cols, _BACKWARD_BLOCK)
+    n_blocks = triton.cdiv(n_elements, _BACKWARD_BLOCK)
+    copies = max(1, _BACKWARD_PROGRAMS_PER_SM * multiprocessor_count(device) // period)
+    n_programs = period * max(1, min(copies, triton.cdiv(n_blocks, period)))
+    return n_programs, triton.cdiv(n_blocks, n_programs)
 
 
 class _CrossTail(torch.autograd.Function):
@@ -123,8 +157,8 @@ class _CrossTail(torch.autograd.Function):
         n_rows = x0_2d.shape[0]
         out = torch.empty((n_rows, n_cols), dtype=common_dtype(x0, projected, bias, residual), device=x0.device)
         n_elements = n_rows * n_cols
-        _cross_forward_kernel[(triton.cdiv(n_elements, 2048),)](x0_2d, proj_2d, bias_c, resid_2d, out, n_elements,
-                                                               n_cols, BLOCK=2048, num_warps=8)
+        _cross_forward_kernel[(triton.cdiv(n_elements, _BLOCK),)](
+            x0_2d, proj_2d, bias_c, resid_2d, out, n_elements, n_cols, **_flat_launch(n_cols), num_warps=8)
         ctx.save_for_backward(x0_2d, proj_2d, bias_c)
         ctx.shape = x0.shape
         ctx.residual_dtype = residual.dtype
@@ -137,12 +171,12 @@ class _CrossTail(torch.autograd.Function):
         grad_2d = rows_view(grad_out, n_cols)
         dx0 = torch.empty_like(x0_2d)
         dproj = torch.empty_like(proj_2d)
-        row_steps = _row_steps(n_rows)
-        n_programs = triton.cdiv(n_rows, _BLOCK_M * row_steps)
-        dbias_partial = torch.empty((n_programs, n_cols), dtype=torch.float32, device=x0_2d.device)
-        grid = (n_programs, triton.cdiv(n_cols, _BLOCK_N))
-        _cross_backward_kernel[grid](grad_2d, x0_2d, proj_2d, bias, dx0, dproj, dbias_partial, n_rows, n_cols,
-                                     BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N, ROW_STEPS=row_steps, num_warps=4)
-        dbias = dbias_partial.sum(dim=0).to(bias.dtype)
+        n_elements = n_rows * n_cols
+        n_programs, n_steps = _backward_programs(n_elements, n_cols, x0_2d.device)
+        dbias_partial = torch.empty(n_programs * _BACKWARD_BLOCK, dtype=torch.float32, device=x0_2d.device)
+        _cross_backward_kernel[(n_programs,)](
+            grad_2d, x0_2d, proj_2d, bias, dx0, dproj, dbias_partial, n_elements, n_cols, n_steps,
+            **_flat_launch(n_cols, _BACKWARD_BLOCK), num_warps=2)
+        dbias = dbias_partial.view(-1, n_cols).sum(dim=0).to(bias.dtype)
         dresidual = grad_out.to(ctx.residual_dtype)
         return dx0.view(ctx.shape), dproj.view(ctx.shape), dbias, dresidual.view(ctx.shape)

@@ -84,28 +84,33 @@ if triton is not None:
 
     @triton.jit
     def _bag_forward_kernel(
-        weight_ptr, indices_ptr, offsets_ptr, out_ptr, dim,
-        MEAN: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+        weight_ptr, indices_ptr, offsets_ptr, out_ptr, n_bags, dim,
+        MEAN: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
-        bag = tl.program_id(0)
+        # BLOCK_B bags per program, BLOCK_L positions of each per step: a [bags, positions, dim] tile of
+        # independent row loads in flight (one program per short bag left the chip waiting on latency).
+        bags = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+        bag_mask = bags < n_bags
         cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         col_mask = cols < dim
-        start = tl.load(offsets_ptr + bag)
-        end = tl.load(offsets_ptr + bag + 1)
-        acc = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-        first = start
+        starts = tl.load(offsets_ptr + bags, mask=bag_mask, other=0)
+        lengths = tl.where(bag_mask, tl.load(offsets_ptr + bags + 1, mask=bag_mask, other=0) - starts, 0)
+        longest = tl.max(lengths, axis=0)
+        acc = tl.zeros((BLOCK_B, BLOCK_D), dtype=tl.float32)
+        first = 0
         # while, not for-range: Triton's interpreter cannot take a loaded scalar as a range bound.
-        while first < end:
-            positions = first + tl.arange(0, BLOCK_L)
-            in_bag = positions < end
-            rows = tl.load(indices_ptr + positions, mask=in_bag, other=0).to(tl.int64)
-            acc += tl.load(weight_ptr + rows[:, None] * dim + cols[None, :], mask=in_bag[:, None] & col_mask[None, :],
-                           other=0.0).to(tl.float32)
+        while first < longest:
+            steps = first + tl.arange(0, BLOCK_L)
+            in_bag = steps[None, :] < lengths[:, None]
+            rows = tl.load(indices_ptr + starts[:, None] + steps[None, :], mask=in_bag, other=0).to(tl.int64)
+            values = tl.load(weight_ptr + rows[:, :, None] * dim + cols[None, None, :],
+                             mask=in_bag[:, :, None] & col_mask[None, None, :], other=0.0)
+            acc += tl.sum(values.to(tl.float32), axis=1)
             first += BLOCK_L
-        pooled = tl.sum(acc, axis=0)
         if MEAN:
-            pooled = pooled / tl.maximum(end - start, 1).to(tl.float32)
-        tl.store(out_ptr + bag.to(tl.int64) * dim + cols, pooled.to(out_ptr.dtype.element_ty), mask=col_mask)
+            acc = acc / tl.maximum(lengths, 1).to(tl.float32)[:, None]
+        tl.store(out_ptr + bags.to(tl.int64)[:, None] * dim + cols[None, :], acc.to(out_ptr.dtype.element_ty),
+                 mask=bag_mask[:, None] & col_mask[None, :])
 
     @triton.jit
     def _gather_rows_kernel(weight_ptr, indices_ptr, out_ptr, n_indices, dim,
@@ -119,42 +124,95 @@ if triton is not None:
         tl.store(out_ptr + positions.to(tl.int64)[:, None] * dim + cols[None, :], values, mask=mask)
 
     @triton.jit
-    def _rowwise_adagrad_kernel(
-        sorted_rows_ptr, order_ptr, bag_of_ptr, bag_scale_ptr, grad_ptr, weight_ptr, momentum_ptr,
-        n_positions, dim, lr, eps,
-        BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+    def _segmented_add(value_a, start_a, value_b, start_b):
+        # Segmented sum: a segment start on the right drops everything to its left.
+        return tl.where(start_b != 0, value_b, value_a + value_b), start_a | start_b
+
+    @triton.jit
+    def _rowwise_adagrad_chunk_kernel(
+        sorted_rows_ptr, bag_end_ptr, offsets_ptr, grad_ptr, weight_ptr, momentum_ptr, head_partial_ptr,
+        tail_partial_ptr, n_positions, dim, lr, eps,
+        MEAN: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
-        # One program per position of the sorted indices; the first position of each run of equal
-        # rows owns that row: it sums the run's contributions in order, then applies the update.
-        p = tl.program_id(0)
-        row = tl.load(sorted_rows_ptr + p)
-        previous = tl.load(sorted_rows_ptr + tl.maximum(p - 1, 0))
-        if (p == 0) | (previous != row):
-            cols = tl.arange(0, BLOCK_D)
-            col_mask = cols < dim
-            acc = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-            first = p
-            run_continues = True
-            while run_continues:
-                positions = first + tl.arange(0, BLOCK_L)
-                valid = positions < n_positions
-                in_run = valid & (tl.load(sorted_rows_ptr + positions, mask=valid, other=-1) == row)
-                source = tl.load(order_ptr + positions, mask=in_run, other=0)
-                bag = tl.load(bag_of_ptr + source, mask=in_run, other=0).to(tl.int64)
-                scale = tl.load(bag_scale_ptr + bag, mask=in_run, other=0.0)
-                grad = tl.load(grad_ptr + bag[:, None] * dim + cols[None, :], mask=in_run[:, None] & col_mask[None, :],
-                               other=0.0).to(tl.float32)
-                acc += grad * scale[:, None]
-                first += BLOCK_L
-                # Runs are contiguous in sorted order: a chunk not wholly in the run is the last one.
-                run_continues = tl.sum(in_run.to(tl.int32), axis=0) == BLOCK_L
-            row_grad = tl.sum(acc, axis=0)
-            momentum = tl.load(momentum_ptr + row) + tl.sum(row_grad * row_grad, axis=0) / dim
-            tl.store(momentum_ptr + row, momentum)
-            weight_offsets = row.to(tl.int64) * dim + cols
-            weight = tl.load(weight_ptr + weight_offsets, mask=col_mask, other=0.0).to(tl.float32)
-            weight -= lr * row_grad / (tl.sqrt(momentum) + eps)
-            tl.store(weight_ptr + weight_offsets, weight.to(weight_ptr.dtype.element_ty), mask=col_mask)
+        # CHUNK sorted positions per program: their contributions g[bag(p)] are gathered at once and summed
+        # per run of equal rows by a segmented scan (a fixed order: deterministic). A run that starts and
+        # ends in the chunk is applied here. Of a run that crosses a chunk edge, this chunk writes its
+        # share: the chunk's first segment when the run began earlier (head partial), its last segment
+        # when the run began here and goes on (tail partial); _rowwise_adagrad_spill_kernel adds them up.
+        # bag_end[p] = (bag of sorted position p) + 1, from one searchsorted of the sort order.
+        chunk = tl.program_id(0)
+        local = tl.arange(0, CHUNK)
+        positions = chunk.to(tl.int64) * CHUNK + local
+        valid = positions < n_positions
+        row = tl.load(sorted_rows_ptr + positions, mask=valid, other=-1)
+        previous = tl.load(sorted_rows_ptr + positions - 1, mask=valid & (positions > 0), other=-1)
+        following = tl.load(sorted_rows_ptr + positions + 1, mask=positions + 1 < n_positions, other=-1)
+        run_head = valid & (previous != row)
+        run_end = valid & (following != row)
+        segment_start = run_head | (local == 0)
+        cols = tl.arange(0, BLOCK_D)
+        col_mask = cols < dim
+        bag = tl.load(bag_end_ptr + positions, mask=valid, other=1).to(tl.int64) - 1
+        values = tl.load(grad_ptr + bag[:, None] * dim + cols[None, :], mask=valid[:, None] & col_mask[None, :],
+                         other=0.0).to(tl.float32)
+        if MEAN:
+            length = tl.load(offsets_ptr + bag + 1, mask=valid, other=1) - tl.load(offsets_ptr + bag, mask=valid, other=0)
+            values = values / tl.maximum(length, 1).to(tl.float32)[:, None]
+        starts_2d = tl.broadcast_to(segment_start.to(tl.int32)[:, None], (CHUNK, BLOCK_D))
+        sums, _ = tl.associative_scan((values, starts_2d), 0, _segmented_add)
+        # Lanes of the chunk's first segment, and whether that segment began a run here.
+        in_first_segment = tl.cumsum(segment_start.to(tl.int32), axis=0) == 1
+        chunk_starts_run = tl.sum(tl.where(local == 0, run_head.to(tl.int32), 0), axis=0) > 0
+        began_here = ~in_first_segment | chunk_starts_run
+        last_lane = valid & ((local == CHUNK - 1) | (positions == n_positions - 1))
+        complete = run_end & began_here
+        momentum = tl.load(momentum_ptr + row, mask=complete, other=0.0) + tl.sum(sums * sums, axis=1) / dim
+        tl.store(momentum_ptr + row, momentum, mask=complete)
+        weight_offsets = row.to(tl.int64)[:, None] * dim + cols[None, :]
+        update = complete[:, None] & col_mask[None, :]
+        weight = tl.load(weight_ptr + weight_offsets, mask=update, other=0.0).to(tl.float32)
+        weight -= lr * sums / (tl.sqrt(momentum) + eps)[:, None]
+        tl.store(weight_ptr + weight_offsets, weight.to(weight_ptr.dtype.element_ty), mask=update)
+        partial_offsets = chunk.to(tl.int64) * dim + cols[None, :]
+        head_lane = in_first_segment & ~chunk_starts_run & (run_end | last_lane)
+        tl.store(head_partial_ptr + partial_offsets + 0 * local[:, None], sums,
+                 mask=head_lane[:, None] & col_mask[None, :])
+        tail_lane = last_lane & ~run_end & began_here
+        tl.store(tail_partial_ptr + partial_offsets + 0 * local[:, None], sums,
+                 mask=tail_lane[:, None] & col_mask[None, :])
+
+    @triton.jit
+    def _rowwise_adagrad_spill_kernel(
+        sorted_rows_ptr, weight_ptr, momentum_ptr, head_partial_ptr, tail_partial_ptr, n_positions, dim, lr, eps,
+        CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):
+        # Chunk c owns the run that begins in it and goes past its end: its tail partial, plus the head
+        # partial of every following chunk the run reaches, in order.
+        chunk = tl.program_id(0)
+        last = (chunk.to(tl.int64) + 1) * CHUNK - 1
+        if last + 1 < n_positions:
+            row = tl.load(sorted_rows_ptr + last)
+            before = tl.load(sorted_rows_ptr + tl.maximum(chunk.to(tl.int64) * CHUNK - 1, 0))
+            began_here = (chunk == 0) | (before != row)
+            if began_here & (tl.load(sorted_rows_ptr + last + 1) == row):
+                cols = tl.arange(0, BLOCK_D)
+                col_mask = cols < dim
+                row_grad = tl.load(tail_partial_ptr + chunk.to(tl.int64) * dim + cols, mask=col_mask, other=0.0)
+                following = chunk.to(tl.int64) + 1
+                goes_on = True
+                while goes_on:
+                    row_grad += tl.load(head_partial_ptr + following * dim + cols, mask=col_mask, other=0.0)
+                    next_first = (following + 1) * CHUNK
+                    goes_on = next_first < n_positions
+                    if goes_on:
+                        goes_on = tl.load(sorted_rows_ptr + next_first) == row
+                    following += 1
+                momentum = tl.load(momentum_ptr + row) + tl.sum(row_grad * row_grad, axis=0) / dim
+                tl.store(momentum_ptr + row, momentum)
+                weight_offsets = row.to(tl.int64) * dim + cols
+                weight = tl.load(weight_ptr + weight_offsets, mask=col_mask, other=0.0).to(tl.float32)
+                weight -= lr * row_grad / (tl.sqrt(momentum) + eps)
+                tl.store(weight_ptr + weight_offsets, weight.to(weight_ptr.dtype.element_ty), mask=col_mask)
 
 
 def _embedding_bag_triton(weight, indices, offsets, mode, single=False):
@@ -169,26 +227,42 @@ def _embedding_bag_triton(weight, indices, offsets, mode, single=False):
                                                             BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4)
         return out
     mean_length = max(1, indices.numel() // n_bags)
-    block_l = min(16, max(2, next_power_of_2(mean_length)))
+    block_l = min(16, next_power_of_2(mean_length))
     block_d = min(256, max(16, next_power_of_2(dim)))
-    grid = (n_bags, triton.cdiv(dim, block_d))
-    _bag_forward_kernel[grid](weight, indices, offsets, out, dim, MEAN=mode == "mean", BLOCK_L=block_l,
-                              BLOCK_D=block_d, num_warps=1 if block_d * block_l <= 512 else 4)
+    block_b = max(1, 4096 // (block_l * block_d))  # ~4096 row values in flight per program
+    grid = (triton.cdiv(n_bags, block_b), triton.cdiv(dim, block_d))
+    _bag_forward_kernel[grid](weight, indices, offsets, out, n_bags, dim, MEAN=mode == "mean", BLOCK_B=block_b,
+                              BLOCK_L=block_l, BLOCK_D=block_d, num_warps=8)
     return out
+
+
+# Contribution values gathered per program of the backward (chunk of sorted positions x padded dim).
+_CHUNK_VALUES = 8192
 
 
 def _rowwise_adagrad_triton(weight, momentum, indices, offsets, grad_output, mode, lr, eps):
     n_positions, dim = indices.numel(), weight.shape[1]
     if n_positions == 0:
         return
-    sorted_rows, order = torch.sort(indices, stable=True)
-    bag_of = _bag_of_positions(offsets, n_positions)
-    bag_scale = _bag_scale(offsets, mode)
+    keys = indices.to(torch.int32) if weight.shape[0] < 2**31 else indices  # 32-bit keys: half the radix passes
+    sorted_rows, order = torch.sort(keys, stable=True)
+    # The bag of each sorted position, plus one (searchsorted's right edge; the kernel subtracts it).
+    bag_end = torch.searchsorted(offsets, order.to(offsets.dtype), right=True)
     block_d = max(16, next_power_of_2(dim))
-    _rowwise_adagrad_kernel[(n_positions,)](
-        sorted_rows, order, bag_of, bag_scale, grad_output.contiguous(), weight, momentum,
-        n_positions, dim, float(lr), float(eps), BLOCK_L=4, BLOCK_D=block_d, num_warps=1 if block_d <= 128 else 4,
+    chunk = max(16, _CHUNK_VALUES // block_d)
+    n_chunks = triton.cdiv(n_positions, chunk)
+    head_partial = torch.empty((n_chunks, dim), dtype=torch.float32, device=weight.device)
+    tail_partial = torch.empty((n_chunks, dim), dtype=torch.float32, device=weight.device)
+    grad = grad_output.contiguous()
+    _rowwise_adagrad_chunk_kernel[(n_chunks,)](
+        sorted_rows, bag_end, offsets, grad, weight, momentum, head_partial, tail_partial,
+        n_positions, dim, float(lr), float(eps), MEAN=mode == "mean", CHUNK=chunk, BLOCK_D=block_d, num_warps=4,
     )
+    if n_chunks > 1:
+        _rowwise_adagrad_spill_kernel[(n_chunks - 1,)](
+            sorted_rows, weight, momentum, head_partial, tail_partial, n_positions, dim, float(lr), float(eps),
+            CHUNK=chunk, BLOCK_D=block_d, num_warps=1,
+        )
 
 
 class _FusedEmbeddingBagFunction(torch.autograd.Function):

@@ -12,7 +12,8 @@ passes ids_sorted=True), so each segment's rows are summed in row order by one p
 result is deterministic (no atomics), unlike index_add_ on CUDA. Segments with no rows give 0.
 Arithmetic is float32; the outputs take the features' (values') dtype.
 
-Gradients: d values_i = G_{ids_i};  d x_i = w_i (G_s + G_s^T) x_i;  d w_i = x_i^T G_s x_i.
+Gradients: d values_i = G_{ids_i};  d x_i = w_i (G_s + G_s^T) x_i;  d w_i = x_i^T G_s x_i. The outer
+sum's backward walks the forward's sorted layout, one program per segment, so each G_s is read once.
 """
 
 from __future__ import annotations
@@ -41,13 +42,17 @@ def segment_outer_sum_reference(
     return out.to(features.dtype)
 
 
-def _check_ids(segment_ids: torch.Tensor, n_rows: int, num_segments: int) -> None:
+def _check_ids(segment_ids: torch.Tensor, n_rows: int) -> None:
     if segment_ids.dtype not in (torch.int32, torch.int64) or segment_ids.shape != (n_rows,):
         raise ValueError(f"segment_ids must be int32/int64 of shape ({n_rows},), got {segment_ids.dtype} "
                          f"{tuple(segment_ids.shape)}")
-    if n_rows and (int(segment_ids.min()) < 0 or int(segment_ids.max()) >= num_segments):
-        raise ValueError(f"segment_ids must lie in [0, {num_segments}); got "
-                         f"[{int(segment_ids.min())}, {int(segment_ids.max())}]")
+
+
+def _check_id_range(segment_ids: torch.Tensor, num_segments: int) -> None:
+    if segment_ids.numel():
+        low, high = (int(v) for v in torch.aminmax(segment_ids))  # one host sync, not two
+        if low < 0 or high >= num_segments:
+            raise ValueError(f"segment_ids must lie in [0, {num_segments}); got [{low}, {high}]")
 
 
 def segment_sum(
@@ -57,10 +62,13 @@ def segment_sum(
     check_float("values", values)
     if values.dim() != 2:
         raise ValueError(f"segment_sum: values must be [N, d], got {tuple(values.shape)}")
-    _check_ids(segment_ids, values.shape[0], num_segments)
+    _check_ids(segment_ids, values.shape[0])
     if not use_triton(values, segment_ids):
+        _check_id_range(segment_ids, num_segments)
         return segment_sum_reference(values, segment_ids, num_segments)
-    return _SegmentSum.apply(values, segment_ids, num_segments, ids_sorted)
+    out = _SegmentSum.apply(values, segment_ids, num_segments, ids_sorted)
+    _check_id_range(segment_ids, num_segments)  # see segment_outer_sum
+    return out
 
 
 def segment_outer_sum(
@@ -73,20 +81,27 @@ def segment_outer_sum(
     if features.dim() != 2 or weights.shape != (features.shape[0],):
         raise ValueError(f"segment_outer_sum: features must be [N, d] and weights [N], got "
                          f"{tuple(features.shape)} and {tuple(weights.shape)}")
-    _check_ids(segment_ids, features.shape[0], num_segments)
+    _check_ids(segment_ids, features.shape[0])
     if not use_triton(features, weights, segment_ids):
+        _check_id_range(segment_ids, num_segments)
         return segment_outer_sum_reference(features, weights, segment_ids, num_segments)
-    return _SegmentOuterSum.apply(features, weights, segment_ids, num_segments, ids_sorted)
+    out = _SegmentOuterSum.apply(features, weights, segment_ids, num_segments, ids_sorted)
+    # Checked once the kernels are queued, so the host sync overlaps them. Rows with an id outside
+    # [0, S) fall outside every segment's range of the sorted layout: the kernels never index with it.
+    _check_id_range(segment_ids, num_segments)
+    return out
 
 
 def _segment_layout(segment_ids: torch.Tensor, num_segments: int, ids_sorted: bool):
     """(row order, CSR starts [S+1]): rows order[starts[s]:starts[s+1]] belong to segment s."""
-    ids = segment_ids.long()
+    ids = segment_ids
+    if num_segments < 2**31 - 1:  # 32-bit keys: half the radix passes of a 64-bit sort
+        ids = ids.to(torch.int32)
     if ids_sorted:
         order, sorted_ids = None, ids
     else:
         sorted_ids, order = torch.sort(ids, stable=True)
-    boundaries = torch.arange(num_segments + 1, device=ids.device)
+    boundaries = torch.arange(num_segments + 1, device=ids.device, dtype=ids.dtype)
     starts = torch.searchsorted(sorted_ids, boundaries)
     return order, starts
 
@@ -155,42 +170,64 @@ if triton is not None:
 
     @triton.jit
     def _segment_outer_backward_kernel(
-        grad_ptr, features_ptr, weights_ptr, ids_ptr, dfeatures_ptr, dweights_partial_ptr, n_rows, n_cols,
-        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        grad_ptr, features_ptr, weights_ptr, order_ptr, starts_ptr, dfeatures_ptr, dweights_partial_ptr,
+        n_rows, n_cols, HAS_ORDER: tl.constexpr, ONE_BLOCK: tl.constexpr, BLOCK_R: tl.constexpr,
+        BLOCK_D: tl.constexpr,
     ):
-        # Program (row block, output column block i): (G + G^T) x restricted to columns i, summed over j blocks.
-        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        # Program (segment s, output column block i), over the segment's rows in the sorted layout: G_s is
+        # read once per segment (not once per row), H = G_s + G_s^T, and for each row
+        #   (d x)_i = w (x H)_i,   d w = x^T G_s x = 1/2 x^T H x  (this column block's share).
+        segment = tl.program_id(0)
         block_i = tl.program_id(1)
         cols_i = block_i * BLOCK_D + tl.arange(0, BLOCK_D)
-        row_mask = rows < n_rows
         mask_i = cols_i < n_cols
-        segments = tl.load(ids_ptr + rows, mask=row_mask, other=0).to(tl.int64)
-        grad_base = segments[:, None, None] * n_cols * n_cols
-        x_i = tl.load(features_ptr + rows.to(tl.int64)[:, None] * n_cols + cols_i[None, :],
-                      mask=row_mask[:, None] & mask_i[None, :], other=0.0).to(tl.float32)
-        gx = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)   # (G x)_i
-        gtx = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)  # (G^T x)_i
-        first_j = 0
-        while first_j < n_cols:  # while, not range: see _segment_sum_kernel
-            cols_j = first_j + tl.arange(0, BLOCK_D)
-            mask_j = cols_j < n_cols
-            x_j = tl.load(features_ptr + rows.to(tl.int64)[:, None] * n_cols + cols_j[None, :],
-                          mask=row_mask[:, None] & mask_j[None, :], other=0.0).to(tl.float32)
-            tile_mask = row_mask[:, None, None] & mask_i[None, :, None] & mask_j[None, None, :]
-            g_ij = tl.load(grad_ptr + grad_base + cols_i[None, :, None] * n_cols + cols_j[None, None, :],
-                           mask=tile_mask, other=0.0).to(tl.float32)
-            g_ji = tl.load(grad_ptr + grad_base + cols_j[None, None, :] * n_cols + cols_i[None, :, None],
-                           mask=tile_mask, other=0.0).to(tl.float32)
-            gx += tl.sum(g_ij * x_j[:, None, :], axis=2)
-            gtx += tl.sum(g_ji * x_j[:, None, :], axis=2)
-            first_j += BLOCK_D
-        w = tl.load(weights_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
-        dx = w[:, None] * (gx + gtx)
-        tl.store(dfeatures_ptr + rows.to(tl.int64)[:, None] * n_cols + cols_i[None, :],
-                 dx.to(dfeatures_ptr.dtype.element_ty), mask=row_mask[:, None] & mask_i[None, :])
-        # x^T G x, this column block's share; the blocks are summed in a fixed order afterwards.
-        tl.store(dweights_partial_ptr + block_i.to(tl.int64) * n_rows + rows, tl.sum(x_i * gx, axis=1),
-                 mask=row_mask)
+        grad_base = grad_ptr + segment.to(tl.int64) * n_cols * n_cols
+        start = tl.load(starts_ptr + segment)
+        end = tl.load(starts_ptr + segment + 1)
+        if ONE_BLOCK:  # d fits one tile: H once per segment, in registers
+            h_tile = (tl.load(grad_base + cols_i[:, None] * n_cols + cols_i[None, :],
+                              mask=mask_i[:, None] & mask_i[None, :], other=0.0).to(tl.float32)
+                      + tl.load(grad_base + cols_i[None, :] * n_cols + cols_i[:, None],
+                                mask=mask_i[:, None] & mask_i[None, :], other=0.0).to(tl.float32))
+        first = start
+        # while, not for-range: Triton's interpreter cannot take a loaded scalar as a range bound.
+        while first < end:
+            positions = first + tl.arange(0, BLOCK_R)
+            row_mask = positions < end
+            rows = tl.load(order_ptr + positions, mask=row_mask, other=0) if HAS_ORDER else positions
+            row_offsets = rows.to(tl.int64)[:, None] * n_cols
+            x_i = tl.load(features_ptr + row_offsets + cols_i[None, :], mask=row_mask[:, None] & mask_i[None, :],
+                          other=0.0).to(tl.float32)
+            if ONE_BLOCK:
+                xh = tl.dot(x_i, h_tile, input_precision="ieee")  # IEEE: tf32 costs ~1e-3 on a Hessian
+            else:
+                xh = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float32)
+                first_j = 0
+                while first_j < n_cols:
+                    cols_j = first_j + tl.arange(0, BLOCK_D)
+                    mask_j = cols_j < n_cols
+                    x_j = tl.load(features_ptr + row_offsets + cols_j[None, :],
+                                  mask=row_mask[:, None] & mask_j[None, :], other=0.0).to(tl.float32)
+                    tile_mask = mask_j[:, None] & mask_i[None, :]
+                    h_ji = (tl.load(grad_base + cols_j[:, None] * n_cols + cols_i[None, :], mask=tile_mask,
+                                    other=0.0).to(tl.float32)
+                            + tl.load(grad_base + cols_i[None, :] * n_cols + cols_j[:, None], mask=tile_mask,
+                                      other=0.0).to(tl.float32))
+                    xh += tl.dot(x_j, h_ji, input_precision="ieee")
+                    first_j += BLOCK_D
+            w = tl.load(weights_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
+            tl.store(dfeatures_ptr + row_offsets + cols_i[None, :], (w[:, None] * xh).to(dfeatures_ptr.dtype.element_ty),
+                     mask=row_mask[:, None] & mask_i[None, :])
+            # The column blocks' shares are summed in a fixed order afterwards.
+            tl.store(dweights_partial_ptr + block_i.to(tl.int64) * n_rows + rows, 0.5 * tl.sum(x_i * xh, axis=1),
+                     mask=row_mask)
+            first += BLOCK_R
+
+
+# One program per segment (and column block): segments are small, so many programs must be resident at
+# once to hide each one's chain of dependent loads (starts -> row order -> rows).
+_OUTER_WARPS = 4
+_OUTER_BLOCK_R = 16
 
 
 def _block_d(n_cols: int, cap: int) -> int:
@@ -229,25 +266,29 @@ class _SegmentOuterSum(torch.autograd.Function):
         n_blocks = triton.cdiv(n_cols, block_d)
         _segment_outer_kernel[(num_segments, n_blocks, n_blocks)](
             features_c, weights_c, order if order is not None else starts, starts, out, n_cols,
-            HAS_ORDER=order is not None, BLOCK_R=16, BLOCK_D=block_d, num_warps=4,
+            HAS_ORDER=order is not None, BLOCK_R=_OUTER_BLOCK_R, BLOCK_D=block_d, num_warps=_OUTER_WARPS,
         )
-        ctx.save_for_backward(features_c, weights_c, segment_ids.contiguous())
+        # The backward reuses the sorted layout: no second sort.
+        ctx.save_for_backward(features_c, weights_c, order if order is not None else starts, starts)
+        ctx.has_order = order is not None
         ctx.weights_dtype = weights.dtype
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        features, weights, segment_ids = ctx.saved_tensors
+        features, weights, order, starts = ctx.saved_tensors
         n_rows, n_cols = features.shape
+        num_segments = starts.numel() - 1
         grad = grad_out.contiguous()
-        block_d = _block_d(n_cols, 32)
-        block_n = 16
+        block_d = _block_d(n_cols, 64)
         n_blocks = triton.cdiv(n_cols, block_d)
         dfeatures = torch.empty_like(features)
         dweights_partial = torch.empty((n_blocks, n_rows), dtype=torch.float32, device=features.device)
-        _segment_outer_backward_kernel[(triton.cdiv(n_rows, block_n), n_blocks)](
-            grad, features, weights, segment_ids, dfeatures, dweights_partial, n_rows, n_cols,
-            BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4,
-        )
-        dweights = dweights_partial.sum(dim=0).to(ctx.weights_dtype)
+        if n_rows:
+            _segment_outer_backward_kernel[(num_segments, n_blocks)](
+                grad, features, weights, order, starts, dfeatures, dweights_partial, n_rows, n_cols,
+                HAS_ORDER=ctx.has_order, ONE_BLOCK=n_blocks == 1, BLOCK_R=_OUTER_BLOCK_R, BLOCK_D=block_d,
+                num_warps=_OUTER_WARPS,
+            )
+        dweights = (dweights_partial[0] if n_blocks == 1 else dweights_partial.sum(dim=0)).to(ctx.weights_dtype)
         return dfeatures, dweights, None, None, None

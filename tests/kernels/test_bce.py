@@ -6,7 +6,8 @@ from kernel_testing import TOLERANCE, relative_error, sizes
 
 from kernels.bce import bce_reference, bce_with_logits
 
-N = sizes(cpu=[1, 9001], gpu=[1, 8191, 64 * 1024 * 1024 + 7])
+# 20483: six 4096-blocks over the interpreter's four persistent programs (two loop, two idle at the end).
+N = sizes(cpu=[1, 9001, 20483], gpu=[1, 8191, 64 * 1024 * 1024 + 7])
 
 
 @pytest.mark.parametrize("n", N)
@@ -16,10 +17,12 @@ def test_loss_and_gradient_match_reference(n, dtype, weighted, device, triton_ba
     logits = (4 * torch.randn(n, device=device)).to(dtype).requires_grad_()
     labels = torch.randint(0, 2, (n,), device=device).float()
     weights = torch.rand(n, device=device) + 0.1 if weighted else None
-    logits_ref = logits.detach().clone().requires_grad_()
+    # The reference in float64: PyTorch's float32 BCE loses ~1e-4 relative to log(1 + e^-|z|) rounding
+    # when one large |z| dominates a small loss (n = 1), more than the kernel's own error.
+    logits_ref = logits.detach().double().requires_grad_()
     loss = bce_with_logits(logits, labels, weights)
     loss.backward()
-    expected = bce_reference(logits_ref, labels, weights)
+    expected = bce_reference(logits_ref, labels, None if weights is None else weights.double())
     expected.backward()
     assert loss.dtype == torch.float32
     assert relative_error(loss, expected) < TOLERANCE[dtype]

@@ -6,7 +6,9 @@ from kernel_testing import TOLERANCE, relative_error, sizes
 
 from kernels.cross import cross_reference, cross_tail
 
-SHAPES = sizes(cpu=[(37, 53), (3, 5, 129)], gpu=[(8191, 1677), (1000, 3, 257)])
+# Widths: odd; narrow (many rows per flat block, modulo path); 520 and 1677 (a block crosses a few row ends;
+# 520 = 8 * 65 gives 65 backward programs, each looping over several blocks under the interpreter).
+SHAPES = sizes(cpu=[(37, 53), (3, 5, 129), (300, 520)], gpu=[(8191, 1677), (1000, 3, 257), (4099, 4099)])
 
 
 def _inputs(shape, dtype, device, projected_dtype=None):
@@ -41,8 +43,12 @@ def test_mixed_precision_under_autocast_promotes_and_keeps_each_grad_dtype(devic
     assert out.dtype == torch.float32
     out.sum().backward()
     assert projected.grad.dtype == torch.bfloat16 and x0.grad.dtype == torch.float32
-    expected = cross_reference(x0.detach(), projected.detach(), bias.detach(), residual.detach())
+    refs = [t.detach().clone().requires_grad_() for t in (x0, projected, bias, residual)]
+    expected = cross_reference(*refs)
     assert relative_error(out, expected) < 1e-5
+    expected.sum().backward()
+    # float32 bias under a bf16 projection: its gradient is summed in float32, not from rounded d projected.
+    assert bias.grad.dtype == torch.float32 and relative_error(bias.grad, refs[2].grad) < 1e-5
 
 
 def test_bias_gradient_is_bitwise_deterministic(device, triton_backend):

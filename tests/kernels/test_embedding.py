@@ -118,3 +118,24 @@ def test_bags_of_one_without_offsets_gather_rows_and_update_like_csr_bags(dtype,
         out.backward(grad)
         csr(indices, offsets).backward(grad)
     assert torch.equal(single.weight, csr.weight) and torch.equal(single.momentum, csr.momentum)
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+def test_runs_longer_than_a_chunk_are_summed_across_chunks(mode, device, monkeypatch):
+    # 16 sorted positions per backward program and three hot rows: runs cross several chunk edges.
+    from kernels import embedding
+
+    monkeypatch.setattr(embedding, "_CHUNK_VALUES", 16 * 16)
+    num_rows, dim, n_bags = 7, 13, sizes(cpu=40, gpu=4000)
+    lengths = torch.randint(1, 9, (n_bags,), device=device)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long, device=device), lengths.cumsum(0)])
+    indices = torch.randint(2, 5, (int(offsets[-1]),), device=device)
+    module = _module(num_rows, dim, mode, torch.float32, device, "triton")
+    weight_before, momentum_ref = module.weight.clone(), module.momentum.clone()
+    weight_ref = weight_before.clone()
+    grad = torch.randn(n_bags, dim, device=device)
+    with dispatch.backend("triton"):
+        module(indices, offsets).backward(grad)
+    rowwise_adagrad_reference(weight_ref, momentum_ref, indices, offsets, grad, mode, LR, EPS)
+    assert relative_error(module.momentum, momentum_ref) < 1e-5
+    assert relative_error(module.weight - weight_before, weight_ref - weight_before) < 1e-5
