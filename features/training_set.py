@@ -6,6 +6,24 @@ joins an event at ts only when d+1 00:00 <= ts, i.e. d <= D-1. An event never se
 so its own label cannot leak into its features. `features.assemble.assemble_rows` then computes the model
 inputs, exactly as the service does online.
 
+Feast's file offline store (feast/infra/offline_stores/dask.py, 0.67) loses entity rows in two ways, so the
+entity frame is shaped to give it no chance to:
+- `_filter_ttl` runs after a left merge of the entity rows with every feature row of their key and keeps only
+  feature rows stamped <= the event; an entity whose rows are all stamped later (a member or job that first
+  appears on D or after) has nothing left, and its entity row disappears instead of getting nulls. A day
+  rebuilt once later days exist therefore lost the events of new members and jobs (1,952 of 2,000 rows on
+  the tiny marketplace). Rows Feast drops are exactly the keys with no feature row at or before the event,
+  so they are joined back with null features.
+- `_drop_duplicates` keeps one row per (join keys seen so far, event_timestamp): two events of one member at
+  one instant (different jobs) would collapse once the member view is joined.
+Hence one call per view with the distinct (join key, event_timestamp) pairs of D, each tagged with a row
+number that Feast carries through, joined back onto the events by that number.
+
+A view joins only when it has a partition of a day before D (partition dt=d is stamped d+1 00:00, so only
+those can match an event of D); partitions of D and later days never change D's rows or columns, which keeps
+a rebuilt day byte-identical to its first build (meta_embedding, written by personalisation after later
+days, included).
+
 Written (validated first) to features/training_set/dt=D/part-0.parquet and features/training_set/spec.json.
 """
 
@@ -27,10 +45,20 @@ from rankflow.paths import atomic_directory, atomic_write_bytes
 TABLE = "training_set"
 SOURCE_VIEWS = (MEMBER_TABLE, JOB_TABLE, AFFINITY_TABLE)
 OPTIONAL_VIEWS = ("meta_embedding",)  # joined once personalisation has written it
+ENTITY_ROW = "__entity_row"  # numbers the entity rows handed to Feast
 
 
-def _has_data(settings: Settings, view: str) -> bool:
-    return any(settings.paths.feature_table(view).glob(f"dt=*/{PART_FILE}"))
+def _has_data_before(settings: Settings, view: str, day: date) -> bool:
+    """Whether `view` has a partition of a day before `day` (the only ones an event of `day` can join)."""
+    prefix = "dt="
+    for part in settings.paths.feature_table(view).glob(f"{prefix}*/{PART_FILE}"):
+        try:
+            partition_day = date.fromisoformat(part.parent.name[len(prefix):])
+        except ValueError as error:
+            raise ValueError(f"{part.parent}: partition folder must be named dt=YYYY-MM-DD") from error
+        if partition_day < day:
+            return True
+    return False
 
 
 def feature_roles(store, views: tuple[str, ...]) -> dict[str, list[str]]:
@@ -51,26 +79,40 @@ def feature_roles(store, views: tuple[str, ...]) -> dict[str, list[str]]:
     return roles
 
 
+def _point_in_time(store, view: str, key: str, events: pd.DataFrame) -> pd.DataFrame:
+    """One view's features for every event, by Feast's point-in-time join over the distinct (key, ts) pairs."""
+    pairs = events[[key, "ts"]].drop_duplicates(ignore_index=True)
+    entity_df = pd.DataFrame({ENTITY_ROW: range(len(pairs)), key: pairs[key], "event_timestamp": pairs["ts"]})
+    refs = [f"{view}:{field.name}" for field in store.get_feature_view(view).features]
+    joined = store.get_historical_features(entity_df=entity_df, features=refs).to_df()
+    features = [ref.split(":", 1)[1] for ref in refs]
+    if joined[ENTITY_ROW].duplicated().any() or not joined[ENTITY_ROW].isin(entity_df[ENTITY_ROW]).all():
+        raise RuntimeError(f"feast get_historical_features({view}): expected at most one row per entity row")
+    # Entity rows Feast dropped (no feature row at or before the event) come back with null features.
+    joined = pairs.assign(**{ENTITY_ROW: entity_df[ENTITY_ROW]}).merge(
+        joined[[ENTITY_ROW, *features]], on=ENTITY_ROW, how="left", validate="one_to_one")
+    return events[[key, "ts"]].merge(joined.drop(columns=ENTITY_ROW), on=[key, "ts"], how="left",
+                                     validate="many_to_one")[features]
+
+
 def historical_rows(settings: Settings, day: date) -> pd.DataFrame:
     """D's events joined point-in-time with the feature views (raw Feast output, before assembly).
 
-    A view with no partition at all yet (the first day) contributes null columns: every entity is cold.
+    A view with no partition before D (the first day) contributes null columns: every entity is cold.
     """
     store = feature_store(settings)
     events = read_raw(settings.paths, "events", day=day)
-    entity_df = events.assign(event_timestamp=events["ts"])
-    views = [*SOURCE_VIEWS, *(v for v in OPTIONAL_VIEWS if _has_data(settings, v))]
-    refs, empty = [], []
+    events = events.sort_values(["ts", "event_id"], kind="stable", ignore_index=True)
+    views = [*SOURCE_VIEWS, *(v for v in OPTIONAL_VIEWS if _has_data_before(settings, v, day))]
+    columns = {"event_timestamp": events["ts"]}
     for name in views:
-        fields = [field.name for field in store.get_feature_view(name).features]
-        if _has_data(settings, name):
-            refs += [f"{name}:{field}" for field in fields]
+        view = store.get_feature_view(name)
+        if _has_data_before(settings, name, day):
+            key, = view.join_keys
+            columns |= _point_in_time(store, name, key, events).to_dict("series")
         else:
-            empty += fields
-    joined = store.get_historical_features(entity_df=entity_df, features=refs).to_df() if refs else entity_df
-    joined = joined.assign(**{column: None for column in empty})
-    # The offline store may reorder rows: restore the raw contract's (ts, event_id) order.
-    return joined.sort_values(["ts", "event_id"], kind="stable").reset_index(drop=True)
+            columns |= {field.name: None for field in view.features}
+    return events.assign(**columns)
 
 
 def build_training_set(settings: Settings, day: date) -> tuple[pd.DataFrame, dict]:

@@ -1,0 +1,166 @@
+"""The training set: one row per event of the day, the same bytes however often and whenever the day is built."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import date, timedelta
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from features import contract
+from features.spark.build import end_of_day
+from features.store import feature_store, write_offline_partition
+from features.training_set import SOURCE_VIEWS, build_training_set, historical_rows, write_training_set
+from rankflow.config import Settings
+from rankflow.paths import atomic_directory
+
+KEY_OF_VIEW = {"member_features": "member_id", "job_features": "item_id", "member_affinities": "member_id"}
+
+
+def _feature_value(dtype, entity: int, day: date):
+    """A value of the declared Feast type that names its entity and partition day (entity * 100 + day)."""
+    from feast.types import Array, Float32, Int64, String
+
+    stamp = entity * 100 + day.day
+    if dtype == Int64:
+        return stamp
+    if dtype == Float32:
+        return float(stamp) + 0.5
+    if dtype == String:
+        return f"v{stamp}"
+    if dtype == Array(String):
+        return [f"v{stamp}", "x"]
+    if dtype == Array(Float32):
+        return [float(stamp), 0.25]
+    raise AssertionError(f"no test value for {dtype}")
+
+
+def _planted_partition(store, view: str, ids, day: date) -> pd.DataFrame:
+    features = store.get_feature_view(view).features
+    stamp = pd.Timestamp(end_of_day(day)).as_unit("us")
+    frame = pd.DataFrame({KEY_OF_VIEW[view]: np.asarray(ids, np.int64)})
+    for field in features:
+        frame[field.name] = [_feature_value(field.dtype, int(i), day) for i in ids]
+    return frame.assign(event_timestamp=stamp, created_ts=stamp)
+
+
+@pytest.fixture()
+def planted(tmp_path, tiny_data_dir) -> tuple[Settings, date, pd.DataFrame, set[int], set[int]]:
+    """The tiny raw zone with hand-written feature partitions (no Spark): on day 1 only half of the members
+    and jobs of day 2's events have rows; on days 2 and 3 every one has. Two events of day 2 share their
+    member and instant (different jobs)."""
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data_dir, root)
+    settings = Settings(data_dir=root)
+    first, second, third = contract.raw_days(settings.paths)[:3]
+    part = settings.paths.raw_partition("events", second) / contract.PART_FILE
+    events = contract.read_raw(settings.paths, "events", day=second)
+    jobs_of_member = events.drop_duplicates(["member_id", "item_id"])
+    member = jobs_of_member["member_id"][jobs_of_member["member_id"].duplicated()].iloc[0]
+    pair = jobs_of_member.index[jobs_of_member["member_id"] == member][:2]
+    events.loc[pair[1], "ts"] = events.loc[pair[0], "ts"]  # same member, same instant, another job
+    events = events.sort_values(["ts", "event_id"], kind="stable", ignore_index=True)
+    table = pa.Table.from_pandas(events, schema=pq.read_schema(part), preserve_index=False)
+    with atomic_directory(part.parent) as staging:
+        contract.write_partition(staging, table)
+
+    store = feature_store(settings)
+    members, jobs = sorted(events["member_id"].unique()), sorted(events["item_id"].unique())
+    old_members, old_jobs = set(members[::2]), set(jobs[::2])
+    for view in SOURCE_VIEWS:
+        everyone = members if KEY_OF_VIEW[view] == "member_id" else jobs
+        veterans = old_members if KEY_OF_VIEW[view] == "member_id" else old_jobs
+        write_offline_partition(settings.paths, view, first, _planted_partition(store, view, sorted(veterans), first))
+        for day in (second, third):
+            write_offline_partition(settings.paths, view, day, _planted_partition(store, view, everyone, day))
+    return settings, second, events, old_members, old_jobs
+
+
+def test_every_event_gets_one_row_with_the_features_of_the_day_before(planted):
+    settings, day, events, old_members, old_jobs = planted
+    assert events.duplicated(["member_id", "ts"]).any(), "the planted twin events must share member and instant"
+    rows = historical_rows(settings, day)
+    assert len(rows) == len(events)
+    assert rows["event_id"].tolist() == events["event_id"].tolist()
+    first = day - timedelta(days=1)
+    for member, impressions in zip(rows["member_id"], rows["m_impressions_1d"]):
+        # A member with a day-1 row sees exactly it; a member whose rows all come later is cold (null).
+        if member in old_members:
+            assert impressions == member * 100 + first.day
+        else:
+            assert pd.isna(impressions)
+    for job, rate in zip(rows["item_id"], rows["j_rate_7d"]):
+        assert rate == job * 100 + first.day + 0.5 if job in old_jobs else pd.isna(rate)
+    assert set(events["member_id"]) - old_members, "some members must be new on day 2"
+
+
+def test_first_day_rebuilt_after_later_days_keeps_every_event_and_its_columns(planted):
+    settings, day, events, _, _ = planted
+    first = day - timedelta(days=1)
+    rows = historical_rows(settings, first)
+    assert len(rows) == len(contract.read_raw(settings.paths, "events", day=first))
+    assert rows["m_impressions_1d"].isna().all() and rows["j_rate_7d"].isna().all()
+
+
+@pytest.fixture(scope="module")
+def three_days(tmp_path_factory, tiny_data_dir) -> Settings:
+    """The tiny marketplace with days 1..3 built in order, as the features stage does (validation aside)."""
+    from features.spark.build import build_day
+    from features.spark.session import spark_session
+
+    root = tmp_path_factory.mktemp("three_days") / "data"
+    shutil.copytree(tiny_data_dir, root)
+    settings = Settings(data_dir=root)
+    for day in contract.raw_days(settings.paths)[:3]:
+        built = build_day(spark_session(settings), settings.paths, day)
+        training, spec = build_training_set(settings, day)
+        for table, frame in built.tables.items():
+            write_offline_partition(settings.paths, table, day, frame)
+        write_training_set(settings, day, training, spec)
+    return settings
+
+
+def _training_bytes(settings: Settings, day: date) -> bytes:
+    return (settings.paths.feature_partition("training_set", day) / contract.PART_FILE).read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)  # the fixture builds three Spark days: 5-15 min on the shared 2-core box
+@pytest.mark.parametrize("index", [1, 0])
+def test_rebuilding_a_day_after_later_days_gives_the_same_training_set(three_days, index):
+    settings = three_days
+    day = contract.raw_days(settings.paths)[index]
+    first_build = _training_bytes(settings, day)
+    events = contract.read_raw(settings.paths, "events", day=day)
+    rebuilt, spec = build_training_set(settings, day)
+    assert len(rebuilt) == len(events)
+    assert sorted(rebuilt["event_id"]) == sorted(events["event_id"])
+    write_training_set(settings, day, rebuilt, spec)
+    assert _training_bytes(settings, day) == first_build
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_meta_embeddings_written_later_leave_an_earlier_day_unchanged(three_days, tmp_path):
+    """Personalisation writes meta_embedding/dt=D after D is built: D's rebuild must not grow the column,
+    the next day's build must join it."""
+    root = tmp_path / "data"
+    shutil.copytree(three_days.paths.root, root)
+    settings = Settings(data_dir=root)
+    second, third = contract.raw_days(settings.paths)[1:3]
+    members = contract.read_raw(settings.paths, "events", day=third)["member_id"].unique()
+    stamp = pd.Timestamp(end_of_day(second)).as_unit("us")
+    embeddings = pd.DataFrame({"member_id": members.astype(np.int64),
+                               "meta_embedding": [np.array([m, 1.0], np.float32) for m in members]})
+    write_offline_partition(settings.paths, "meta_embedding", second,
+                            embeddings.assign(event_timestamp=stamp, created_ts=stamp))
+    first_build = _training_bytes(settings, second)
+    rebuilt, spec = build_training_set(settings, second)
+    write_training_set(settings, second, rebuilt, spec)
+    assert _training_bytes(settings, second) == first_build
+    later, _ = build_training_set(settings, third)
+    assert [float(v[0]) for v in later["meta_embedding"]] == later["member_id"].astype(float).tolist()
