@@ -141,6 +141,9 @@ def evaluate_model(settings: Settings, model, days: list[date], train_days: list
     spec = data.read_spec(training_set)
     rows = data.load_rows(data.day_files(training_set, days), spec, model.config)
     logits = predict_logits(model, rows)
+    blind = None
+    if rows.position is not None and getattr(model, "position", None) is not None:
+        blind = predict_logits(model, replace(rows, position=None)).numpy()
     probabilities = model.calibration(logits.to(model.calibration.knots.device)).cpu()
     truth = None
     if rows.event_id is not None:
@@ -153,7 +156,7 @@ def evaluate_model(settings: Settings, model, days: list[date], train_days: list
     warm_members = np.unique(data.read_column(data.day_files(training_set, train_days), spec["member"]))
     return evaluate_predictions(
         logits.numpy(), probabilities.numpy(), rows.label.numpy(), rows.weight.numpy(),
-        rows.member_id.numpy(), warm_members, truth,
+        rows.member_id.numpy(), warm_members, truth, logits_without_position=blind,
     )
 
 
@@ -269,7 +272,8 @@ def _architecture(config, overrides: dict[str, Any] | None) -> dict[str, Any]:
     """The architecture fields of `config` (so a spec-built config can be compared with it)."""
     from training.ranker.model import RankerConfig
 
-    inputs = {"sparse_features", "sparse_buckets", "bag_features", "bag_buckets", "dense_features", "vector_features"}
+    inputs = {"sparse_features", "sparse_buckets", "bag_features", "bag_buckets", "dense_features", "vector_features",
+              "position_feature"}
     values = {k: v for k, v in config.to_dict().items() if k not in inputs}
     values.update(overrides or {})
     values["id_buckets"] = config.sparse_buckets[0]

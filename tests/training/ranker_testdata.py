@@ -2,7 +2,9 @@
 ranker tests so they do not depend on Spark: features/training_set/dt=D/part-0.parquet + spec.json.
 
 The click probability has a known logit: member and job biases, an industry match, a skill overlap
-and one dense feature, so a working ranker must beat chance by a wide margin.
+and one dense feature, so a working ranker must beat chance by a wide margin. With `position_bias` a,
+each row also gets a display position p uniform in 1..POSITIONS (a `position` column) and the logit
+-a log(p), as in the synthetic marketplace.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
+import torch
 
 INDUSTRIES = ["tech", "health", "finance", "retail"]
 SKILLS = [f"s{i}" for i in range(12)]
@@ -25,10 +29,21 @@ SPEC = {
     "embeddings": {"meta_embedding": 4},
 }
 START = date(2026, 1, 1)
+POSITIONS = 10
+SMALL = {"cross_layers": 1, "cross_rank": 8, "mlp_widths": (32, 16), "embedding_dim": 8}   # a ranker that trains in seconds
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (2 shared cores: oversubscribed OpenMP threads are 20x slower here)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def write_training_set(root: Path, days: int = 3, rows_per_day: int = 3000, members: int = 200,
-                       items: int = 80, seed: int = 0) -> Path:
+                       items: int = 80, seed: int = 0, position_bias: float | None = None) -> Path:
     """Write `days` partitions under root/features/training_set and return that folder."""
     rng = np.random.default_rng(seed)
     member_industry = rng.integers(0, len(INDUSTRIES), members)
@@ -48,6 +63,9 @@ def write_training_set(root: Path, days: int = 3, rows_per_day: int = 3000, memb
         overlap = np.array([len(set(member_skills[a]) & set(item_skills[b])) for a, b in zip(m, j)])
         logit = (member_bias[m] + item_bias[j] + 1.5 * (member_industry[m] == item_industry[j])
                  + 0.6 * overlap + 3.0 * (rate - 0.25) - 1.5)
+        if position_bias is not None:  # drawn only then: the other tests' data stay as they were
+            position = rng.integers(1, POSITIONS + 1, rows_per_day)
+            logit = logit - position_bias * np.log(position)
         true_prob = 1 / (1 + np.exp(-logit))
         label = (rng.uniform(size=rows_per_day) < true_prob).astype(np.int8)
         has_meta = rng.uniform(size=rows_per_day) < 0.8
@@ -68,6 +86,8 @@ def write_training_set(root: Path, days: int = 3, rows_per_day: int = 3000, memb
                                        pa.list_(pa.float32())),
             "true_prob": pa.array(true_prob, pa.float64()),
         })
+        if position_bias is not None:
+            table = table.append_column("position", pa.array(position, pa.int64()))
         event_id += rows_per_day
         partition = folder / f"dt={day.isoformat()}"
         partition.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+from ranker_testdata import one_thread  # noqa: F401 (fixture)
 from training.ranker import data
 from training.ranker.calibration import IsotonicCalibration, pool_adjacent_violators
 from training.ranker.checkpoint import load_checkpoint, save_checkpoint
@@ -20,12 +21,7 @@ from training.ranker.model import Ranker, RankerConfig
 from training.ranker.optim import RowWiseAdagrad
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: oversubscribed OpenMP threads are 20x slower here
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("attention", [False, True])

@@ -5,22 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from rankflow.config import load_settings
 from rankflow.stages import ranker as stage
-from ranker_testdata import days, write_training_set
+from ranker_testdata import SMALL, days, one_thread, write_training_set  # noqa: F401 (fixture)
 from training.ranker.train import TrainConfig
 
-SMALL = {"cross_layers": 1, "cross_rank": 8, "mlp_widths": (32, 16), "embedding_dim": 8}
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_promotion_refuses_a_worse_model_and_keeps_the_serving_one(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ranker_testdata import days, write_training_set
+from ranker_testdata import SMALL, days, one_thread, write_training_set  # noqa: F401 (fixture)
 from training.ranker import data
 from training.ranker.evaluate import auc
 from training.ranker.logistic import LogisticRegression
@@ -19,15 +19,9 @@ from training.ranker.model import RankerConfig
 from training.ranker.train import TrainConfig, predict_logits, train_ranker
 
 REPO = Path(__file__).resolve().parents[2]
-SMALL = {"cross_layers": 1, "cross_rank": 8, "mlp_widths": (32, 16), "embedding_dim": 8}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

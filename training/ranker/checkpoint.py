@@ -5,7 +5,8 @@
                                 "config": RankerConfig fields, "metadata": {...}}
 
 Loading rebuilds the module from config.json and reads tensors with safetensors, which cannot run
-code. safetensors is imported inside the functions (the package may travel without it).
+code. A config written before a field existed loads with the field's default (a checkpoint from before
+the position term has no `position_feature`: it loads as a ranker without one, scoring as it did). safetensors is imported inside the functions (the package may travel without it).
 """
 
 from __future__ import annotations
@@ -83,6 +84,9 @@ def load_checkpoint(directory: Path, device: str | torch.device = "cpu", sparse_
     model = cls(config, sparse_gradients=sparse_gradients)
     tensors = load_file(str(Path(directory) / WEIGHTS_FILE), device="cpu")
     missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if "position.logits" in missing:
+        raise ValueError(f"{directory}: config.json sets position_feature={config.position_feature!r} but "
+                         f"{WEIGHTS_FILE} has no position.logits (the position term's weights)")
     if missing or unexpected:
         raise ValueError(f"{directory}: checkpoint does not match its config (missing {missing}, unexpected {unexpected})")
     return model.to(device)

@@ -8,7 +8,9 @@ The layout is docs/contracts.md "Training set". Values become row ids by determi
     null / missing:                     row = 0
 
 Dense columns must be finite (nulls read as 0); fixed-width vector columns (the meta embedding)
-read as zeros for rows that have none yet. pyarrow is imported inside the functions, so
+read as zeros for rows that have none yet. The display position (a context column, model.py) is read
+when the config names one and the table has it; a table without it (the service's rows: the ranker
+decides the order) gives `position=None`, which the model scores as position 1. pyarrow is imported inside the functions, so
 `training` imports with torch and numpy alone; serving calls `encode_table` on the rows it scores.
 """
 
@@ -49,20 +51,21 @@ class Batch:
     weight: torch.Tensor                   # [B] float32
     member_id: torch.Tensor                # [B] int64 raw ids (cold/warm buckets)
     event_id: torch.Tensor | None = None   # [B] int64 when the training set has it (truth join)
+    position: torch.Tensor | None = None   # [B] int64 1-based display position (0 = unknown) when read
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
 
     @property
     def inputs(self) -> tuple:
-        return (self.sparse, self.dense, self.bag_values, self.bag_offsets)
+        return (self.sparse, self.dense, self.bag_values, self.bag_offsets, self.position)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
         return Batch(
             move(self.sparse), move(self.dense), [move(v) for v in self.bag_values],
             [move(o) for o in self.bag_offsets], move(self.label), move(self.weight),
-            move(self.member_id), move(self.event_id),
+            move(self.member_id), move(self.event_id), move(self.position),
         )
 
     def pin_memory(self) -> "Batch":
@@ -70,7 +73,7 @@ class Batch:
         return Batch(
             pin(self.sparse), pin(self.dense), [pin(v) for v in self.bag_values],
             [pin(o) for o in self.bag_offsets], pin(self.label), pin(self.weight),
-            pin(self.member_id), pin(self.event_id),
+            pin(self.member_id), pin(self.event_id), pin(self.position),
         )
 
     def take(self, index: torch.Tensor) -> "Batch":
@@ -86,6 +89,7 @@ class Batch:
         return Batch(
             self.sparse[index], self.dense[index], values, offsets, self.label[index], self.weight[index],
             self.member_id[index], None if self.event_id is None else self.event_id[index],
+            None if self.position is None else self.position[index],
         )
 
 
@@ -102,12 +106,14 @@ def concat_batches(batches: list[Batch]) -> Batch:
             shift += b.bag_values[bag].numel()
         values.append(torch.cat(parts_v))
         offsets.append(torch.cat(parts_o))
-    event_ids = [b.event_id for b in batches]
+    def joined(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
+        return None if any(t is None for t in parts) else torch.cat(parts)
+
     return Batch(
         torch.cat([b.sparse for b in batches]), torch.cat([b.dense for b in batches]), values, offsets,
         torch.cat([b.label for b in batches]), torch.cat([b.weight for b in batches]),
-        torch.cat([b.member_id for b in batches]),
-        None if any(e is None for e in event_ids) else torch.cat(event_ids),
+        torch.cat([b.member_id for b in batches]), joined([b.event_id for b in batches]),
+        joined([b.position for b in batches]),
     )
 
 
@@ -228,15 +234,38 @@ def encode_table(table: Any, spec: dict[str, Any], config: RankerConfig, source:
     return Batch(
         torch.from_numpy(np.ascontiguousarray(sparse, dtype=np.int64)), torch.from_numpy(np.ascontiguousarray(dense)),
         bag_values, bag_offsets, torch.from_numpy(np.array(label)), torch.from_numpy(np.array(weight)),
-        torch.from_numpy(member.astype(np.int64)), event,
+        torch.from_numpy(member.astype(np.int64)), event, _positions(table, config.position_feature, source),
     )
+
+
+def _positions(table: Any, name: str | None, source: str) -> torch.Tensor | None:
+    """The 1-based display positions (null -> 0, read as position 1), or None when not named or absent."""
+    import pyarrow as pa
+
+    if name is None or name not in table.column_names:
+        return None
+    column = table.column(name)
+    if not pa.types.is_integer(column.type):
+        raise ValueError(f"{source}: position column {name!r} must hold integers, found {column.type}")
+    return torch.from_numpy(np.array(column.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64))
 
 
 # ---------------------------------------------------------------------------------------------
 # The training-set folder
 
 
+POSITION_COLUMN = "position"
+
+
 def read_spec(training_set: Path) -> dict[str, Any]:
+    """spec.json, with `"position": "position"` added when the newest partition has an integer position column.
+
+    The position is a context column of the events (docs/contracts.md, "Raw zone") that the training set
+    passes through but spec.json does not list; the ranker models it apart from the features (position.py).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     path = Path(training_set) / SPEC_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path}: training-set spec not found (build the training set first)")
@@ -244,6 +273,12 @@ def read_spec(training_set: Path) -> dict[str, Any]:
     for key in ("label", "member", "item"):
         if key not in spec:
             raise ValueError(f"{path}: spec has no {key!r} entry (docs/contracts.md, 'Training set')")
+    days = available_days(training_set)
+    if "position" not in spec and days:
+        newest = sorted((Path(training_set) / f"dt={days[-1].isoformat()}").glob("*.parquet"))[0]
+        schema = pq.read_schema(newest)
+        if POSITION_COLUMN in schema.names and pa.types.is_integer(schema.field(POSITION_COLUMN).type):
+            spec["position"] = POSITION_COLUMN
     return spec
 
 

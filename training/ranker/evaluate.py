@@ -8,7 +8,9 @@
     oracle AUC the AUC of the generator's true probabilities (synthetic data): the best any model can do
 
 AUC by member bucket: "cold" members had no training rows (their member-id embedding is untrained),
-"warm" members had some.
+"warm" members had some. A model with a position term (position.py) is scored at the logged positions;
+its AUC without them (every row at position 1, as the service scores) is reported beside it: the part
+of the AUC that ranks candidates, not positions.
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ class Evaluation:
     auc_cold: float
     auc_warm: float
     cold_rows: int
+    auc_without_position: float | None = None
     oracle_auc: float | None = None
     oracle_log_loss: float | None = None
     reliability: ReliabilityCurve = field(default_factory=ReliabilityCurve)
@@ -109,7 +112,8 @@ class Evaluation:
 
     def summary(self) -> dict[str, float]:
         """The headline numbers (for model-store metadata and the CLI)."""
-        keys = ("rows", "auc", "log_loss", "normalized_entropy", "ece", "auc_cold", "auc_warm", "oracle_auc")
+        keys = ("rows", "auc", "log_loss", "normalized_entropy", "ece", "auc_cold", "auc_warm", "auc_without_position",
+                "oracle_auc")
         values = {k: getattr(self, k) for k in keys}
         values["auc_gap_to_oracle"] = self.auc_gap_to_oracle
         return {k: (None if v is None or (isinstance(v, float) and np.isnan(v)) else v) for k, v in values.items()}
@@ -124,9 +128,11 @@ def evaluate_predictions(
     warm_members: np.ndarray,
     true_probabilities: np.ndarray | None = None,
     bins: int = 15,
+    logits_without_position: np.ndarray | None = None,
 ) -> Evaluation:
     """All metrics of one evaluation set. AUC is computed on the logits (calibration is monotone
-    but piecewise flat, so it can only tie rows), the probability metrics on the calibrated p."""
+    but piecewise flat, so it can only tie rows), the probability metrics on the calibrated p.
+    `logits_without_position`: the same rows scored at position 1, for a model with a position term."""
     logits, probabilities = np.asarray(logits, np.float64), np.asarray(probabilities, np.float64)
     labels, weights = np.asarray(labels, np.float64), np.asarray(weights, np.float64)
     cold = ~np.isin(member_ids, warm_members)
@@ -144,6 +150,8 @@ def evaluate_predictions(
         cold_rows=int(cold.sum()),
         reliability=reliability(probabilities, labels, weights, bins),
     )
+    if logits_without_position is not None:
+        result.auc_without_position = auc(np.asarray(logits_without_position, np.float64), labels, weights)
     if true_probabilities is not None:
         true_probabilities = np.asarray(true_probabilities, np.float64)
         result.oracle_auc = auc(true_probabilities, labels, weights)

@@ -4,8 +4,14 @@
     tokens = FeatureTransformer(tokens)                                         (optional, transformer.py)
     x_0    = tokens.flatten() ++ standardise(dense ++ GLMix score ++ meta embedding)   (normalization.py)
     x_L    = ResidualCross(x_0)                                                 (cross.py)
-    s      = w^T GatedMLP(x_L) + b                                              (gate.py; the logit)
+    s      = w^T GatedMLP(x_L) + b + beta_pos - beta_1                          (gate.py, position.py; the logit)
     p      = IsotonicCalibration(s)                                             (calibration.py)
+
+The position term is the logged display position's shallow tower (position.py), present when the
+training set has a position column (`position_feature`). Without a position (serving: the ranker
+decides the order, so none is known) the logit is the one at position 1, and the calibration, fitted
+on held-out rows at their logged positions, maps it to the probability of an apply *if the job is
+shown first*: the number the service reports, the same for offline and online scoring.
 
 `RankerConfig` is the one typed description of a ranker; it is saved next to the weights so a
 checkpoint rebuilds exactly (checkpoint.py). Every field has a default that runs.
@@ -26,6 +32,7 @@ from training.ranker.cross import ResidualCross
 from training.ranker.embeddings import EmbeddingBags, HashedEmbeddings
 from training.ranker.gate import GatedMLP
 from training.ranker.normalization import DenseNormalizer
+from training.ranker.position import PositionBias
 from training.ranker.transformer import FeatureTransformer
 
 MODEL_VERSION = "lirank-v1"
@@ -43,6 +50,10 @@ class RankerConfig:
     dense_features: tuple[str, ...] = ()
     # Fixed-width list<float32> columns (meta embedding): name -> width, appended to the dense input.
     vector_features: tuple[tuple[str, int], ...] = ()
+    # Context column with the 1-based display position of the logged impression (None: no position term;
+    # checkpoints written before the term existed load as None). Positions above max_position share its bias.
+    position_feature: str | None = None
+    max_position: int = 10
     # Architecture.
     embedding_dim: int = 16
     transformer_layers: int = 0
@@ -96,7 +107,12 @@ class RankerConfig:
     def from_spec(
         cls, spec: dict[str, Any], id_buckets: int = 1 << 16, categorical_buckets: int = 1 << 12, **architecture: Any
     ) -> "RankerConfig":
-        """Inputs from a training-set spec.json (docs/contracts.md, "Training set")."""
+        """Inputs from a training-set spec.json (docs/contracts.md, "Training set").
+
+        The position term follows spec["position"] (data.read_spec sets it when the partitions carry a
+        position column) unless `position_feature` is passed (None turns it off).
+        """
+        architecture.setdefault("position_feature", spec.get("position"))
         sparse = [spec["member"], spec["item"], *spec.get("categorical", [])]
         buckets = [id_buckets, id_buckets] + [categorical_buckets] * len(spec.get("categorical", []))
         bags = list(spec.get("multi_valued", []))
@@ -145,6 +161,7 @@ class Ranker(nn.Module):
         )
         self.normalizer = DenseNormalizer(config.dense_dim)
         self.tower = Tower(config)
+        self.position = PositionBias(config.max_position) if config.position_feature else None
         self.calibration = IsotonicCalibration(config.calibration_knots)
 
     def embedding_parameters(self) -> list[nn.Parameter]:
@@ -161,15 +178,20 @@ class Ranker(nn.Module):
         dense: torch.Tensor,
         bag_values: list[torch.Tensor] | tuple = (),
         bag_offsets: list[torch.Tensor] | tuple = (),
+        position: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """sparse [B, F] hashed ids, dense [B, D] raw values, bags as (values, offsets) -> logits [B]."""
+        """sparse [B, F] hashed ids, dense [B, D] raw values, bags as (values, offsets), optional [B]
+        1-based positions (None: position 1) -> logits [B]."""
         tokens = self.embeddings(sparse)
         if self.config.bag_features:
             tokens = torch.cat([tokens, self.bags(list(bag_values), list(bag_offsets))], dim=1)
         if self.transformer is not None:
             tokens = self.transformer(tokens)
         x0 = torch.cat([tokens.flatten(1), self.normalizer(dense)], dim=1)
-        return self.tower(x0)
+        logits = self.tower(x0)
+        if self.position is not None:
+            logits = logits + self.position(position)
+        return logits
 
     @torch.no_grad()
     def probability(self, *inputs: Any) -> torch.Tensor:

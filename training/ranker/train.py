@@ -55,6 +55,9 @@ class TrainConfig:
     batch_size: int = 512
     dense_lr: float = 1e-3
     embedding_lr: float = 0.05
+    # Adam lr of the position logits (position.py): Adam moves a parameter by about lr per step, and these
+    # few biases must travel ~1-2 logits in a few hundred steps, far more than any tower weight.
+    position_lr: float = 0.03
     warm_start_l2: float = 0.0
     dense_weight_decay: float = 0.0      # AdamW decoupled decay of the dense parameters
     # L2 on embedding rows, applied to the rows a batch touches (lambda * E_i added to g_i). It needs the
@@ -182,7 +185,12 @@ def train_model(
         model.embeddings.enable_fused_optimizer(config.embedding_lr)
         model.bags.enable_fused_optimizer(config.embedding_lr)
     dense_params, sparse_params = model.dense_parameters(), model.embedding_parameters()
-    dense_opt = torch.optim.AdamW(dense_params, lr=config.dense_lr, weight_decay=config.dense_weight_decay,
+    position = getattr(model, "position", None)
+    position_ids = {id(p) for p in position.parameters()} if position is not None else set()
+    groups = [{"params": [p for p in dense_params if id(p) not in position_ids]}]
+    if position_ids:
+        groups.append({"params": list(position.parameters()), "lr": config.position_lr, "weight_decay": 0.0})
+    dense_opt = torch.optim.AdamW(groups, lr=config.dense_lr, weight_decay=config.dense_weight_decay,
                                   fused=device.type == "cuda") if dense_params else None
     sparse_opt = None if fused_embeddings else RowWiseAdagrad(
         sparse_params, lr=config.embedding_lr, weight_decay=config.embedding_weight_decay)
