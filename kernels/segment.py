@@ -226,7 +226,7 @@ if triton is not None:
 
 # One program per segment (and column block): segments are small, so many programs must be resident at
 # once to hide each one's chain of dependent loads (starts -> row order -> rows).
-_OUTER_WARPS = 4
+_OUTER_WARPS = 2
 _OUTER_BLOCK_R = 16
 
 
