@@ -35,11 +35,12 @@ from __future__ import annotations
 
 import sqlite3
 import struct
+import threading
 import time
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
-from itertools import chain, repeat
+from itertools import chain, compress, repeat
 from pathlib import Path
 
 import numpy as np
@@ -119,33 +120,77 @@ def _string_proto(text: str) -> bytes:
     return b"\x12" + varint(len(raw)) + raw
 
 
+def _varints(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Protobuf varints of non-negative int64 `values`: a (n, 10) uint8 matrix (row i's bytes first) and lengths."""
+    values = values.astype(np.uint64)
+    lengths = np.ones(len(values), np.int64)
+    rest = values >> np.uint64(7)
+    while rest.any():
+        lengths += rest > 0
+        rest >>= np.uint64(7)
+    width = int(lengths.max()) if len(values) else 1
+    matrix = np.zeros((len(values), width), np.uint8)
+    for i in range(width):
+        matrix[:, i] = ((values >> np.uint64(7 * i)) & np.uint64(0x7F)).astype(np.uint8) | \
+            np.where(lengths > i + 1, 0x80, 0).astype(np.uint8)
+    return matrix, lengths
+
+
+def _length_prefixed(tag: bytes, data: np.ndarray, offsets: np.ndarray,
+                     omit_empty: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Row i -> tag + varint(len) + data[offsets[i]:offsets[i+1]] (a protobuf length-delimited field), for
+    every row at once: (bytes, row offsets). With omit_empty an empty row stays empty (packed repeated fields)."""
+    offsets = np.asarray(offsets, np.int64)
+    lengths = np.diff(offsets)
+    varint_bytes, varint_lengths = _varints(lengths)
+    head = len(tag) + varint_lengths
+    if omit_empty:
+        head = np.where(lengths > 0, head, 0)
+    out_offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(head + lengths, out=out_offsets[1:])
+    out = np.empty(int(out_offsets[-1]), np.uint8)
+    starts = out_offsets[:-1]
+    present = starts[head > 0] if omit_empty else starts
+    payload = np.ones(len(out), bool)  # every byte that is not a head byte, in order: the data run
+    for i, byte in enumerate(tag):
+        out[present + i] = byte
+        payload[present + i] = False
+    for i in range(varint_bytes.shape[1]):
+        rows = np.flatnonzero((varint_lengths > i) & (head > 0))
+        out[starts[rows] + len(tag) + i] = varint_bytes[rows, i]
+        payload[starts[rows] + len(tag) + i] = False
+    out[payload] = data[offsets[0]:offsets[-1]]
+    return out, out_offsets
+
+
+def _split(buffer: np.ndarray, offsets: np.ndarray) -> list[bytes]:
+    """The rows of a (bytes, row offsets) pair as bytes objects."""
+    raw = buffer.tobytes()
+    bounds = offsets.tolist()
+    return [raw[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _list_offsets(column: pa.ListArray) -> np.ndarray:
+    offsets = column.offsets.to_numpy().astype(np.int64)
+    return offsets - offsets[0]
+
+
 def _string_list_protos(column: pa.ListArray) -> list[bytes]:
-    """string_list_val of every row; each distinct string is encoded once, rows join their elements."""
+    """string_list_val of every row: 0x62 varint(len) (0x0a varint(len) utf8)*, built column-wise."""
     flat = column.flatten()
-    elements: list[bytes] = []
-    if len(flat):
-        codes = flat.dictionary_encode()
-        distinct = [b"\x0a" + varint(len(raw)) + raw for raw in (s.encode("utf8") for s in codes.dictionary.to_pylist())]
-        elements = np.asarray(distinct, dtype=object)[codes.indices.to_numpy(zero_copy_only=False)].tolist()
-    offsets = column.offsets.to_numpy()
-    out = []
-    for start, stop in zip((offsets[:-1] - offsets[0]).tolist(), (offsets[1:] - offsets[0]).tolist()):
-        inner = b"".join(elements[start:stop])
-        out.append(b"\x62" + varint(len(inner)) + inner)
-    return out
+    width = np.int64 if pa.types.is_large_string(flat.type) else np.int32
+    validity, string_offsets, data = flat.buffers()
+    string_offsets = np.frombuffer(string_offsets, width)[flat.offset:flat.offset + len(flat) + 1]
+    data = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+    elements, element_offsets = _length_prefixed(b"\x0a", data, string_offsets)
+    return _split(*_length_prefixed(b"\x62", elements, element_offsets[_list_offsets(column)]))
 
 
 def _float_list_protos(column: pa.ListArray) -> list[bytes]:
-    """float_list_val of every row, payloads sliced from one float32 buffer."""
-    flat = column.flatten().to_numpy(zero_copy_only=False).astype("<f4").tobytes()
-    offsets = column.offsets.to_numpy()
-    base = offsets[0]
-    out = []
-    for start, stop in zip((offsets[:-1] - base).tolist(), (offsets[1:] - base).tolist()):
-        size = 4 * (stop - start)
-        inner = b"\x0a" + varint(size) + flat[4 * start:4 * stop] if size else b""
-        out.append(b"\x82\x01" + varint(len(inner)) + inner)
-    return out
+    """float_list_val of every row: 0x82 0x01 varint(len) [0x0a varint(4k) <k x f32 LE>], built column-wise."""
+    flat = np.frombuffer(column.flatten().to_numpy(zero_copy_only=False).astype("<f4").tobytes(), np.uint8)
+    packed, packed_offsets = _length_prefixed(b"\x0a", flat, 4 * _list_offsets(column), omit_empty=True)
+    return _split(*_length_prefixed(b"\x82\x01", packed, packed_offsets))
 
 
 def _by_distinct(values: np.ndarray, encode) -> list[bytes]:
@@ -359,28 +404,98 @@ def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
-def _roundtrip(client, payload: bytes, replies: int) -> list:
-    """Send pre-packed commands on one connection and read every reply (a pipeline without redis-py's packing)."""
+_RECV_BYTES = 1 << 20
+
+
+def _read_replies(connection, replies: int) -> list:
+    """`replies` replies off the connection's socket, parsed by one hiredis Reader in C.
+
+    redis-py's read_response costs ~10 us of Python per reply (health checks, push handling, error mapping):
+    most of a pipelined write of small HSET replies. Errors come back as ResponseError objects, not raised.
+    Falls back to read_response when hiredis or the raw socket is unavailable.
+    """
     from redis.exceptions import ResponseError
 
-    connection = client.connection_pool.get_connection()
+    sock = getattr(connection, "_sock", None)
     try:
-        connection.send_packed_command([payload])
-        out, first_error = [], None
+        import hiredis
+    except ImportError:
+        hiredis = None
+    if hiredis is None or sock is None:
+        out = []
         for _ in range(replies):
             try:
                 out.append(connection.read_response())
             except ResponseError as error:  # keep reading: the connection must stay in step with its replies
-                first_error = first_error or error
-                out.append(None)
-        if first_error is not None:
-            raise first_error
+                out.append(error)
         return out
-    except BaseException:  # a half-read connection must not go back to the pool as it is
+    reader = hiredis.Reader(replyError=ResponseError)
+    buffer = bytearray(_RECV_BYTES)
+    out = []
+    while len(out) < replies:
+        reply = reader.gets()
+        if reply is False:
+            received = sock.recv_into(buffer)
+            if received == 0:
+                raise ConnectionError(f"Redis closed the connection after {len(out)} of {replies} replies")
+            reader.feed(buffer, 0, received)
+        else:
+            out.append(reply)
+    if reader.gets() is not False:
+        raise ConnectionError("Redis sent more replies than commands")
+    return out
+
+
+@contextmanager
+def _connection(client):
+    """One pooled connection for a pipeline; a half-read one is dropped, never handed back as it is."""
+    connection = client.connection_pool.get_connection()
+    try:
+        yield connection
+    except BaseException:
         connection.disconnect()
         raise
     finally:
         client.connection_pool.release(connection)
+
+
+def _replies(connection, count: int) -> list:
+    """Every reply of `count` pipelined commands; the first error reply is raised once all are read."""
+    from redis.exceptions import ResponseError
+
+    out = _read_replies(connection, count)
+    first_error = next((reply for reply in out if isinstance(reply, ResponseError)), None)
+    if first_error is not None:
+        raise first_error
+    return out
+
+
+def _roundtrip(client, payload: bytes, replies: int) -> list:
+    """Send pre-packed commands on one connection and read every reply (a pipeline without redis-py's packing)."""
+    with _connection(client) as connection:
+        connection.send_packed_command([payload])
+        return _replies(connection, replies)
+
+
+class _Sender(threading.Thread):
+    """Sends a packed pipeline in the background (the GIL is released in sendall), so Redis works on it
+    while this process encodes; join() re-raises a send error."""
+
+    def __init__(self, connection, payload: bytes):
+        super().__init__(daemon=True)
+        self.connection, self.payload, self.error = connection, payload, None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.connection.send_packed_command([self.payload])
+        except BaseException as error:  # handed to the caller's thread
+            self.error = error
+
+    def join(self, timeout: float | None = None) -> None:
+        super().join(timeout)
+        if self.error is not None:
+            raise self.error
 
 
 LUA_NEWEST_WINS = """
@@ -438,26 +553,33 @@ def _redis_write(store, feature_view, rows: ViewRows, guard: str) -> tuple[int, 
     if guard != "hmget":
         raise ValueError(f"guard {guard!r}: expected 'hmget' or 'lua'")
 
-    # Pass 1: the stored event time of every entity, one pipelined HMGET.
+    # Pass 1: the stored event time of every entity, one pipelined HMGET, sent in the background while every
+    # row's HSET record is encoded (nearly all rows pass the guard; the others are left out afterwards).
     probe_tail = b"$%d\r\n%s\r\n" % (len(ts_field), ts_field)
     probe = b"".join(b"*3\r\n$5\r\nHMGET\r\n" + part + probe_tail for part in key_parts)
-    cache: dict = {}
-    held = np.fromiter((_stored_nanos(reply[0], cache) for reply in _roundtrip(client, probe, n)), np.int64, n)
-    keep = np.flatnonzero(rows.event_nanos >= held)
-    if len(keep) == 0:
-        return 0, n
-    if len(keep) < n:
-        rows, key_parts = rows.take(keep), [key_parts[i] for i in keep.tolist()]
+    with _connection(client) as connection:
+        sender = _Sender(connection, probe)
+        try:
+            head = b"*%d\r\n$4\r\nHSET\r\n" % (4 + 2 * len(fields))
+            ts_parts = {nanos: _bulk(ts_field) + _bulk(stamp) for nanos, stamp in stamps.items()}
+            ts_column = [ts_parts[t] for t in rows.event_nanos.tolist()]
+            pieces = [p for field, column in zip(fields, rows.encoded()) for p in column.resp_pieces(n, _bulk(field))]
+        finally:
+            sender.join()
+        cache: dict = {}
+        held = np.fromiter((_stored_nanos(reply[0], cache) for reply in _replies(connection, n)), np.int64, n)
+        keep = rows.event_nanos >= held
+        written = int(keep.sum())
+        if written == 0:
+            return 0, n
 
-    # Pass 2: HSET key _ts:<view> <Timestamp> field value ..., all rows in one send.
-    head = b"*%d\r\n$4\r\nHSET\r\n" % (4 + 2 * len(fields))
-    ts_parts = {nanos: _bulk(ts_field) + _bulk(stamp) for nanos, stamp in stamps.items()}
-    ts_column = [ts_parts[t] for t in rows.event_nanos.tolist()]
-    m = len(rows.keys)
-    pieces = [p for field, column in zip(fields, rows.encoded()) for p in column.resp_pieces(m, _bulk(field))]
-    payload = b"".join(chain.from_iterable(zip(repeat(head, m), key_parts, ts_column, *pieces)))
-    _roundtrip(client, payload, m)
-    return m, n - m
+        # Pass 2: HSET key _ts:<view> <Timestamp> field value ..., the rows that pass, in one send.
+        records = zip(repeat(head, n), key_parts, ts_column, *pieces)
+        if written < n:
+            records = compress(records, keep.tolist())
+        connection.send_packed_command([b"".join(chain.from_iterable(records))])
+        _replies(connection, written)
+    return written, n - written
 
 
 def _redis_write_lua(client, rows: ViewRows, redis_keys, ts_field, stamps, fields) -> tuple[int, int]:
