@@ -6,11 +6,15 @@
 The data directory holds a generated marketplace whose training set was built by the feature stages
 (`rankflow generate`, then rankflow.stages.features.run_range over every day). With days d_1..d_n:
 
-- ranker (full retrain) and logistic regression on d_1..d_{n-1}, evaluated on d_n (the next day);
+- ranker (full retrain) and logistic regression on d_1..d_{n-1}, evaluated on d_n (the next day), both
+  with the same inputs, the display position included (training/ranker/position.py: an additive
+  per-position logit, learned from the logged positions): scored at d_n's logged positions (the AUC
+  the oracle's is compared with) and at position 1 (as the service scores; the order among candidates);
+- the same two models trained without the position ("position-blind"), for comparison;
 - warm start: a "serving" ranker trained on d_1..d_{n-2}, continued on d_{n-1} only, vs the full retrain;
 - oracle: the AUC / log loss / ECE of the generator's true probabilities on d_n;
-- position-blind oracle: the true logit without the position term -a log(p) (position is a context
-  column the training-set spec does not list, so no model here sees it);
+- position-blind oracle: the true logit without the position term -a log(p): the best a model that does
+  not see the position could do;
 - learnable bound: a model that is told everything the generator knows (global coefficients, job
   random effects, latent affinities, position) except each member's random effect w_m, which it
   estimates as the MAP under the true prior N(0, s^2 I) from the member's events of d_1..d_{n-1}.
@@ -57,6 +61,8 @@ class QualityRun:
     train_config: dict[str, Any]
     model: dict[str, Any]
     bound: dict[str, Any] = field(default_factory=dict)
+    blind: dict[str, Any] = field(default_factory=dict)          # position-blind ranker and logistic
+    position_curve: dict[str, Any] = field(default_factory=dict)  # learned beta_p - beta_1 vs the truth
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,6 +218,22 @@ def measure(settings, train_config=None, model_overrides: dict[str, Any] | None 
     logistic = _evaluate(settings, logistic_model, eval_day, train_days)
     log(f"  AUC {logistic['auc']:.4f}")
 
+    blind, curve = {}, {}
+    if model_config.position_feature is not None:
+        truth = json.loads((settings.paths.truth / "params.json").read_text())["truth"] if settings.paths.truth.exists() else None
+        curve = {"ranker": full.model.position.curve().tolist(), "logistic": logistic_model.position.curve().tolist()}
+        if truth is not None:
+            positions = np.arange(1, full.model.position.max_position + 1)
+            curve["truth"] = (-truth["position_bias"] * np.log(positions)).tolist()
+        log("position-blind ranker and logistic regression (no position term)")
+        blind_config = replace(model_config, position_feature=None)
+        blind_ranker = train_ranker(training_set, train_days, blind_config, train_config).model
+        blind_logistic = train_ranker(training_set, train_days, blind_config, logistic_config,
+                                      model_factory=LogisticRegression).model
+        blind = {"ranker": _evaluate(settings, blind_ranker, eval_day, train_days),
+                 "logistic": _evaluate(settings, blind_logistic, eval_day, train_days)}
+        log(f"  AUC ranker {blind['ranker']['auc']:.4f} logistic {blind['logistic']['auc']:.4f}")
+
     log(f"serving model on {train_days[0]}..{train_days[-2]}, warm start on {train_days[-1]}")
     serving = train_ranker(training_set, train_days[:-1], model_config, train_config).model
     serving_auc = _evaluate(settings, serving, eval_day, train_days[:-1])["auc"]
@@ -230,6 +252,7 @@ def measure(settings, train_config=None, model_overrides: dict[str, Any] | None 
         warm={"auc": warm_eval["auc"], "ece": warm_eval["ece"], "seconds": warm.seconds, "rows": warm.rows,
               "serving_auc": serving_auc},
         full_seconds=full.seconds, train_config=asdict(train_config), model=torch_model, bound=bound,
+        blind=blind, position_curve=curve,
     )
 
 
@@ -237,17 +260,33 @@ def measure(settings, train_config=None, model_overrides: dict[str, Any] | None 
 # Table
 
 
+def _optional(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def table(run: QualityRun) -> str:
-    r, lg, o, w, b = run.ranker, run.logistic, run.oracle, run.warm, run.bound
+    r, lg, o, w, b, blind = run.ranker, run.logistic, run.oracle, run.warm, run.bound, run.blind
+    with_position = " (logged positions)" if blind else ""
     rows = [
         ("oracle AUC (true probabilities)", f"{o['auc']:.4f}"),
-        ("position-blind oracle AUC", f"{o['auc_position_blind']:.4f}"),
+        ("position-blind oracle AUC (true logit without -a log(position))", f"{o['auc_position_blind']:.4f}"),
         ("learnable bound AUC (MAP member effect, all else true)", f"{b['auc']:.4f}" if b else "not run"),
-        ("ranker AUC", f"{r['auc']:.4f}"),
-        ("logistic regression AUC", f"{lg['auc']:.4f}"),
+        (f"ranker AUC{with_position}", f"{r['auc']:.4f}"),
+        (f"logistic regression AUC{with_position}", f"{lg['auc']:.4f}"),
         ("ranker - logistic AUC", f"{r['auc'] - lg['auc']:+.4f}"),
         ("oracle - ranker AUC (target <= 0.01)", f"{o['auc'] - r['auc']:.4f}"),
         ("bound - ranker AUC", f"{b['auc'] - r['auc']:.4f}" if b else "not run"),
+    ]
+    if blind:
+        rows += [
+            ("ranker / logistic AUC scored at position 1 (as served)",
+             f"{_optional(r.get('auc_without_position'))} / {_optional(lg.get('auc_without_position'))}"),
+            ("position-blind ranker / logistic AUC (trained without position)",
+             f"{blind['ranker']['auc']:.4f} / {blind['logistic']['auc']:.4f}"),
+            ("position-blind oracle - position-blind ranker AUC", f"{o['auc_position_blind'] - blind['ranker']['auc']:.4f}"),
+            ("position-blind ranker ECE, calibrated", f"{blind['ranker']['ece']:.4f}"),
+        ]
+    rows += [
         ("ranker log loss / oracle log loss", f"{r['log_loss']:.4f} / {o['log_loss']:.4f}"),
         ("ranker NE", f"{r['normalized_entropy']:.4f}"),
         (f"ranker ECE, calibrated ({ECE_BINS} equal-width bins; target < 0.01)", f"{r['ece']:.4f}"),
@@ -264,6 +303,13 @@ def table(run: QualityRun) -> str:
     lines = [f"Train days {run.train_days[0]}..{run.train_days[-1]} ({run.rows_train:,} rows), "
              f"evaluation day {run.eval_day} ({run.rows_eval:,} rows, positive rate {o['positive_rate']:.4f}).", "",
              "| metric | value |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in rows), ""]
+    if run.position_curve:
+        curve = run.position_curve
+        lines += ["Learned position logits beta_p - beta_1 (position.py) against the generator's -a log(p):", "",
+                  "| position | " + " | ".join(str(p + 1) for p in range(len(curve["ranker"]))) + " |",
+                  "| --- " * (len(curve["ranker"]) + 1) + "|",
+                  *(f"| {name} | " + " | ".join(f"{v:.2f}" for v in curve[name]) + " |"
+                    for name in ("truth", "ranker", "logistic") if name in curve), ""]
     if b:
         lines.append(f"Training events per member: median {b['events_per_member_median']:.0f}, "
                      f"mean {b['events_per_member_mean']:.1f}.")

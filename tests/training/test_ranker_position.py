@@ -103,3 +103,13 @@ def test_checkpoint_naming_a_position_term_without_its_weights_fails_clearly(tmp
     (tmp_path / CONFIG_FILE).write_text(json.dumps(description))
     with pytest.raises(ValueError, match="position.logits"):
         load_checkpoint(tmp_path)
+
+
+def test_evaluation_reports_the_auc_at_logged_positions_and_at_position_1(trained, training_set):
+    from rankflow.config import load_settings
+    from rankflow.stages.ranker import evaluate_model
+
+    settings = load_settings(training_set.parents[1])
+    summary = evaluate_model(settings, trained["ranker"], days(3)[2:], days(2)).summary()
+    # the planted effect is strong: ranking by the logged position as well must score visibly higher
+    assert summary["auc"] > summary["auc_without_position"] + 0.02, summary
