@@ -54,6 +54,7 @@ CRLF = b"\r\n"
 
 # Feast ValueType numbers (feast.value_type.ValueType) used by the fast paths.
 INT64, FLOAT, DOUBLE, STRING, STRING_LIST, FLOAT_LIST = 4, 6, 5, 2, 12, 16
+SCALAR_TEXT_TYPES = (STRING, 3, INT64, DOUBLE, FLOAT, 7)  # string, int32, int64, double, float, bool
 
 
 @dataclass(frozen=True)
@@ -275,6 +276,8 @@ def encode_column(column: pa.Array, value_type: int) -> EncodedColumn:
 
 def value_texts(column: pa.Array, value_type: int, encoded: EncodedColumn) -> list[str | None]:
     """SQLite's `value_text` (feast...helpers.extract_text_and_num): str() of scalars, None for lists."""
+    if value_type not in SCALAR_TEXT_TYPES:  # extract_text_and_num has no text for any other oneof
+        return [None] * len(column)
     if value_type in (INT64, FLOAT, DOUBLE) and encoded.groups is not None:
         numbers = column.to_numpy(zero_copy_only=False)
         numbers = numbers.astype(np.int64) if value_type == INT64 else \
