@@ -1,10 +1,12 @@
 """Feature reads for a ranking request: the Feast online store, batched, under a deadline.
 
-One request makes at most two online reads, issued together: the member's row of every member view
-(member_features, member_affinities, and glmix_member / meta_embedding once personalisation wrote them)
-and the candidates' rows of every job view (job_features, glmix_job). Job rows are shared by every
-member, so they are kept in memory for `candidate_cache_seconds` (a bounded staleness: the online store
-changes once a day, at materialisation); member rows are always read.
+One request reads the member's row of every member view (member_features, member_affinities, and
+glmix_member / meta_embedding once personalisation wrote them) and the candidates' rows of every job view
+(job_features, glmix_job). On a plain Redis store that is one round trip (serving.redis_rows: pipelined
+HMGETs in Feast's layout, decoded by Feast's converter); on any other store (SQLite by default) two
+Feast SDK reads issued together. Job rows are shared by every member, so they are kept in memory for
+`candidate_cache_seconds` (a bounded staleness: the online store changes once a day, at materialisation);
+member rows are always read.
 
 If the store fails or misses `feature_deadline_ms`, the missing part gets default features (what the
 model sees for an entity it has never met: unknown categories, zero counts) and the read says why in
@@ -23,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from rankflow.logs import get_logger
+from serving.redis_rows import RedisRows
 
 log = get_logger(__name__)
 
@@ -35,10 +38,17 @@ PRIMARY_MEMBER_VIEW, PRIMARY_JOB_VIEW = "member_features", "job_features"
 
 @dataclass
 class FeatureRead:
-    """What one request read: member row (None when unknown or unread), job rows in request order."""
+    """What one request read: member row (None when unknown or unread), job rows in request order.
+
+    `job_rows[i]` is the row of `item_ids[i]` (every job-view column, None where the store has no value);
+    the same dict object comes back for a job while its stored values do not change (serving.encoding
+    keys its per-job cache on that).
+    """
 
     member: dict[str, Any] | None
-    jobs: pd.DataFrame
+    item_ids: list[int]
+    job_rows: list[dict[str, Any]]
+    job_columns: list[str]
     cold_start: bool
     unknown_candidates: list[int]
     degraded_reasons: list[str] = field(default_factory=list)
@@ -47,6 +57,13 @@ class FeatureRead:
     @property
     def degraded(self) -> bool:
         return bool(self.degraded_reasons)
+
+    @property
+    def jobs(self) -> pd.DataFrame:
+        """`item_id` and the job-view columns, one row per candidate (what Feast's SDK would return)."""
+        frame = pd.DataFrame(self.job_rows, columns=self.job_columns)
+        frame.insert(0, JOB_KEY, pd.array(self.item_ids, dtype="int64").to_numpy())
+        return frame
 
 
 def view_version(view) -> str:
@@ -78,6 +95,11 @@ class OnlineFeatures:
         self.versions = {v: view_version(registered[v]) for v in (*self.member_views, *self.job_views)}
         self._cache: OrderedDict[int, tuple[float, dict]] = OrderedDict()
         self._use_async = True
+        self._empty_job = dict.fromkeys(self.job_columns)
+        self.redis = RedisRows.for_store(store, [registered[v] for v in self.member_views],
+                                         [registered[v] for v in self.job_views], cache_size)
+        log.info("online reads of %s: %s", store.repo_path,
+                 "direct Redis (serving.redis_rows)" if self.redis else "Feast SDK")
 
     # ---- raw reads -----------------------------------------------------------------------------------
     async def _online(self, refs: list[str], rows: list[dict]) -> dict[str, list]:
@@ -117,16 +139,24 @@ class OnlineFeatures:
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
+    async def _read_redis(self, member_id: int, item_ids: list[int]) -> tuple[dict | None, dict[int, dict]]:
+        member, rows = await self.redis.read(member_id, item_ids)
+        return (member if member[self._member_probe] is not None else None), dict(zip(item_ids, rows))
+
     async def read(self, member_id: int, candidates: list[int]) -> FeatureRead:
         """Member and candidate features within the deadline; defaults (flagged) for what did not arrive."""
         started = time.perf_counter()
         now = time.monotonic()
         jobs = self._cached(candidates, now) if self.cache_seconds > 0 else {}
         missing = [c for c in candidates if c not in jobs]
-        tasks = {"member": asyncio.ensure_future(self._read_member(member_id))}
-        if missing:
-            tasks["jobs"] = asyncio.ensure_future(self._read_jobs(missing))
-        done, pending = await asyncio.wait(tasks.values(), timeout=self.deadline)
+        if self.redis is not None:  # one round trip for both parts: they succeed or fail together
+            both = asyncio.ensure_future(self._read_redis(member_id, missing))
+            tasks = {"member": both, "jobs": both} if missing else {"member": both}
+        else:
+            tasks = {"member": asyncio.ensure_future(self._read_member(member_id))}
+            if missing:
+                tasks["jobs"] = asyncio.ensure_future(self._read_jobs(missing))
+        done, pending = await asyncio.wait(set(tasks.values()), timeout=self.deadline)
         reasons = []
         for task in pending:
             task.cancel()
@@ -136,19 +166,19 @@ class OnlineFeatures:
             elif task.exception() is not None:
                 error = task.exception()
                 reasons.append(f"{name} features: {type(error).__name__}: {error}"[:300])
-        member_ok = "member" in tasks and tasks["member"] in done and tasks["member"].exception() is None
-        member = tasks["member"].result() if member_ok else None
+        member_ok = tasks["member"] in done and tasks["member"].exception() is None
+        member = None
+        if member_ok:
+            member = tasks["member"].result()[0] if self.redis is not None else tasks["member"].result()
         if "jobs" in tasks and tasks["jobs"] in done and tasks["jobs"].exception() is None:
-            fetched = tasks["jobs"].result()
+            fetched = tasks["jobs"].result()[1] if self.redis is not None else tasks["jobs"].result()
             jobs.update(fetched)
             self._remember({i: r for i, r in fetched.items() if r[self._job_probe] is not None}, now)
         if reasons:
             log.warning("degraded feature read for member %s: %s", member_id, "; ".join(reasons))
-        empty = dict.fromkeys(self.job_columns)
+        empty = self._empty_job
         rows = [jobs.get(c) or empty for c in candidates]
-        frame = pd.DataFrame(rows, columns=self.job_columns)
-        frame.insert(0, JOB_KEY, pd.array(candidates, dtype="int64").to_numpy())
         unknown = [c for c in candidates if c in jobs and jobs[c][self._job_probe] is None]
-        return FeatureRead(member=member, jobs=frame, cold_start=member_ok and member is None,
-                           unknown_candidates=unknown, degraded_reasons=reasons,
-                           seconds=time.perf_counter() - started)
+        return FeatureRead(member=member, item_ids=list(candidates), job_rows=rows, job_columns=self.job_columns,
+                           cold_start=member_ok and member is None, unknown_candidates=unknown,
+                           degraded_reasons=reasons, seconds=time.perf_counter() - started)

@@ -54,3 +54,45 @@ def test_skew_check_through_the_running_service(service, served_settings):
 
     report = skew_check(served_settings, SERVED_DAY, sample=5, url=service.url)
     assert report.ok, report.summary()
+
+
+def test_direct_redis_rows_equal_feast_sdk_rows_and_follow_changes(served_settings, known_ids):
+    import redis
+    from feast.infra.online_stores.helpers import _mmh3
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from features.store import feature_store
+    from serving.online import OnlineFeatures
+
+    members, items = known_ids
+    store = feature_store(served_settings)
+    direct = OnlineFeatures(store, deadline_ms=5_000)
+    assert direct.redis is not None, "a plain Redis store must be read directly"
+    sdk = OnlineFeatures(store, deadline_ms=5_000)
+    sdk.redis = None  # the Feast SDK path, for comparison
+    candidates = items[:40] + [55_555_555]
+    client = redis.Redis.from_url(served_settings.online_store)
+    key = direct.redis.job.key(items[0], direct.redis.project)
+    field = _mmh3("job_features:j_age_days")
+    held = client.hget(key, field)
+
+    async def reads():  # one event loop: Feast's async Redis client belongs to the loop that made it
+        for member_id in (members[0], members[7], 987_654_321):
+            ours, theirs = await direct.read(member_id, candidates), await sdk.read(member_id, candidates)
+            assert not ours.degraded and not theirs.degraded, (ours.degraded_reasons, theirs.degraded_reasons)
+            assert ours.member == theirs.member and ours.cold_start == theirs.cold_start
+            assert ours.job_rows == theirs.job_rows
+            assert ours.unknown_candidates == theirs.unknown_candidates == [55_555_555]
+        assert sum(v is not None for v in ours.job_rows[0].values()) > 10
+        # an unchanged job keeps its row object (the encoder's cache key); a changed one gets a new row at once
+        first, again = await direct.read(members[0], items[:2]), await direct.read(members[0], items[:2])
+        assert again.job_rows[0] is first.job_rows[0]
+        client.hset(key, field, Value(float_val=1234.5).SerializeToString())
+        changed = await direct.read(members[0], items[:2])
+        assert changed.job_rows[0]["j_age_days"] == 1234.5 and changed.job_rows[0] is not first.job_rows[0]
+        assert changed.job_rows[1] is first.job_rows[1]
+
+    try:
+        asyncio.run(reads())
+    finally:
+        client.hset(key, field, held)
