@@ -95,7 +95,8 @@ def model_inputs(frame: pd.DataFrame, models: ServingModels) -> pd.DataFrame:
         if name == META_EMBEDDING and models.meta_init is not None:
             init = models.meta_init.embedding.astype(np.float32)
             values = [v if _has_vector(v) else init for v in values]
-        inputs[name] = [np.asarray(v, dtype=np.float32) if _has_vector(v) else None for v in values]
+        # no vector: an empty one, read as zeros by encode_table (a column of nulls alone has no list type)
+        inputs[name] = [np.asarray(v, dtype=np.float32) if _has_vector(v) else np.zeros(0, np.float32) for v in values]
     return inputs
 
 
@@ -119,10 +120,22 @@ def random_effect_offset(frame: pd.DataFrame, effects: RandomEffects | None) -> 
     return member_term + job_term
 
 
+def forward_probabilities(model: Any, inputs: tuple) -> np.ndarray:
+    """Calibrated probabilities of the ranker for (sparse, dense, bag_values, bag_offsets) tensors.
+
+    The forward pass of training.ranker.train.predict_logits without its chunking copies (a request is far
+    below its chunk size): the same module call on the same tensors, so the same numbers.
+    """
+    import torch
+
+    with torch.inference_mode():
+        probabilities = model.calibration(model(*inputs).float())
+    return probabilities.double().numpy()
+
+
 def ranker_probabilities(model: Any, spec: dict, inputs: pd.DataFrame) -> np.ndarray:
     """Calibrated ranker probabilities for assembled rows (training.ranker's own encoder and predictor)."""
     import pyarrow as pa
-    import torch
 
     from training.ranker.data import encode_table
 
@@ -133,11 +146,7 @@ def ranker_probabilities(model: Any, spec: dict, inputs: pd.DataFrame) -> np.nda
     table = pa.Table.from_pandas(inputs.assign(**{k: v for k, v in columns.items() if k not in inputs.columns}),
                                  preserve_index=False)
     batch = encode_table(table, spec, model.config, source="serving request")
-    # The forward pass of training.ranker.train.predict_logits, without its chunking copies (a request
-    # is far below its chunk size) -- the same module call on the same tensors, so the same numbers.
-    with torch.inference_mode():
-        probabilities = model.calibration(model(*batch.inputs).float())
-    return probabilities.double().numpy()
+    return forward_probabilities(model, batch.inputs)
 
 
 def combine(probabilities: np.ndarray, offset: np.ndarray | None) -> np.ndarray:
