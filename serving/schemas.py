@@ -19,6 +19,8 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 def parse_id(value: Any) -> int:
     """An entity id from JSON: an integer, or a string of one."""
+    if type(value) is int and INT64_MIN <= value <= INT64_MAX:  # the common case, first: one check per id
+        return value
     if isinstance(value, bool):
         raise ValueError("expected an integer id, got a boolean")
     if isinstance(value, float):

@@ -2,11 +2,12 @@
 
 Two services, started together by `bentoml serve serving.service:Ranking` (`rankflow serve`):
 - `Ranking` (HTTP front): validates the request (schemas.py), reads member and candidate features from
-  the Feast online store under a deadline (online.py), assembles the model inputs and the random-effect
-  offsets (scoring.py), and sends the rows to the scorer;
-- `Scorer`: scores rows with the calibrated ranker. Its `score_batch` API is batchable: BentoML's adaptive
-  batching merges the rows of concurrent requests into one forward pass (`score` is the same without
-  batching, for comparison: ServingConfig.adaptive_batching).
+  the online store under a deadline (online.py: one Redis round trip, or Feast's SDK on other stores),
+  encodes the ranker inputs and the random-effect offsets in numpy (encoding.py, cached per job), and
+  scores them;
+- `Scorer`: scores encoded rows with the calibrated ranker. Its `score_batch` API is batchable: BentoML's
+  adaptive batching merges the rows of concurrent requests into one forward pass. With
+  ServingConfig.adaptive_batching off the front scores each request itself (no second process hop).
 Settings and ServingConfig are read once, here, at import (RANKFLOW_DATA_DIR etc., set by `rankflow serve`).
 Health: /livez, /readyz (models loaded and the feature store answering); metrics: /metrics.
 """
@@ -18,7 +19,6 @@ import time
 
 import bentoml
 import numpy as np
-import pandas as pd
 
 from rankflow.config import load_settings
 from rankflow.logs import configure_logging, get_logger
@@ -31,19 +31,22 @@ SETTINGS = load_settings()
 CONFIG = load_serving_config(SETTINGS)
 RankRequest = rank_request_model(CONFIG.max_candidates)
 
-# Adaptive batching bounds. A batch item is one request's rows (a one-element list of DataFrames:
-# BentoML 1.4.39's DataFrame container reports a tuple as batch size, so DataFrames cannot be batched
-# directly), so max_batch_size counts requests. max_latency_ms is the dispatcher's give-up time (a queued
-# request older than it is refused with 503), not a wait target: BentoML learns how long to wait from the
-# measured batch times; keep it far above the normal latency.
+# Adaptive batching bounds. A batch item is one request's encoded rows (a one-element list of plain dicts
+# of arrays, pickled between the processes with out-of-band buffers), so max_batch_size counts requests.
+# max_latency_ms is the dispatcher's give-up time (a queued request older than it is refused with 503), not
+# a wait target: BentoML learns how long to wait from the measured batch times; keep it far above the normal
+# latency.
 MAX_BATCH_REQUESTS = 64
 MAX_LATENCY_MS = 5_000
-RANKER_TAG, RE_OFFSET = "__ranker_tag", "__re_offset"
+RANKER_TAG = "ranker_tag"
+# BentoML service options both services share: request tracing and access logs as configured
+OBSERVABILITY = {"logging": {"access": {"enabled": CONFIG.access_log}},
+                 **({} if CONFIG.trace_requests else {"tracing": {"excluded_urls": ["/rank", "/score_batch"]}})}
 
 
-@bentoml.service(name="rankflow-scorer", workers=1, threads=1, traffic={"timeout": 30})
+@bentoml.service(name="rankflow-scorer", workers=1, threads=1, traffic={"timeout": 30}, **OBSERVABILITY)
 class Scorer:
-    """Calibrated ranker scores for assembled rows, merged across concurrent requests."""
+    """Calibrated ranker scores for encoded rows, merged across concurrent requests."""
 
     def __init__(self) -> None:
         import torch
@@ -65,51 +68,42 @@ class Scorer:
             return self.registry.current
         return load_models(SETTINGS, {**self.registry.tags, "rankflow-ranker": tag})
 
-    def _score(self, rows: pd.DataFrame) -> np.ndarray:
-        from serving.scoring import combine, ranker_probabilities
-
-        self.registry.maybe_reload()
-        scores = np.empty(len(rows), dtype=np.float64)
-        for tag, part in rows.groupby(RANKER_TAG, sort=False):
-            models = self._models_for(tag)
-            probabilities = ranker_probabilities(models.ranker, models.spec, part.drop(columns=[RANKER_TAG, RE_OFFSET]))
-            offset = part[RE_OFFSET].to_numpy(dtype=np.float64)
-            with_effects = combine(probabilities, np.nan_to_num(offset))
-            scores[rows.index.get_indexer(part.index)] = np.where(np.isnan(offset), probabilities, with_effects)
-        return scores
-
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_REQUESTS, max_latency_ms=MAX_LATENCY_MS)
-    def score_batch(self, requests: list[pd.DataFrame]) -> list[np.ndarray]:
-        """The rows of many requests scored in one pass (adaptive batching); one score array per request."""
+    def score_batch(self, requests: list[dict]) -> list[np.ndarray]:
+        """The rows of many requests scored in one pass per ranker (adaptive batching); one array per request."""
+        from serving.encoding import EncodedRequest, score_requests
+
         if self._batch_rows is None:  # made on first use: after BentoML set up multiprocess metrics
             from serving.metrics import scored_batch_histogram
 
             self._batch_rows = scored_batch_histogram()
-        rows = pd.concat(requests, ignore_index=True) if len(requests) > 1 else requests[0].reset_index(drop=True)
-        self._batch_rows.observe(len(rows))
-        scores = self._score(rows)
-        bounds = np.cumsum([0, *(len(r) for r in requests)])
-        return [scores[start:stop] for start, stop in zip(bounds[:-1], bounds[1:])]
-
-    @bentoml.api
-    def score(self, rows: pd.DataFrame) -> np.ndarray:
-        """One request's rows, scored alone (adaptive batching off)."""
-        return self._score(rows.reset_index(drop=True))
+        self.registry.maybe_reload()
+        encoded = [EncodedRequest.from_dict(r) for r in requests]
+        self._batch_rows.observe(sum(len(e) for e in encoded))
+        scores: list[np.ndarray | None] = [None] * len(requests)
+        for tag in dict.fromkeys(r[RANKER_TAG] for r in requests):  # one forward pass per ranker version
+            index = [i for i, r in enumerate(requests) if r[RANKER_TAG] == tag]
+            for i, result in zip(index, score_requests(self._models_for(tag).ranker, [encoded[i] for i in index])):
+                scores[i] = result
+        return scores
 
 
 @bentoml.service(name="rankflow-ranking", workers=1, traffic={"timeout": 30},
-                 metrics={"enabled": True, "namespace": "bentoml"})
+                 metrics={"enabled": True, "namespace": "bentoml"}, **OBSERVABILITY)
 class Ranking:
     """POST /rank {member_id, candidates, k?} -> the top k candidates with calibrated scores."""
 
     scorer = bentoml.depends(Scorer)
 
     def __init__(self) -> None:
+        import torch
+
         from features.store import feature_store
         from serving.metrics import ServingMetrics
         from serving.models import ModelRegistry
         from serving.online import OnlineFeatures
 
+        torch.set_num_threads(1)  # it scores too (batching off, or the scorer unreachable)
         self.registry = ModelRegistry(SETTINGS, CONFIG.reload_check_seconds)
         self.features = OnlineFeatures(feature_store(SETTINGS), CONFIG.feature_deadline_ms,
                                        CONFIG.candidate_cache_seconds, CONFIG.candidate_cache_size)
@@ -122,32 +116,40 @@ class Ranking:
         read = await self.features.read(0, [0])
         return self.registry.current is not None and not read.degraded
 
-    async def _scores(self, rows: pd.DataFrame, models) -> np.ndarray:
-        """Scores from the scorer; on a connection failure one retry, then the same function in this process.
+    def _encoder(self, models):
+        """The request encoder of this model set (its per-job cache lives and dies with the set)."""
+        from serving.encoding import RequestEncoder
+
+        encoder = models.extra.get("encoder")
+        if encoder is None:
+            encoder = models.extra["encoder"] = RequestEncoder(
+                models, self.features.member_columns, self.features.job_columns, CONFIG.candidate_cache_size)
+        return encoder
+
+    async def _scores(self, encoded, models) -> np.ndarray:
+        """Scores from the scorer (batching on); on a connection failure one retry, then in this process.
 
         Scoring is idempotent, and a pooled keep-alive connection the scorer has just closed is an ordinary
         event under bursts: neither may turn into a 500 for the caller.
         """
-        client = getattr(self.scorer, "to_async", None)
+        from serving.encoding import score_requests
+
+        client = getattr(self.scorer, "to_async", None) if CONFIG.adaptive_batching else None
         for attempt in range(2):
             if client is None:
                 break
             try:
-                if CONFIG.adaptive_batching:
-                    return np.asarray((await client.score_batch([rows]))[0])
-                return np.asarray(await client.score(rows))
+                payload = {**encoded.to_dict(), RANKER_TAG: models.ranker_tag}
+                return np.asarray((await client.score_batch([payload]))[0])
             except (OSError, ConnectionError, asyncio.TimeoutError, *_client_errors()) as error:
                 log.warning("scorer call failed (attempt %d): %s: %s", attempt + 1, type(error).__name__, error)
-        self.metrics.scorer_fallbacks.inc()
-        from serving.scoring import combine, ranker_probabilities
-
-        offset = rows[RE_OFFSET].to_numpy(dtype=np.float64)
-        probabilities = ranker_probabilities(models.ranker, models.spec, rows.drop(columns=[RANKER_TAG, RE_OFFSET]))
-        return np.where(np.isnan(offset), probabilities, combine(probabilities, np.nan_to_num(offset)))
+        if client is not None:
+            self.metrics.scorer_fallbacks.inc()
+        return score_requests(models.ranker, [encoded])[0]
 
     @bentoml.api(route="/rank", input_spec=RankRequest, output_spec=RankResponse)
     async def rank(self, member_id: int, candidates: list[int], k: int | None = None) -> RankResponse:
-        from serving.scoring import candidate_frame, model_inputs, random_effect_offset, top_k
+        from serving.scoring import top_k
 
         started = time.perf_counter()
         self.registry.maybe_reload()
@@ -157,13 +159,9 @@ class Ranking:
             self._served = models
         read = await self.features.read(member_id, candidates)
         self.metrics.feature_read_seconds.observe(read.seconds)
-        frame = candidate_frame(member_id, read.member, read.jobs)
-        rows = model_inputs(frame, models)
-        offset = random_effect_offset(frame, models.random_effects)
-        rows[RANKER_TAG] = models.ranker_tag
-        rows[RE_OFFSET] = np.nan if offset is None else offset
-        self.metrics.score_rows.observe(len(rows))
-        scores = await self._scores(rows, models)
+        encoded = self._encoder(models).encode(member_id, read.member, read.item_ids, read.job_rows)
+        self.metrics.score_rows.observe(len(encoded))
+        scores = await self._scores(encoded, models)
         best = top_k(np.asarray(candidates), scores, k or CONFIG.default_k)
         if read.degraded:
             self.metrics.count_degraded(read.degraded_reasons)
