@@ -185,9 +185,12 @@ class Ranking:
 
 
 def _client_errors() -> tuple[type[BaseException], ...]:
+    """Scorer failures the front answers by scoring itself: transport errors, and the 503 BentoML's
+    dispatcher gives when a queued batch item outlived max_latency_ms (overload)."""
     import aiohttp
+    from bentoml.exceptions import ServiceUnavailable
 
-    return (aiohttp.ClientError,)
+    return (aiohttp.ClientError, ServiceUnavailable)
 
 
 def _jsonable(value):
