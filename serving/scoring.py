@@ -149,12 +149,17 @@ def ranker_probabilities(model: Any, spec: dict, inputs: pd.DataFrame) -> np.nda
     return forward_probabilities(model, batch.inputs)
 
 
+def global_logit(probabilities: np.ndarray) -> np.ndarray:
+    """logit(p) of the ranker's calibrated probabilities, clipped away from 0 and 1 (GLMix's global part)."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), _PROBABILITY_CLIP, 1 - _PROBABILITY_CLIP)
+    return np.log(p) - np.log1p(-p)
+
+
 def combine(probabilities: np.ndarray, offset: np.ndarray | None) -> np.ndarray:
     """sigmoid(logit(p) + offset); p itself when there is no random-effect offset."""
     if offset is None:
         return np.asarray(probabilities, dtype=np.float64)
-    p = np.clip(np.asarray(probabilities, dtype=np.float64), _PROBABILITY_CLIP, 1 - _PROBABILITY_CLIP)
-    return 1.0 / (1.0 + np.exp(-(np.log(p) - np.log1p(-p) + offset)))
+    return 1.0 / (1.0 + np.exp(-(global_logit(probabilities) + offset)))
 
 
 def score_candidates(member_id: int, member: Mapping[str, Any] | None, jobs: pd.DataFrame,

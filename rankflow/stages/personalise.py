@@ -108,7 +108,7 @@ def ranker_logit(settings: Settings, day: date, frame) -> GlobalPart:
 
     from rankflow.stages.ranker import model_info, serving_tag
     from serving.models import load_ranker
-    from serving.scoring import _PROBABILITY_CLIP
+    from serving.scoring import global_logit
     from training.ranker import data
     from training.ranker.train import predict_logits
 
@@ -129,8 +129,7 @@ def ranker_logit(settings: Settings, day: date, frame) -> GlobalPart:
                            f"the {len(frame)} rows read for GLMix")
     with torch.inference_mode():
         probabilities = model.calibration(predict_logits(model, rows)).double().numpy()
-    p = np.clip(probabilities, _PROBABILITY_CLIP, 1 - _PROBABILITY_CLIP)
-    return GlobalPart(np.log(p) - np.log1p(-p), tag, f"serving ranker {tag} (trained up to {train_end})")
+    return GlobalPart(global_logit(probabilities), tag, f"serving ranker {tag} (trained up to {train_end})")
 
 
 def _basis_from_raw(settings: Settings, day: date, attributes: tuple[str, ...]):
