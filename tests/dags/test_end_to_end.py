@@ -252,10 +252,6 @@ def test_rest_backfill_of_three_days_succeeds_and_fills_the_stores(airflow):
     assert online.is_dir() and any(p.is_file() for p in online.rglob("*")), "the online store is empty"
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known bug (issue 9 / issue 3, open): rebuilding a day's training set after later days exist yields fewer "
-    "rows (956 of 1,000 on this data), reproduced with the features stage alone; the other feature tables "
-    "re-run byte-identically"))
 def test_rerunning_a_backfilled_day_gives_byte_identical_outputs(airflow):
     api, data_dir = airflow["api"], airflow["data_dir"]
     day = DAYS[2]
