@@ -90,3 +90,24 @@ def test_torchrun_two_processes_follow_the_single_process_loss_curve(training_se
     assert losses_one.shape == losses_two.shape
     # Same global batches, gradients averaged over the two shards: the curves coincide up to float noise.
     assert (losses_one - losses_two).abs().max() < 1e-3
+
+
+def test_days_written_before_the_meta_embedding_existed_read_it_as_zeros(tmp_path):
+    """A training range that starts before personalisation wrote meta embeddings (as in `rankflow demo`)."""
+    import pyarrow.parquet as pq
+
+    folder = write_training_set(tmp_path, days=2, rows_per_day=200)
+    first = folder / f"dt={days(1)[0].isoformat()}" / "part-0.parquet"
+    pq.write_table(pq.read_table(first).drop(["meta_embedding"]), first)
+    spec = data.read_spec(folder)
+    config = _config(folder)
+    width = dict(config.vector_features)["meta_embedding"]
+
+    with pytest.warns(data.MissingColumnWarning, match="meta_embedding"):
+        both = data.load_rows(data.day_files(folder, days(2)), spec, config)
+    second = data.load_rows(data.day_files(folder, days(2)[1:]), spec, config)
+
+    assert len(both) == 400
+    assert torch.equal(both.dense[:200, -width:], torch.zeros(200, width))
+    assert torch.equal(both.dense[200:], second.dense)
+    assert second.dense[:, -width:].abs().sum() > 0

@@ -167,7 +167,7 @@ def encode_table(table: Any, spec: dict[str, Any], config: RankerConfig, source:
     """A pyarrow Table of training-set rows -> a CPU Batch, columns chosen by `config` (from `spec`).
 
     A missing column raises KeyError naming it, except, with `absent_dense_as_zero` (the training-set
-    readers below), a dense column an older partition lacks, read as 0 with a MissingColumnWarning.
+    readers below), a dense or vector column an older partition lacks, read as 0 with a MissingColumnWarning.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -188,11 +188,12 @@ def encode_table(table: Any, spec: dict[str, Any], config: RankerConfig, source:
         bag_offsets.append(torch.from_numpy(np.cumsum(lengths) - lengths))
 
     dense_parts = []
-    absent = [name for name in config.dense_features if name not in table.column_names] if absent_dense_as_zero else []
+    inputs = [*config.dense_features, *(name for name, _ in config.vector_features)]
+    absent = [name for name in inputs if name not in table.column_names] if absent_dense_as_zero else []
     if absent:
         # A partition written before a derived column existed (e.g. the first day, built with no feature
-        # rows at all): the column reads as 0, exactly as features.assemble.assemble_rows fills a spec
-        # column it cannot compute for a row served online. Said once per file, not silently.
+        # rows at all, or a day before personalisation wrote any meta embedding): the column reads as 0,
+        # exactly as a null value does. Said once per file, not silently.
         warnings.warn(f"{source}: dense column(s) {', '.join(absent)} named by the training-set spec are absent; "
                       f"read as 0", MissingColumnWarning, stacklevel=2)
     for name in config.dense_features:
@@ -206,6 +207,9 @@ def encode_table(table: Any, spec: dict[str, Any], config: RankerConfig, source:
             raise ValueError(f"{source}: dense column {name!r} has a non-finite value {values[bad]} at row {bad}")
         dense_parts.append(values[:, None])
     for name, width in config.vector_features:
+        if name in absent:
+            dense_parts.append(np.zeros((rows, width), dtype=np.float32))
+            continue
         lists = _column(table, name, source).combine_chunks()
         lengths = np.asarray(pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)
         wrong = np.flatnonzero((lengths != 0) & (lengths != width))
