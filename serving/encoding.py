@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from features.assemble import UNKNOWN
 from serving.scoring import JOB_RE, MEMBER_RE, META_EMBEDDING, ServingModels
 
-UNKNOWN = "__unknown__"  # features.assemble.UNKNOWN (not imported: serving's hot path stays pandas-free)
 SOURCE = "serving request"
 
 
