@@ -13,7 +13,14 @@ result is deterministic (no atomics), unlike index_add_ on CUDA. Segments with n
 Arithmetic is float32; the outputs take the features' (values') dtype.
 
 Gradients: d values_i = G_{ids_i};  d x_i = w_i (G_s + G_s^T) x_i;  d w_i = x_i^T G_s x_i. The outer
-sum's backward walks the forward's sorted layout, one program per segment, so each G_s is read once.
+sum's backward walks the forward's sorted layout, so each G_s is read once (not once per row).
+
+One program per segment (and output tile) accumulates the d x d tile in registers over the segment's
+rows and stores it once, so [S, d, d] is written once and G read once. (Programs that own a run of
+several segments, looping over them, measured no faster on an H200: benchmarks/bench_kernels.py.)
+Ids out of [0, S) fall outside every segment of the sorted layout (the kernels never index with
+them) and are refused after the kernels are queued, from the layout itself (one host read of two
+numbers); while a CUDA graph is being captured no host read is possible, and the check is skipped.
 """
 
 from __future__ import annotations
@@ -55,6 +62,28 @@ def _check_id_range(segment_ids: torch.Tensor, num_segments: int) -> None:
             raise ValueError(f"segment_ids must lie in [0, {num_segments}); got [{low}, {high}]")
 
 
+def _check_layout(starts: torch.Tensor, segment_ids: torch.Tensor, num_segments: int) -> None:
+    """Refuse ids outside [0, S): then the segments do not cover every row (starts[0] > 0 or starts[S] < N)."""
+    if segment_ids.is_cuda and torch.cuda.is_current_stream_capturing():
+        return  # no host read inside a capture (see the module docstring)
+    first, last = starts[[0, -1]].tolist()  # one host sync, after the kernels are queued
+    if first != 0 or last != segment_ids.numel():
+        _check_id_range(segment_ids, num_segments)  # raises, naming the range found
+
+
+def _segment_layout(segment_ids: torch.Tensor, num_segments: int, ids_sorted: bool):
+    """(row order or None, CSR starts [S+1]): rows order[starts[s]:starts[s+1]] belong to segment s."""
+    if ids_sorted:
+        order, sorted_ids = None, segment_ids
+    else:
+        keys = segment_ids
+        if num_segments < 2**31 - 1:  # 32-bit keys: half the radix passes of a 64-bit sort
+            keys = keys.to(torch.int32)
+        sorted_ids, order = torch.sort(keys, stable=True)
+    boundaries = torch.arange(num_segments + 1, device=segment_ids.device, dtype=sorted_ids.dtype)
+    return order, torch.searchsorted(sorted_ids, boundaries)
+
+
 def segment_sum(
     values: torch.Tensor, segment_ids: torch.Tensor, num_segments: int, *, ids_sorted: bool = False
 ) -> torch.Tensor:
@@ -66,8 +95,9 @@ def segment_sum(
     if not use_triton(values, segment_ids):
         _check_id_range(segment_ids, num_segments)
         return segment_sum_reference(values, segment_ids, num_segments)
-    out = _SegmentSum.apply(values, segment_ids, num_segments, ids_sorted)
-    _check_id_range(segment_ids, num_segments)  # see segment_outer_sum
+    order, starts = _segment_layout(segment_ids, num_segments, ids_sorted)
+    out = _SegmentSum.apply(values, segment_ids, order, starts)
+    _check_layout(starts, segment_ids, num_segments)
     return out
 
 
@@ -85,25 +115,10 @@ def segment_outer_sum(
     if not use_triton(features, weights, segment_ids):
         _check_id_range(segment_ids, num_segments)
         return segment_outer_sum_reference(features, weights, segment_ids, num_segments)
-    out = _SegmentOuterSum.apply(features, weights, segment_ids, num_segments, ids_sorted)
-    # Checked once the kernels are queued, so the host sync overlaps them. Rows with an id outside
-    # [0, S) fall outside every segment's range of the sorted layout: the kernels never index with it.
-    _check_id_range(segment_ids, num_segments)
+    order, starts = _segment_layout(segment_ids, num_segments, ids_sorted)
+    out = _SegmentOuterSum.apply(features, weights, order, starts)
+    _check_layout(starts, segment_ids, num_segments)
     return out
-
-
-def _segment_layout(segment_ids: torch.Tensor, num_segments: int, ids_sorted: bool):
-    """(row order, CSR starts [S+1]): rows order[starts[s]:starts[s+1]] belong to segment s."""
-    ids = segment_ids
-    if num_segments < 2**31 - 1:  # 32-bit keys: half the radix passes of a 64-bit sort
-        ids = ids.to(torch.int32)
-    if ids_sorted:
-        order, sorted_ids = None, ids
-    else:
-        sorted_ids, order = torch.sort(ids, stable=True)
-    boundaries = torch.arange(num_segments + 1, device=ids.device, dtype=ids.dtype)
-    starts = torch.searchsorted(sorted_ids, boundaries)
-    return order, starts
 
 
 try:
@@ -115,6 +130,21 @@ except ImportError:  # kernels.dispatch refuses the Triton path without triton
 if triton is not None:
 
     @triton.jit
+    def _load_chunk(table_ptr, order_ptr, first, end, cols, col_mask, n_cols, HAS_ORDER: tl.constexpr,
+                    BLOCK_R: tl.constexpr):
+        """The rows at sorted positions first .. first + BLOCK_R - 1 that lie before end: their ids (int64),
+        mask, and [BLOCK_R, cols] tile of the table in float32 (masked rows read as 0)."""
+        positions = first + tl.arange(0, BLOCK_R)
+        row_mask = positions < end
+        if HAS_ORDER:
+            rows = tl.load(order_ptr + positions, mask=row_mask, other=0).to(tl.int64)
+        else:
+            rows = positions.to(tl.int64)
+        tile = tl.load(table_ptr + rows[:, None] * n_cols + cols[None, :], mask=row_mask[:, None] & col_mask[None, :],
+                       other=0.0).to(tl.float32)
+        return rows, row_mask, tile
+
+    @triton.jit
     def _segment_sum_kernel(
         values_ptr, order_ptr, starts_ptr, out_ptr, n_cols,
         HAS_ORDER: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -122,18 +152,12 @@ if triton is not None:
         segment = tl.program_id(0)
         cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         col_mask = cols < n_cols
-        start = tl.load(starts_ptr + segment)
         end = tl.load(starts_ptr + segment + 1)
         acc = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float32)
-        first = start
+        first = tl.load(starts_ptr + segment)
         # while, not for-range: Triton's interpreter cannot take a loaded scalar as a range bound.
         while first < end:
-            positions = first + tl.arange(0, BLOCK_R)
-            row_mask = positions < end
-            rows = tl.load(order_ptr + positions, mask=row_mask, other=0) if HAS_ORDER else positions
-            mask = row_mask[:, None] & col_mask[None, :]
-            acc += tl.load(values_ptr + rows.to(tl.int64)[:, None] * n_cols + cols[None, :], mask=mask,
-                           other=0.0).to(tl.float32)
+            acc += _load_chunk(values_ptr, order_ptr, first, end, cols, col_mask, n_cols, HAS_ORDER, BLOCK_R)[2]
             first += BLOCK_R
         out_offsets = segment.to(tl.int64) * n_cols + cols
         tl.store(out_ptr + out_offsets, tl.sum(acc, axis=0).to(out_ptr.dtype.element_ty), mask=col_mask)
@@ -141,65 +165,60 @@ if triton is not None:
     @triton.jit
     def _segment_outer_kernel(
         features_ptr, weights_ptr, order_ptr, starts_ptr, out_ptr, n_cols,
-        HAS_ORDER: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+        HAS_ORDER: tl.constexpr, ONE_BLOCK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+        PRECISION: tl.constexpr,
     ):
+        # Program (segment s, output tile i, j): the tile sum_r w_r x_ri x_rj over the segment's rows, in
+        # registers, then one store.
         segment = tl.program_id(0)
         cols_i = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         cols_j = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
         mask_i, mask_j = cols_i < n_cols, cols_j < n_cols
-        start = tl.load(starts_ptr + segment)
         end = tl.load(starts_ptr + segment + 1)
         acc = tl.zeros((BLOCK_D, BLOCK_D), dtype=tl.float32)
-        first = start
-        # while, not for-range: Triton's interpreter cannot take a loaded scalar as a range bound.
-        while first < end:
-            positions = first + tl.arange(0, BLOCK_R)
-            row_mask = positions < end
-            rows = tl.load(order_ptr + positions, mask=row_mask, other=0) if HAS_ORDER else positions
-            row_offsets = rows.to(tl.int64)[:, None] * n_cols
-            x_i = tl.load(features_ptr + row_offsets + cols_i[None, :], mask=row_mask[:, None] & mask_i[None, :],
-                          other=0.0).to(tl.float32)
-            x_j = tl.load(features_ptr + row_offsets + cols_j[None, :], mask=row_mask[:, None] & mask_j[None, :],
-                          other=0.0).to(tl.float32)
+        first = tl.load(starts_ptr + segment)
+        while first < end:  # while: see _segment_sum_kernel
+            rows, row_mask, x_i = _load_chunk(features_ptr, order_ptr, first, end, cols_i, mask_i, n_cols, HAS_ORDER,
+                                              BLOCK_R)
+            row_offsets = rows[:, None] * n_cols
+            if ONE_BLOCK:
+                x_j = x_i
+            else:
+                x_j = tl.load(features_ptr + row_offsets + cols_j[None, :],
+                              mask=row_mask[:, None] & mask_j[None, :], other=0.0).to(tl.float32)
             w = tl.load(weights_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
-            # IEEE float32 products: tf32 would cost ~1e-3 relative error on a Hessian.
-            acc += tl.dot(tl.trans(x_i * w[:, None]), x_j, input_precision="ieee")
+            acc += tl.dot(tl.trans(x_i * w[:, None]), x_j, input_precision=PRECISION)
             first += BLOCK_R
         out_offsets = (segment.to(tl.int64) * n_cols + cols_i[:, None]) * n_cols + cols_j[None, :]
         tl.store(out_ptr + out_offsets, acc.to(out_ptr.dtype.element_ty), mask=mask_i[:, None] & mask_j[None, :])
 
     @triton.jit
     def _segment_outer_backward_kernel(
-        grad_ptr, features_ptr, weights_ptr, order_ptr, starts_ptr, dfeatures_ptr, dweights_partial_ptr,
-        n_rows, n_cols, HAS_ORDER: tl.constexpr, ONE_BLOCK: tl.constexpr, BLOCK_R: tl.constexpr,
-        BLOCK_D: tl.constexpr,
+        grad_ptr, features_ptr, weights_ptr, order_ptr, starts_ptr, dfeatures_ptr, dweights_ptr, n_rows, n_cols,
+        HAS_ORDER: tl.constexpr, ONE_BLOCK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+        PRECISION: tl.constexpr,
     ):
-        # Program (segment s, output column block i), over the segment's rows in the sorted layout: G_s is
-        # read once per segment (not once per row), H = G_s + G_s^T, and for each row
+        # Program (segment s, output column block i), over the segment's rows in the sorted layout:
+        # H = G_s + G_s^T from one coalesced read of G_s (a transposed second read made this kernel 2x
+        # slower), and for each row
         #   (d x)_i = w (x H)_i,   d w = x^T G_s x = 1/2 x^T H x  (this column block's share).
         segment = tl.program_id(0)
         block_i = tl.program_id(1)
         cols_i = block_i * BLOCK_D + tl.arange(0, BLOCK_D)
         mask_i = cols_i < n_cols
         grad_base = grad_ptr + segment.to(tl.int64) * n_cols * n_cols
-        start = tl.load(starts_ptr + segment)
-        end = tl.load(starts_ptr + segment + 1)
         if ONE_BLOCK:  # d fits one tile: H once per segment, in registers
-            h_tile = (tl.load(grad_base + cols_i[:, None] * n_cols + cols_i[None, :],
-                              mask=mask_i[:, None] & mask_i[None, :], other=0.0).to(tl.float32)
-                      + tl.load(grad_base + cols_i[None, :] * n_cols + cols_i[:, None],
-                                mask=mask_i[:, None] & mask_i[None, :], other=0.0).to(tl.float32))
-        first = start
-        # while, not for-range: Triton's interpreter cannot take a loaded scalar as a range bound.
-        while first < end:
-            positions = first + tl.arange(0, BLOCK_R)
-            row_mask = positions < end
-            rows = tl.load(order_ptr + positions, mask=row_mask, other=0) if HAS_ORDER else positions
-            row_offsets = rows.to(tl.int64)[:, None] * n_cols
-            x_i = tl.load(features_ptr + row_offsets + cols_i[None, :], mask=row_mask[:, None] & mask_i[None, :],
-                          other=0.0).to(tl.float32)
+            g = tl.load(grad_base + cols_i[:, None] * n_cols + cols_i[None, :],
+                        mask=mask_i[:, None] & mask_i[None, :], other=0.0).to(tl.float32)
+            h_tile = g + tl.trans(g)
+        end = tl.load(starts_ptr + segment + 1)
+        first = tl.load(starts_ptr + segment)
+        while first < end:  # while: see _segment_sum_kernel
+            rows, row_mask, x_i = _load_chunk(features_ptr, order_ptr, first, end, cols_i, mask_i, n_cols, HAS_ORDER,
+                                              BLOCK_R)
+            row_offsets = rows[:, None] * n_cols
             if ONE_BLOCK:
-                xh = tl.dot(x_i, h_tile, input_precision="ieee")  # IEEE: tf32 costs ~1e-3 on a Hessian
+                xh = tl.dot(x_i, h_tile, input_precision=PRECISION)
             else:
                 xh = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float32)
                 first_j = 0
@@ -208,38 +227,54 @@ if triton is not None:
                     mask_j = cols_j < n_cols
                     x_j = tl.load(features_ptr + row_offsets + cols_j[None, :],
                                   mask=row_mask[:, None] & mask_j[None, :], other=0.0).to(tl.float32)
-                    tile_mask = mask_j[:, None] & mask_i[None, :]
-                    h_ji = (tl.load(grad_base + cols_j[:, None] * n_cols + cols_i[None, :], mask=tile_mask,
-                                    other=0.0).to(tl.float32)
-                            + tl.load(grad_base + cols_i[None, :] * n_cols + cols_j[:, None], mask=tile_mask,
-                                      other=0.0).to(tl.float32))
-                    xh += tl.dot(x_j, h_ji, input_precision="ieee")
+                    # H[j, i] = G[j, i] + G[i, j]^T, both tiles read row-major (coalesced).
+                    g_ji = tl.load(grad_base + cols_j[:, None] * n_cols + cols_i[None, :],
+                                   mask=mask_j[:, None] & mask_i[None, :], other=0.0).to(tl.float32)
+                    g_ij = tl.load(grad_base + cols_i[:, None] * n_cols + cols_j[None, :],
+                                   mask=mask_i[:, None] & mask_j[None, :], other=0.0).to(tl.float32)
+                    xh += tl.dot(x_j, g_ji + tl.trans(g_ij), input_precision=PRECISION)
                     first_j += BLOCK_D
             w = tl.load(weights_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
             tl.store(dfeatures_ptr + row_offsets + cols_i[None, :], (w[:, None] * xh).to(dfeatures_ptr.dtype.element_ty),
                      mask=row_mask[:, None] & mask_i[None, :])
-            # The column blocks' shares are summed in a fixed order afterwards.
-            tl.store(dweights_partial_ptr + block_i.to(tl.int64) * n_rows + rows, 0.5 * tl.sum(x_i * xh, axis=1),
-                     mask=row_mask)
+            # One column block: d w itself. Several: their shares, summed in a fixed order afterwards.
+            tl.store(dweights_ptr + block_i.to(tl.int64) * n_rows + rows,
+                     (0.5 * tl.sum(x_i * xh, axis=1)).to(dweights_ptr.dtype.element_ty), mask=row_mask)
             first += BLOCK_R
 
 
-# One program per segment (and column block): segments are small, so many programs must be resident at
-# once to hide each one's chain of dependent loads (starts -> row order -> rows).
+# One program per segment, 2 warps: segments are short (tens of rows), so many small programs must be
+# resident to keep enough independent loads in flight (an H200 sweep: 4 warps, and runs of 4 segments
+# per program, were slower or no faster).
 _OUTER_WARPS = 2
-_OUTER_BLOCK_R = 16
+
+
+def _outer_block_rows(n_rows: int, num_segments: int) -> int:
+    # Rows per step: 16 for segments of ~10 rows (32-row steps were 1.6x slower there), 32 for longer ones.
+    return 32 if n_rows >= 32 * max(1, num_segments) else 16
+
+
+def _precision(*tensors: torch.Tensor) -> str:
+    """float32: IEEE products (tf32 would cost ~1e-3 on a Hessian; tf32x3 measured no faster). 16-bit
+    inputs: one tf32 product on tensor cores (their values are exact in tf32, only w x rounds, to 2^-11)."""
+    return "ieee" if any(t.dtype == torch.float32 for t in tensors) else "tf32"
 
 
 def _block_d(n_cols: int, cap: int) -> int:
     return min(cap, max(16, next_power_of_2(n_cols)))
 
 
+def _outer_launch(n_rows: int, n_cols: int, num_segments: int):
+    """(column blocks, block_d, block_rows) of the outer-sum kernels."""
+    block_d = _block_d(n_cols, 64)
+    return triton.cdiv(n_cols, block_d), block_d, _outer_block_rows(n_rows, num_segments)
+
+
 class _SegmentSum(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, values, segment_ids, num_segments, ids_sorted):
+    def forward(ctx, values, segment_ids, order, starts):
         values_c = values.contiguous()
-        n_cols = values_c.shape[1]
-        order, starts = _segment_layout(segment_ids, num_segments, ids_sorted)
+        num_segments, n_cols = starts.numel() - 1, values_c.shape[1]
         out = torch.empty((num_segments, n_cols), dtype=values.dtype, device=values.device)
         block_d = _block_d(n_cols, 128)
         grid = (num_segments, triton.cdiv(n_cols, block_d))
@@ -257,19 +292,19 @@ class _SegmentSum(torch.autograd.Function):
 
 class _SegmentOuterSum(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, features, weights, segment_ids, num_segments, ids_sorted):
+    def forward(ctx, features, weights, order, starts):
         features_c, weights_c = features.contiguous(), weights.contiguous()
-        n_cols = features_c.shape[1]
-        order, starts = _segment_layout(segment_ids, num_segments, ids_sorted)
+        (n_rows, n_cols), num_segments = features_c.shape, starts.numel() - 1
         out = torch.empty((num_segments, n_cols, n_cols), dtype=features.dtype, device=features.device)
-        block_d = _block_d(n_cols, 64)
-        n_blocks = triton.cdiv(n_cols, block_d)
+        n_blocks, block_d, block_rows = _outer_launch(n_rows, n_cols, num_segments)
+        order_arg = order if order is not None else starts  # never read when HAS_ORDER is False
         _segment_outer_kernel[(num_segments, n_blocks, n_blocks)](
-            features_c, weights_c, order if order is not None else starts, starts, out, n_cols,
-            HAS_ORDER=order is not None, BLOCK_R=_OUTER_BLOCK_R, BLOCK_D=block_d, num_warps=_OUTER_WARPS,
+            features_c, weights_c, order_arg, starts, out, n_cols, HAS_ORDER=order is not None,
+            ONE_BLOCK=n_blocks == 1, BLOCK_R=block_rows, BLOCK_D=block_d, PRECISION=_precision(features, weights),
+            num_warps=_OUTER_WARPS,
         )
         # The backward reuses the sorted layout: no second sort.
-        ctx.save_for_backward(features_c, weights_c, order if order is not None else starts, starts)
+        ctx.save_for_backward(features_c, weights_c, order_arg, starts)
         ctx.has_order = order is not None
         ctx.weights_dtype = weights.dtype
         return out
@@ -277,18 +312,18 @@ class _SegmentOuterSum(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         features, weights, order, starts = ctx.saved_tensors
-        n_rows, n_cols = features.shape
-        num_segments = starts.numel() - 1
+        (n_rows, n_cols), num_segments = features.shape, starts.numel() - 1
         grad = grad_out.contiguous()
-        block_d = _block_d(n_cols, 64)
-        n_blocks = triton.cdiv(n_cols, block_d)
+        n_blocks, block_d, block_rows = _outer_launch(n_rows, n_cols, num_segments)
         dfeatures = torch.empty_like(features)
-        dweights_partial = torch.empty((n_blocks, n_rows), dtype=torch.float32, device=features.device)
+        # One column block writes d w directly; several write float32 shares, summed below in a fixed order.
+        dweights = torch.empty((n_blocks, n_rows), device=features.device,
+                               dtype=ctx.weights_dtype if n_blocks == 1 else torch.float32)
         if n_rows:
             _segment_outer_backward_kernel[(num_segments, n_blocks)](
-                grad, features, weights, order, starts, dfeatures, dweights_partial, n_rows, n_cols,
-                HAS_ORDER=ctx.has_order, ONE_BLOCK=n_blocks == 1, BLOCK_R=_OUTER_BLOCK_R, BLOCK_D=block_d,
-                num_warps=_OUTER_WARPS,
+                grad, features, weights, order, starts, dfeatures, dweights, n_rows, n_cols,
+                HAS_ORDER=ctx.has_order, ONE_BLOCK=n_blocks == 1, BLOCK_R=block_rows, BLOCK_D=block_d,
+                PRECISION=_precision(features, weights, grad), num_warps=_OUTER_WARPS,
             )
-        dweights = (dweights_partial[0] if n_blocks == 1 else dweights_partial.sum(dim=0)).to(ctx.weights_dtype)
-        return dfeatures, dweights, None, None, None
+        dweights = dweights[0] if n_blocks == 1 else dweights.sum(dim=0).to(ctx.weights_dtype)
+        return dfeatures, dweights, None, None

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from kernel_testing import TOLERANCE, relative_error, sizes
+from kernel_testing import HAS_CUDA, TOLERANCE, relative_error, sizes
 
 from kernels.segment import segment_outer_sum, segment_outer_sum_reference, segment_sum, segment_sum_reference
 
@@ -70,3 +70,44 @@ def test_hessian_of_one_row_is_its_weighted_outer_product(device, triton_backend
 def test_out_of_range_ids_are_refused(device):
     with pytest.raises(ValueError, match=r"segment_ids must lie in \[0, 3\)"):
         segment_sum(torch.randn(2, 2, device=device), torch.tensor([0, 3], device=device), 3)
+
+
+@pytest.mark.parametrize("bad_id", [-1, 3])
+@pytest.mark.parametrize("ids_sorted", [False, True])
+def test_kernels_refuse_out_of_range_ids_from_their_layout(bad_id, ids_sorted, device, triton_backend):
+    ids = torch.tensor(sorted([0, 2, bad_id]), device=device)
+    with pytest.raises(ValueError, match=r"segment_ids must lie in \[0, 3\)"):
+        segment_outer_sum(torch.randn(3, 2, device=device), torch.rand(3, device=device), ids, 3, ids_sorted=ids_sorted)
+    with pytest.raises(ValueError, match=r"segment_ids must lie in \[0, 3\)"):
+        segment_sum(torch.randn(3, 2, device=device), ids, 3, ids_sorted=ids_sorted)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="CUDA graphs need a GPU")
+def test_outer_sum_and_gradients_replay_in_a_cuda_graph(triton_backend):
+    # GLMix's Newton steps can be captured: inside a capture the id-range check's host read is skipped.
+    n, d, num_segments = 50_001, 19, 997
+    features = torch.randn(n, d, device="cuda", requires_grad=True)
+    weights = torch.rand(n, device="cuda", requires_grad=True)
+    ids = torch.randint(0, num_segments, (n,), device="cuda")
+    grad = torch.randn(num_segments, d, d, device="cuda")
+
+    def step():
+        out = segment_outer_sum(features, weights, ids, num_segments)
+        # Detached: an output that kept the eager graph alive would tie the leaves' gradient accumulators
+        # to the stream of that eager run, which the capture then refuses to wait on.
+        return (out.detach(), *torch.autograd.grad(out, (features, weights), grad))
+
+    expected = step()
+    graph = torch.cuda.CUDAGraph()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()  # warm-up off the capture stream (Triton compiles here)
+    torch.cuda.current_stream().wait_stream(side)
+    with torch.cuda.graph(graph):
+        captured = step()
+    features.data.mul_(2.0)  # a new input: the replay must see it
+    graph.replay()
+    # Powers of two scale float32 exactly: out and d w by 4, d x by 2, bit for bit.
+    for ours, reference, scale in zip(captured, expected, (4.0, 2.0, 4.0)):
+        assert torch.equal(ours, scale * reference)
