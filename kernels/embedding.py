@@ -124,22 +124,39 @@ if triton is not None:
         tl.store(out_ptr + positions.to(tl.int64)[:, None] * dim + cols[None, :], values, mask=mask)
 
     @triton.jit
+    def _bag_of_position_kernel(offsets_ptr, out_ptr, n_bags, BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr):
+        # out[p] = b for every position p of bag b: the [bags, positions] tiles of _bag_forward_kernel.
+        bags = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+        bag_mask = bags < n_bags
+        starts = tl.load(offsets_ptr + bags, mask=bag_mask, other=0)
+        lengths = tl.where(bag_mask, tl.load(offsets_ptr + bags + 1, mask=bag_mask, other=0) - starts, 0)
+        longest = tl.max(lengths, axis=0)
+        first = 0
+        while first < longest:  # while: see _bag_forward_kernel
+            steps = first + tl.arange(0, BLOCK_L)
+            in_bag = steps[None, :] < lengths[:, None]
+            tl.store(out_ptr + starts[:, None] + steps[None, :], (bags[:, None] + 0 * steps[None, :]).to(out_ptr.dtype.element_ty),
+                     mask=in_bag)
+            first += BLOCK_L
+
+    @triton.jit
     def _segmented_add(value_a, start_a, value_b, start_b):
         # Segmented sum: a segment start on the right drops everything to its left.
         return tl.where(start_b != 0, value_b, value_a + value_b), start_a | start_b
 
     @triton.jit
     def _rowwise_adagrad_chunk_kernel(
-        sorted_rows_ptr, bag_end_ptr, offsets_ptr, grad_ptr, weight_ptr, momentum_ptr, head_partial_ptr,
-        tail_partial_ptr, n_positions, dim, lr, eps,
-        MEAN: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
+        sorted_rows_ptr, order_ptr, bag_of_position_ptr, offsets_ptr, grad_ptr, weight_ptr, momentum_ptr,
+        head_partial_ptr, tail_partial_ptr, n_positions, dim, lr, eps,
+        MEAN: tl.constexpr, SINGLE: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
         # CHUNK sorted positions per program: their contributions g[bag(p)] are gathered at once and summed
         # per run of equal rows by a segmented scan (a fixed order: deterministic). A run that starts and
         # ends in the chunk is applied here. Of a run that crosses a chunk edge, this chunk writes its
         # share: the chunk's first segment when the run began earlier (head partial), its last segment
         # when the run began here and goes on (tail partial); _rowwise_adagrad_spill_kernel adds them up.
-        # bag_end[p] = (bag of sorted position p) + 1, from one searchsorted of the sort order.
+        # Sorted position p holds indices[order[p]], of bag bag_of_position[order[p]] (order[p] itself for
+        # bags of one).
         chunk = tl.program_id(0)
         local = tl.arange(0, CHUNK)
         positions = chunk.to(tl.int64) * CHUNK + local
@@ -152,7 +169,11 @@ if triton is not None:
         segment_start = run_head | (local == 0)
         cols = tl.arange(0, BLOCK_D)
         col_mask = cols < dim
-        bag = tl.load(bag_end_ptr + positions, mask=valid, other=1).to(tl.int64) - 1
+        source = tl.load(order_ptr + positions, mask=valid, other=0)
+        if SINGLE:
+            bag = source.to(tl.int64)
+        else:
+            bag = tl.load(bag_of_position_ptr + source, mask=valid, other=0).to(tl.int64)
         values = tl.load(grad_ptr + bag[:, None] * dim + cols[None, :], mask=valid[:, None] & col_mask[None, :],
                          other=0.0).to(tl.float32)
         if MEAN:
@@ -238,16 +259,25 @@ def _embedding_bag_triton(weight, indices, offsets, mode, single=False):
 
 # Contribution values gathered per program of the backward (chunk of sorted positions x padded dim).
 _CHUNK_VALUES = 8192
+_CHUNK_WARPS = 4
 
 
-def _rowwise_adagrad_triton(weight, momentum, indices, offsets, grad_output, mode, lr, eps):
+def _rowwise_adagrad_triton(weight, momentum, indices, offsets, grad_output, mode, lr, eps, single=False):
     n_positions, dim = indices.numel(), weight.shape[1]
     if n_positions == 0:
         return
     keys = indices.to(torch.int32) if weight.shape[0] < 2**31 else indices  # 32-bit keys: half the radix passes
     sorted_rows, order = torch.sort(keys, stable=True)
-    # The bag of each sorted position, plus one (searchsorted's right edge; the kernel subtracts it).
-    bag_end = torch.searchsorted(offsets, order.to(offsets.dtype), right=True)
+    if single:  # bags of one: position p is bag p
+        bag_of_position = order  # unread
+    else:  # a map written once (a search of offsets per position, or repeat_interleave, was far slower)
+        n_bags = offsets.numel() - 1
+        bag_dtype = torch.int32 if n_bags < 2**31 else torch.int64
+        bag_of_position = torch.empty(n_positions, dtype=bag_dtype, device=indices.device)
+        block_l = min(16, next_power_of_2(max(1, n_positions // max(1, n_bags))))
+        block_b = max(1, 2048 // block_l)
+        _bag_of_position_kernel[(triton.cdiv(n_bags, block_b),)](offsets, bag_of_position, n_bags, BLOCK_B=block_b,
+                                                                 BLOCK_L=block_l, num_warps=4)
     block_d = max(16, next_power_of_2(dim))
     chunk = max(16, _CHUNK_VALUES // block_d)
     n_chunks = triton.cdiv(n_positions, chunk)
@@ -255,8 +285,9 @@ def _rowwise_adagrad_triton(weight, momentum, indices, offsets, grad_output, mod
     tail_partial = torch.empty((n_chunks, dim), dtype=torch.float32, device=weight.device)
     grad = grad_output.contiguous()
     _rowwise_adagrad_chunk_kernel[(n_chunks,)](
-        sorted_rows, bag_end, offsets, grad, weight, momentum, head_partial, tail_partial,
-        n_positions, dim, float(lr), float(eps), MEAN=mode == "mean", CHUNK=chunk, BLOCK_D=block_d, num_warps=4,
+        sorted_rows, order, bag_of_position, offsets, grad, weight, momentum, head_partial, tail_partial,
+        n_positions, dim, float(lr), float(eps), MEAN=mode == "mean", SINGLE=single, CHUNK=chunk, BLOCK_D=block_d,
+        num_warps=_CHUNK_WARPS,
     )
     if n_chunks > 1:
         _rowwise_adagrad_spill_kernel[(n_chunks - 1,)](
@@ -274,16 +305,19 @@ class _FusedEmbeddingBagFunction(torch.autograd.Function):
         else:
             out = embedding_bag_reference(weight, indices, offsets, mode)
         ctx.save_for_backward(weight, momentum, indices, offsets)
-        ctx.mode, ctx.lr, ctx.eps = mode, lr, eps
+        ctx.mode, ctx.lr, ctx.eps, ctx.single = mode, lr, eps, single
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
         weight, momentum, indices, offsets = ctx.saved_tensors
-        step = _rowwise_adagrad_triton if ctx.triton else rowwise_adagrad_reference
         with torch.no_grad():
-            step(weight, momentum, indices, offsets, grad_output, ctx.mode, ctx.lr, ctx.eps)
+            if ctx.triton:
+                _rowwise_adagrad_triton(weight, momentum, indices, offsets, grad_output, ctx.mode, ctx.lr, ctx.eps,
+                                        ctx.single)
+            else:
+                rowwise_adagrad_reference(weight, momentum, indices, offsets, grad_output, ctx.mode, ctx.lr, ctx.eps)
         return (None,) * 9
 
 
