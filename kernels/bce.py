@@ -9,7 +9,9 @@ write of the gradient, and per-program loss partials that are summed in a fixed 
 (deterministic, no atomics). sum(w) is reduced first on the device, by a pass over w alone (no
 host sync): the normalised gradient needs all of sum(w) before its first element, and a tensor of
 this size does not fit on chip, so w is read twice (the second time partly from L2: that pass
-runs back to front). Both kernels use a persistent grid (a few programs per multiprocessor).
+runs back to front). The weight pass uses a persistent grid (a few programs per multiprocessor); the
+main pass one program per block of 4096, 16 warps (on an H200 that ran at 93% of the copy bandwidth
+unweighted, where a persistent grid of 8 warps ran at 81%).
 Backward only multiplies the stored gradient by the incoming scalar, in place, and the kernel
 skips all memory traffic when that scalar is 1 (the usual `loss.backward()`), deciding on the
 device. Labels and weights are constants (no gradient); the loss is float32; the gradient
@@ -131,9 +133,9 @@ if triton is not None:
 
 
 _BLOCK = 4096
-_NUM_WARPS = 8
+_NUM_WARPS = 16
 # Programs per multiprocessor of the persistent grids; 0: one program per block.
-_PROGRAMS_PER_SM = 4
+_PROGRAMS_PER_SM = 0
 _SUM_PROGRAMS_PER_SM = 4
 
 

@@ -6,7 +6,7 @@ from kernel_testing import TOLERANCE, relative_error, sizes
 
 from kernels.bce import bce_reference, bce_with_logits
 
-# 20483: six 4096-blocks over the interpreter's four persistent programs (two loop, two idle at the end).
+# 20483: six 4096-blocks; the weight pass's four persistent programs (two loop, two idle at the end).
 N = sizes(cpu=[1, 9001, 20483], gpu=[1, 8191, 64 * 1024 * 1024 + 7])
 
 
