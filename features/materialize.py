@@ -1,11 +1,12 @@
-"""Write FeatureView rows into Feast's online store, byte-for-byte in Feast's own layout, vectorised.
+"""Write FeatureView rows into Feast's online store, byte-for-byte in Feast's own layout, column-wise.
 
 Feast 0.67 writes a row at a time in Python (Arrow -> a dict of ValueProto objects -> SerializeToString ->
 redis-py / sqlite3), about 5,000 rows/s on two cores. The layout it produces is small and fixed
 (feast/infra/online_stores/{redis,sqlite}.py, feast/infra/key_encoding_utils.py), so we emit the same bytes
-from numpy and send them in large batches:
+for whole columns at once and send them in large batches:
 
-    entity key  = <u32 #keys> (<u32 STRING=2> <u32 len> join_key)* (<u32 value type> <u32 len> value)*   (v3)
+    entity key  = <u32 #keys> (<u32 STRING=2> <u32 len> join_key)* (<u32 value type> <u32 len> value)*   (v3;
+                  one int64 key: features/entity_key.py)
     Redis       one hash per entity: key = entity key + project; field mmh3_32("<view>:<feature>") (4 bytes,
                 little-endian) -> ValueProto bytes; field "_ts:<view>" -> google.protobuf.Timestamp bytes
     SQLite      table "<project>_<view>", one row per entity x feature:
@@ -15,17 +16,23 @@ ValueProto of the common types is a tag and a payload (protobuf wire format):
     int64_val    0x20 varint(v as uint64)         float_val  0x35 <f32 LE>       double_val  0x29 <f64 LE>
     string_val   0x12 varint(len) utf8            string_list_val  0x62 varint(len) (0x0a varint(len) s)*
     float_list_val  0x82 0x01 varint(len) [0x0a varint(4k) <k x f32 LE>]   (empty list: 0x82 0x01 0x00)
-Fixed-width values are built as uint8 matrices (one row per entity); categorical strings are encoded once
-per distinct value; any other type, and any column holding a null or NaN, goes through Feast's own
-converter (`python_values_to_proto_values`), so the bytes are Feast's by construction there too.
-tests/features/test_store.py compares every key and field with Feast's online_write_batch.
+An encoded column is an Arrow binary array (one value per row): fixed-width values and varints are built as
+numpy uint8 matrices, length-delimited ones by Arrow's row-wise joins, dictionary-encoded strings (as
+materialize_day reads them from Parquet) once per distinct value. The Redis pipeline itself is built the
+same way: each HSET command is one row of a binary array (runs of fixed-width parts packed by numpy, the
+rest joined by Arrow), and the array's data buffer is sent as it is: no Python object per row. Any other
+type, and any column holding a null or NaN, goes through Feast's own converter
+(`python_values_to_proto_values`), so the bytes are Feast's by construction there too.
+tests/features/test_store.py and tests/features/test_materialize_bytes.py compare every key and field with
+Feast's online_write_batch.
 
 Never roll back: the online store must hold the newest value of every entity (design.md). A row is written
 when its event time is >= the stored one (equal passes: re-running a day replaces that day). Redis: one
-pipelined HMGET of the `_ts:<view>` fields, then HSETs of the rows that pass (`guard="hmget"`), or a Lua
-compare-and-set per entity (`guard="lua"`, atomic against concurrent writers, slower: see
-benchmarks/results/features-*.md). SQLite: one SELECT of the stored event_ts per entity. Feast's Redis
-writer skips equal times and its SQLite writer checks nothing; ours treats both stores alike.
+pipelined read of the `_ts:<view>` fields (HGET per entity), then HSETs of the rows that pass
+(`guard="hmget"`, the read-first guard), or a Lua compare-and-set per entity (`guard="lua"`, atomic against
+concurrent writers, slower: see benchmarks/results/features-*.md). SQLite: one SELECT of the stored
+event_ts per entity. Feast's Redis writer skips equal times and its SQLite writer checks nothing; ours
+treats both stores alike.
 
 `materialize_day(settings, day)` pushes one day of the Spark feature tables; `stock_materialize` runs
 Feast's own `FeatureStore.materialize` over the same rows for the benchmark (benchmarks/bench_features.py).
@@ -34,19 +41,20 @@ Feast's own `FeatureStore.materialize` over the same rows for the benchmark (ben
 from __future__ import annotations
 
 import sqlite3
-import struct
 import threading
 import time
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
-from itertools import chain, compress, repeat
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from features.entity_key import int64_key_prefix
 from rankflow.config import Settings
 
 WRITE_BATCH_ROWS = 20_000  # rows per Redis round trip / SQLite transaction: bounded memory, few round trips
@@ -70,105 +78,125 @@ class OnlineWrite:
 
 
 # ---------------------------------------------------------------------------------------------- encoding
+#
+# Every encoded column is an Arrow large_binary array, one value per row. Arrow's binary kernels
+# (binary_join_element_wise, binary_join, take, filter) concatenate such columns row by row in C++, so a
+# ValueProto, a whole RESP command and a whole pipeline are built without one Python object per row.
 
-_SMALL_VARINTS = [bytes([i]) for i in range(128)]
-
-
-def varint(value: int) -> bytes:
-    """Protobuf base-128 varint of a non-negative int."""
-    if value < 128:
-        return _SMALL_VARINTS[value]
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+BINARY = pa.large_binary()
+NO_SEPARATOR = pa.scalar(b"", BINARY)
 
 
-def _varint_matrix(values: np.ndarray, tag: bytes) -> list[tuple[np.ndarray, np.ndarray]]:
-    """tag + varint(v) for uint64 `values`, as (row indices, uint8 matrix) groups of equal length."""
-    bits = np.zeros(len(values), np.int64)
-    rest = values.copy()
-    while rest.any():  # bit length, one shift per 7 bits (at most 10 passes)
-        bits += (rest > 0)
-        rest >>= np.uint64(7)
-    lengths = np.maximum(bits, 1)
-    groups = []
-    for length in np.unique(lengths):
-        index = np.flatnonzero(lengths == length)
-        group = values[index]
-        matrix = np.empty((len(index), len(tag) + int(length)), np.uint8)
-        matrix[:, :len(tag)] = np.frombuffer(tag, np.uint8)
-        for i in range(int(length)):
-            byte = ((group >> np.uint64(7 * i)) & np.uint64(0x7F)).astype(np.uint8)
-            matrix[:, len(tag) + i] = byte | (0x80 if i < length - 1 else 0)
-        groups.append((index, matrix))
-    return groups
+def _binary_rows(data: np.ndarray, offsets: np.ndarray) -> pa.Array:
+    """Row i = data[offsets[i]:offsets[i + 1]], as an Arrow binary array over the same memory."""
+    offsets = np.ascontiguousarray(offsets, np.int64)
+    return pa.LargeBinaryArray.from_buffers(BINARY, len(offsets) - 1, [
+        None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(data, np.uint8))])
 
 
-def _fixed(tag: bytes, payload: np.ndarray) -> list[tuple[None, np.ndarray]]:
-    """tag + a fixed-width little-endian payload per row, as one uint8 matrix."""
+def _prefix_rows(matrix: np.ndarray, lengths: np.ndarray) -> pa.Array:
+    """Row i = the first lengths[i] bytes of matrix row i."""
+    if len(lengths) and lengths.min() == lengths.max() == matrix.shape[1]:  # every row full: no compaction
+        return _binary_rows(matrix.reshape(-1), np.arange(len(lengths) + 1, dtype=np.int64) * matrix.shape[1])
+    offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return _binary_rows(matrix[np.arange(matrix.shape[1]) < lengths[:, None]], offsets)
+
+
+def _fixed(tag: bytes, payload: np.ndarray) -> pa.Array:
+    """tag + a fixed-width little-endian payload per row."""
     width = payload.dtype.itemsize
     matrix = np.empty((len(payload), len(tag) + width), np.uint8)
     matrix[:, :len(tag)] = np.frombuffer(tag, np.uint8)
     matrix[:, len(tag):] = payload.view(np.uint8).reshape(len(payload), width)
-    return [(None, matrix)]
+    return _binary_rows(matrix.reshape(-1), np.arange(len(payload) + 1, dtype=np.int64) * matrix.shape[1])
 
 
-def _string_proto(text: str) -> bytes:
-    raw = text.encode("utf8")
-    return b"\x12" + varint(len(raw)) + raw
-
-
-def _varints(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Protobuf varints of non-negative int64 `values`: a (n, 10) uint8 matrix (row i's bytes first) and lengths."""
-    values = values.astype(np.uint64)
+def _tagged_varints(tag: bytes, values: np.ndarray, omit_zero: bool = False) -> pa.Array:
+    """tag + varint(v) per row for uint64 `values` (int64 values viewed as uint64, as protobuf does);
+    with omit_zero a 0 gives an empty row."""
+    values = values.astype(np.uint64, copy=False)
     lengths = np.ones(len(values), np.int64)
     rest = values >> np.uint64(7)
-    while rest.any():
+    while rest.any():  # one pass per 7 bits: at most 10
         lengths += rest > 0
         rest >>= np.uint64(7)
     width = int(lengths.max()) if len(values) else 1
-    matrix = np.zeros((len(values), width), np.uint8)
+    matrix = np.empty((len(values), len(tag) + width), np.uint8)
+    matrix[:, :len(tag)] = np.frombuffer(tag, np.uint8)
     for i in range(width):
-        matrix[:, i] = ((values >> np.uint64(7 * i)) & np.uint64(0x7F)).astype(np.uint8) | \
-            np.where(lengths > i + 1, 0x80, 0).astype(np.uint8)
-    return matrix, lengths
+        more = np.where(lengths > i + 1, 0x80, 0).astype(np.uint8)
+        matrix[:, len(tag) + i] = ((values >> np.uint64(7 * i)) & np.uint64(0x7F)).astype(np.uint8) | more
+    lengths += len(tag)
+    if omit_zero:
+        lengths[values == 0] = 0
+    return _prefix_rows(matrix, lengths)
 
 
-def _length_prefixed(tag: bytes, data: np.ndarray, offsets: np.ndarray,
-                     omit_empty: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Row i -> tag + varint(len) + data[offsets[i]:offsets[i+1]] (a protobuf length-delimited field), for
-    every row at once: (bytes, row offsets). With omit_empty an empty row stays empty (packed repeated fields)."""
-    offsets = np.asarray(offsets, np.int64)
-    lengths = np.diff(offsets)
-    varint_bytes, varint_lengths = _varints(lengths)
-    head = len(tag) + varint_lengths
-    if omit_empty:
-        head = np.where(lengths > 0, head, 0)
-    out_offsets = np.zeros(len(lengths) + 1, np.int64)
-    np.cumsum(head + lengths, out=out_offsets[1:])
-    out = np.empty(int(out_offsets[-1]), np.uint8)
-    starts = out_offsets[:-1]
-    present = starts[head > 0] if omit_empty else starts
-    payload = np.ones(len(out), bool)  # every byte that is not a head byte, in order: the data run
-    for i, byte in enumerate(tag):
-        out[present + i] = byte
-        payload[present + i] = False
-    for i in range(varint_bytes.shape[1]):
-        rows = np.flatnonzero((varint_lengths > i) & (head > 0))
-        out[starts[rows] + len(tag) + i] = varint_bytes[rows, i]
-        payload[starts[rows] + len(tag) + i] = False
-    out[payload] = data[offsets[0]:offsets[-1]]
-    return out, out_offsets
+def _offsets(rows: pa.Array) -> np.ndarray:
+    """The row offsets of a binary array (into its data buffer)."""
+    if rows.type != BINARY:
+        raise TypeError(f"expected a {BINARY} array, got {rows.type}")
+    return np.frombuffer(rows.buffers()[1], np.int64)[rows.offset:rows.offset + len(rows) + 1]
 
 
-def _split(buffer: np.ndarray, offsets: np.ndarray) -> list[bytes]:
-    """The rows of a (bytes, row offsets) pair as bytes objects."""
-    raw = buffer.tobytes()
-    bounds = offsets.tolist()
-    return [raw[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+def _width(part: pa.Array | bytes) -> int | None:
+    """The byte width of every row of `part` when they are all alike (a constant always is), else None."""
+    if isinstance(part, bytes):
+        return len(part)
+    lengths = np.diff(_offsets(part))
+    return int(lengths[0]) if len(lengths) and lengths.min() == lengths.max() else None
+
+
+def _matrix(part: pa.Array, width: int) -> np.ndarray:
+    """The rows of a fixed-width binary array as an (n, width) uint8 view."""
+    start = _offsets(part)[0]
+    data = np.frombuffer(part.buffers()[2], np.uint8) if width else np.zeros(0, np.uint8)
+    return data[start:start + len(part) * width].reshape(len(part), width)
+
+
+def _pack(parts: list, widths: list[int], n: int) -> pa.Array:
+    """Row-wise concatenation of fixed-width parts, as one (n, total width) matrix: a strided copy each."""
+    matrix = np.empty((n, sum(widths)), np.uint8)
+    at = 0
+    for part, width in zip(parts, widths):
+        matrix[:, at:at + width] = np.frombuffer(part, np.uint8) if isinstance(part, bytes) else _matrix(part, width)
+        at += width
+    return _binary_rows(matrix.reshape(-1), np.arange(n + 1, dtype=np.int64) * matrix.shape[1])
+
+
+def _join(*parts: pa.Array | bytes) -> pa.Array:
+    """Row-wise concatenation of binary columns and constant bytes (at least one part is a column).
+
+    Each run of fixed-width parts (constants, numbers, keys) is packed into one matrix by numpy first;
+    Arrow's kernel then joins what is left, at a cost per row and argument."""
+    n = len(next(p for p in parts if not isinstance(p, bytes)))
+    arguments, run, widths = [], [], []
+    for part in (*parts, None):
+        width = _width(part) if part is not None else None
+        if width is not None:
+            run.append(part)
+            widths.append(width)
+            continue
+        if len(run) == 1 and isinstance(run[0], pa.Array):
+            arguments.append(run[0])
+        elif run and all(isinstance(p, bytes) for p in run):
+            arguments.append(pa.scalar(b"".join(run), BINARY))
+        elif run:
+            arguments.append(_pack(run, widths, n))
+        run, widths = [], []
+        if part is not None:
+            arguments.append(part)
+    if len(arguments) == 1 and isinstance(arguments[0], pa.Array):
+        return arguments[0]
+    return pc.binary_join_element_wise(*arguments, NO_SEPARATOR)
+
+
+def _length_delimited(tag: bytes, payload: pa.Array, omit_empty: bool = False) -> pa.Array:
+    """tag + varint(len) + payload per row (a protobuf length-delimited field); with omit_empty an empty
+    payload gives an empty row (a packed repeated field with no elements is left out)."""
+    lengths = pc.binary_length(payload).to_numpy()
+    return _join(_tagged_varints(tag, lengths, omit_zero=omit_empty), payload)
 
 
 def _list_offsets(column: pa.ListArray) -> np.ndarray:
@@ -176,137 +204,140 @@ def _list_offsets(column: pa.ListArray) -> np.ndarray:
     return offsets - offsets[0]
 
 
-def _string_list_protos(column: pa.ListArray) -> list[bytes]:
-    """string_list_val of every row: 0x62 varint(len) (0x0a varint(len) utf8)*, built column-wise."""
-    flat = column.flatten()
-    width = np.int64 if pa.types.is_large_string(flat.type) else np.int32
-    validity, string_offsets, data = flat.buffers()
-    string_offsets = np.frombuffer(string_offsets, width)[flat.offset:flat.offset + len(flat) + 1]
-    data = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
-    elements, element_offsets = _length_prefixed(b"\x0a", data, string_offsets)
-    return _split(*_length_prefixed(b"\x62", elements, element_offsets[_list_offsets(column)]))
+def _int64_protos(column: pa.Array) -> pa.Array:
+    """int64_val: 0x20 varint(v as uint64)."""
+    return _tagged_varints(b"\x20", column.to_numpy(zero_copy_only=False).astype(np.int64).view(np.uint64))
 
 
-def _float_list_protos(column: pa.ListArray) -> list[bytes]:
-    """float_list_val of every row: 0x82 0x01 varint(len) [0x0a varint(4k) <k x f32 LE>], built column-wise."""
-    flat = np.frombuffer(column.flatten().to_numpy(zero_copy_only=False).astype("<f4").tobytes(), np.uint8)
-    packed, packed_offsets = _length_prefixed(b"\x0a", flat, 4 * _list_offsets(column), omit_empty=True)
-    return _split(*_length_prefixed(b"\x82\x01", packed, packed_offsets))
+def _float_protos(column: pa.Array) -> pa.Array:
+    """float_val: 0x35 <f32 LE> (a double beyond float32's range becomes +-inf, as in Feast's converter)."""
+    with np.errstate(over="ignore"):
+        return _fixed(b"\x35", column.to_numpy(zero_copy_only=False).astype("<f4"))
 
 
-def _by_distinct(values: np.ndarray, encode) -> list[bytes]:
-    """Encode each distinct value once (categorical columns hold a handful of values)."""
-    codes, uniques = pd.factorize(values)
-    return np.asarray([encode(u) for u in uniques] + [b""], dtype=object)[codes].tolist()
+def _double_protos(column: pa.Array) -> pa.Array:
+    """double_val: 0x29 <f64 LE>."""
+    return _fixed(b"\x29", column.to_numpy(zero_copy_only=False).astype("<f8"))
+
+
+def _strings(column: pa.Array, encode) -> pa.Array:
+    """encode(values) for a string column; a dictionary column encodes its dictionary once and picks per row
+    (materialize_day reads string columns as Parquet stores them: dictionary-encoded)."""
+    if pa.types.is_dictionary(column.type):
+        return encode(column.dictionary.cast(BINARY)).take(column.indices)
+    return encode(column.cast(BINARY))
+
+
+def _string_protos(column: pa.Array) -> pa.Array:
+    """string_val: 0x12 varint(len) utf8."""
+    return _strings(column, lambda values: _length_delimited(b"\x12", values))
+
+
+def _string_list_protos(column: pa.ListArray) -> pa.Array:
+    """string_list_val: 0x62 varint(len) (0x0a varint(len) utf8)*."""
+    elements = _strings(column.flatten(), lambda values: _length_delimited(b"\x0a", values))
+    lists = pa.LargeListArray.from_arrays(pa.array(_list_offsets(column)), elements)
+    return _length_delimited(b"\x62", pc.binary_join(lists, NO_SEPARATOR))
+
+
+def _float_list_protos(column: pa.ListArray) -> pa.Array:
+    """float_list_val: 0x82 0x01 varint(len) [0x0a varint(4k) <k x f32 LE>] (empty list: 0x82 0x01 0x00)."""
+    floats = column.flatten().to_numpy(zero_copy_only=False).astype("<f4")
+    packed = _binary_rows(floats.view(np.uint8), 4 * _list_offsets(column))
+    return _length_delimited(b"\x82\x01", _length_delimited(b"\x0a", packed, omit_empty=True))
 
 
 def _has_missing(column: pa.Array) -> bool:
     if column.null_count:
         return True
+    if pa.types.is_dictionary(column.type):  # a null in the dictionary is a null where a row points at it
+        return _has_missing(column.dictionary)
     if pa.types.is_floating(column.type):
         return bool(np.isnan(column.to_numpy(zero_copy_only=False)).any())
     if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
         flat = column.flatten()
-        if flat.null_count:
-            return True
         if pa.types.is_floating(flat.type):
-            return not bool(np.isfinite(flat.to_numpy(zero_copy_only=False)).all())
+            return flat.null_count > 0 or not bool(np.isfinite(flat.to_numpy(zero_copy_only=False)).all())
+        return _has_missing(flat)
     return False
 
 
-@dataclass
-class EncodedColumn:
-    """ValueProto bytes of one column: fixed-width matrix groups (fast) or a list of bytes."""
-
-    groups: list[tuple[np.ndarray | None, np.ndarray]] | None = None
-    values: list[bytes] | None = None
-
-    def as_bytes(self, n: int) -> list[bytes]:
-        """The raw ValueProto bytes of every row."""
-        return self.values if self.values is not None else self._rows(n, b"", b"")
-
-    def resp_pieces(self, n: int, field: bytes) -> list:
-        """Columns of pieces whose row-wise concatenation is `<field bulk> <value bulk>` (RESP) per row."""
-        if self.values is None:
-            return [self._rows(n, field, CRLF, resp=True)]
-        lengths = list(map(len, self.values))
-        heads = {length: field + b"$%d\r\n" % length for length in set(lengths)}
-        return [list(map(heads.__getitem__, lengths)), self.values, repeat(CRLF, n)]
-
-    def _rows(self, n: int, head: bytes, tail: bytes, resp: bool = False) -> list[bytes]:
-        """head [+ RESP length line] + value + tail per row, built as one uint8 matrix per width."""
-        out = np.empty(n, dtype=object)
-        for index, matrix in self.groups:
-            lead = head + (b"$%d\r\n" % matrix.shape[1] if resp else b"")
-            full = np.empty((matrix.shape[0], len(lead) + matrix.shape[1] + len(tail)), np.uint8)
-            full[:, :len(lead)] = np.frombuffer(lead, np.uint8)
-            full[:, len(lead):len(lead) + matrix.shape[1]] = matrix
-            full[:, len(lead) + matrix.shape[1]:] = np.frombuffer(tail, np.uint8)
-            rows = full.view(f"V{full.shape[1]}").ravel().tolist()
-            if index is None:
-                out[:] = rows
-            else:
-                out[index] = rows
-        return out.tolist()
+def _is_string(arrow_type: pa.DataType) -> bool:
+    """Plain or dictionary-encoded strings."""
+    return pa.types.is_string(arrow_type) or \
+        (pa.types.is_dictionary(arrow_type) and pa.types.is_string(arrow_type.value_type))
 
 
-def encode_column(column: pa.Array, value_type: int) -> EncodedColumn:
-    """The ValueProto bytes Feast would store for each value of `column` declared as `value_type`."""
+def _plain(column: pa.Array) -> pa.Array:
+    """The column with dictionary-encoded strings (alone or in lists) decoded, for Feast's converter."""
+    if pa.types.is_dictionary(column.type):
+        return column.dictionary_decode()
+    if pa.types.is_list(column.type) and pa.types.is_dictionary(column.type.value_type):
+        return column.cast(pa.list_(column.type.value_type.value_type))
+    return column
+
+
+def _our_encoder(column: pa.Array, value_type: int):
+    """The vectorised encoder of `column` declared as `value_type`, or None where Feast's converter must
+    write it (a null or NaN in the column, or a type without a fast path)."""
     arrow_type = column.type
-    if not _has_missing(column):
-        if value_type == INT64 and pa.types.is_integer(arrow_type):
-            values = column.to_numpy(zero_copy_only=False).astype(np.int64).view(np.uint64)
-            return EncodedColumn(groups=_varint_matrix(values, b"\x20"))
-        if value_type == FLOAT and (pa.types.is_floating(arrow_type) or pa.types.is_integer(arrow_type)):
-            return EncodedColumn(groups=_fixed(b"\x35", column.to_numpy(zero_copy_only=False).astype("<f4")))
-        if value_type == DOUBLE and (pa.types.is_floating(arrow_type) or pa.types.is_integer(arrow_type)):
-            return EncodedColumn(groups=_fixed(b"\x29", column.to_numpy(zero_copy_only=False).astype("<f8")))
-        if value_type == STRING and pa.types.is_string(arrow_type):
-            return EncodedColumn(values=_by_distinct(column.to_numpy(zero_copy_only=False), _string_proto))
-        if pa.types.is_list(arrow_type) and value_type == STRING_LIST and pa.types.is_string(arrow_type.value_type):
-            return EncodedColumn(values=_string_list_protos(column))
-        if pa.types.is_list(arrow_type) and value_type == FLOAT_LIST and pa.types.is_floating(arrow_type.value_type):
-            return EncodedColumn(values=_float_list_protos(column))
+    numeric = pa.types.is_floating(arrow_type) or pa.types.is_integer(arrow_type)
+    if _has_missing(column):
+        return None
+    if value_type == INT64 and pa.types.is_integer(arrow_type):
+        return _int64_protos
+    if value_type == FLOAT and numeric:
+        return _float_protos
+    if value_type == DOUBLE and numeric:
+        return _double_protos
+    if value_type == STRING and _is_string(arrow_type):
+        return _string_protos
+    if pa.types.is_list(arrow_type) and value_type == STRING_LIST and _is_string(arrow_type.value_type):
+        return _string_list_protos
+    if pa.types.is_list(arrow_type) and value_type == FLOAT_LIST and pa.types.is_floating(arrow_type.value_type):
+        return _float_list_protos
+    return None
+
+
+def encode_column(column: pa.Array, value_type: int) -> pa.Array:
+    """The ValueProto bytes Feast would store for each value of `column` declared as `value_type`."""
+    encoder = _our_encoder(column, value_type)
+    if encoder is not None:
+        return encoder(column)
     from feast.type_map import python_values_to_proto_values
     from feast.value_type import ValueType
 
-    protos = python_values_to_proto_values(column.to_numpy(zero_copy_only=False), ValueType(value_type))
-    return EncodedColumn(values=[p.SerializeToString() for p in protos])
+    values = _plain(column).to_numpy(zero_copy_only=False)
+    protos = python_values_to_proto_values(values, ValueType(value_type))
+    return pa.array([p.SerializeToString() for p in protos], BINARY)
 
 
-def value_texts(column: pa.Array, value_type: int, encoded: EncodedColumn) -> list[str | None]:
+def value_texts(column: pa.Array, value_type: int, encoded: pa.Array) -> list[str | None]:
     """SQLite's `value_text` (feast...helpers.extract_text_and_num): str() of scalars, None for lists."""
     if value_type not in SCALAR_TEXT_TYPES:  # extract_text_and_num has no text for any other oneof
         return [None] * len(column)
-    if value_type in (INT64, FLOAT, DOUBLE) and encoded.groups is not None:
+    encoder = _our_encoder(column, value_type)
+    if encoder in (_int64_protos, _float_protos, _double_protos):
         numbers = column.to_numpy(zero_copy_only=False)
-        numbers = numbers.astype(np.int64) if value_type == INT64 else \
-            numbers.astype(np.float32 if value_type == FLOAT else np.float64).astype(np.float64)
+        with np.errstate(over="ignore"):
+            numbers = numbers.astype(np.int64) if value_type == INT64 else \
+                numbers.astype(np.float32 if value_type == FLOAT else np.float64).astype(np.float64)
         return list(map(str, numbers.tolist()))
-    if value_type == STRING and encoded.groups is None and not _has_missing(column) \
-            and pa.types.is_string(column.type):
+    if encoder is _string_protos:
         return column.to_pylist()
     from feast.infra.online_stores.helpers import extract_text_and_num
     from feast.protos.feast.types.Value_pb2 import Value
 
-    texts = []
-    for raw in encoded.as_bytes(len(column)):
-        proto = Value()
-        proto.ParseFromString(raw)
-        texts.append(extract_text_and_num(proto, False)[0])
-    return texts
+    return [extract_text_and_num(Value.FromString(raw), False)[0] for raw in encoded.to_pylist()]
 
 
-def entity_keys(table: pa.Table, join_keys: dict[str, int], version: int) -> list[bytes]:
+def entity_keys(table: pa.Table, join_keys: dict[str, int], version: int) -> pa.Array:
     """serialize_entity_key(...) of every row (fast for one int64 join key, Feast's own code otherwise)."""
     if len(join_keys) == 1 and version >= 3:
         (name, value_type), = join_keys.items()
         column = table.column(name).combine_chunks()
         if value_type == INT64 and pa.types.is_integer(column.type) and not column.null_count:
-            raw = name.encode("utf8")
-            head = struct.pack("<III", 1, STRING, len(raw)) + raw + struct.pack("<II", INT64, 8)
-            ids = column.to_numpy(zero_copy_only=False).astype("<i8")
-            return EncodedColumn(groups=_fixed(head, ids)).as_bytes(len(ids))
+            return _fixed(int64_key_prefix(name), column.to_numpy(zero_copy_only=False).astype("<i8"))
     from feast.infra.key_encoding_utils import serialize_entity_key
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.type_map import python_values_to_proto_values
@@ -315,12 +346,15 @@ def entity_keys(table: pa.Table, join_keys: dict[str, int], version: int) -> lis
     names = list(join_keys)
     columns = [python_values_to_proto_values(table.column(n).to_numpy(zero_copy_only=False), ValueType(t))
                for n, t in join_keys.items()]
-    return [serialize_entity_key(EntityKey(join_keys=names, entity_values=list(values)),
-                                 entity_key_serialization_version=version) for values in zip(*columns)]
+    return pa.array([serialize_entity_key(EntityKey(join_keys=names, entity_values=list(values)),
+                                          entity_key_serialization_version=version)
+                     for values in zip(*columns)], BINARY)
 
 
 def _nanos(column: pa.Array) -> np.ndarray:
     """Epoch nanoseconds of a timestamp column (naive columns are UTC, as in Feast)."""
+    if pa.types.is_timestamp(column.type) and not column.null_count:  # Arrow keeps UTC epoch values
+        return column.cast(pa.timestamp("ns", column.type.tz)).cast(pa.int64()).to_numpy()
     values = column.to_numpy(zero_copy_only=False)
     return pd.to_datetime(values, utc=True).as_unit("ns").asi8 if len(values) else np.zeros(0, np.int64)
 
@@ -335,24 +369,21 @@ def _timestamp_proto(nanos: int) -> bytes:
     return stamp.SerializeToString()
 
 
-def _stored_nanos(raw: bytes | None, cache: dict) -> int:
+def _stored_nanos(raw: bytes | None) -> int:
     """Nanoseconds of a stored `_ts` Timestamp (-1 when the entity has none)."""
     if raw is None:
         return -1
-    if raw not in cache:
-        from google.protobuf.timestamp_pb2 import Timestamp
+    from google.protobuf.timestamp_pb2 import Timestamp
 
-        stamp = Timestamp()
-        stamp.ParseFromString(raw)
-        cache[raw] = stamp.seconds * 1_000_000_000 + stamp.nanos
-    return cache[raw]
+    stamp = Timestamp.FromString(raw)
+    return stamp.seconds * 1_000_000_000 + stamp.nanos
 
 
-def _newest_per_entity(keys: list[bytes], event_nanos: np.ndarray, created_nanos: np.ndarray) -> np.ndarray:
+def _newest_per_entity(keys: pa.Array, event_nanos: np.ndarray, created_nanos: np.ndarray) -> np.ndarray:
     """Row indices keeping one row per entity: the newest event time, then the newest created time."""
-    if len(set(keys)) == len(keys):
+    if pc.count_distinct(keys).as_py() == len(keys):
         return np.arange(len(keys))
-    codes, _ = pd.factorize(pd.Series(keys, dtype=object))
+    codes = keys.dictionary_encode().indices.to_numpy()
     order = np.lexsort((np.arange(len(keys)), created_nanos, event_nanos, codes))
     last = np.r_[codes[order][1:] != codes[order][:-1], True]
     return np.sort(order[last])
@@ -367,15 +398,16 @@ class ViewRows:
     names: list[str]
     types: list[int]
     table: pa.Table
-    keys: list[bytes]
+    keys: pa.Array
     event_nanos: np.ndarray
     created_nanos: np.ndarray
 
     def take(self, index: np.ndarray) -> "ViewRows":
-        return ViewRows(self.names, self.types, self.table.take(pa.array(index, pa.int64())),
-                        [self.keys[i] for i in index.tolist()], self.event_nanos[index], self.created_nanos[index])
+        index = pa.array(index, pa.int64())
+        return ViewRows(self.names, self.types, self.table.take(index), self.keys.take(index),
+                        self.event_nanos[index], self.created_nanos[index])
 
-    def encoded(self) -> list[EncodedColumn]:
+    def encoded(self) -> list[pa.Array]:
         return [encode_column(self.table.column(n).combine_chunks(), t) for n, t in zip(self.names, self.types)]
 
 
@@ -402,20 +434,40 @@ def _view_rows(store, feature_view, frame: pa.Table) -> ViewRows:
 
 
 # ---------------------------------------------------------------------------------------------- Redis
+#
+# A pipeline is written as RESP bytes built column-wise (one Arrow binary row per command) and sent with
+# one sendall; replies are parsed by one hiredis Reader straight off the socket.
 
 def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
+def _bulks(values: pa.Array) -> list:
+    """_join parts that make the RESP bulk string `$<len>\\r\\n<value>\\r\\n` of every row."""
+    lengths = pc.binary_length(values)
+    sizes = lengths.to_numpy()
+    if len(sizes) and sizes.min() == sizes.max():  # fixed-width values (keys, numbers): a constant length line
+        return [b"$%d\r\n" % sizes[0], values, CRLF]
+    return [b"$", pc.cast(pc.cast(lengths, pa.string()), BINARY), CRLF, values, CRLF]
+
+
+def _wire_bytes(commands: pa.Array) -> memoryview:
+    """The commands' bytes back to back, as they go on the wire (a view of the array's data, no copy)."""
+    bounds, data = _offsets(commands), commands.buffers()[2]
+    return memoryview(data)[bounds[0]:bounds[-1]] if data is not None else memoryview(b"")
+
+
 _RECV_BYTES = 1 << 20
+_NOT_ENOUGH_DATA = object()  # hiredis's "no complete reply yet" marker (False would equal an integer reply 0)
 
 
 def _read_replies(connection, replies: int) -> list:
     """`replies` replies off the connection's socket, parsed by one hiredis Reader in C.
 
     redis-py's read_response costs ~10 us of Python per reply (health checks, push handling, error mapping):
-    most of a pipelined write of small HSET replies. Errors come back as ResponseError objects, not raised.
-    Falls back to read_response when hiredis or the raw socket is unavailable.
+    most of a pipelined write of small HSET replies. Here every complete reply in a received chunk is taken
+    by iterating the Reader from C, with no Python bytecode per reply. Errors come back as ResponseError
+    objects, not raised. Falls back to read_response when hiredis or the raw socket is unavailable.
     """
     from redis.exceptions import ResponseError
 
@@ -432,19 +484,16 @@ def _read_replies(connection, replies: int) -> list:
             except ResponseError as error:  # keep reading: the connection must stay in step with its replies
                 out.append(error)
         return out
-    reader = hiredis.Reader(replyError=ResponseError)
+    reader = hiredis.Reader(replyError=ResponseError, notEnoughData=_NOT_ENOUGH_DATA)
     buffer = bytearray(_RECV_BYTES)
-    out = []
+    out: list = []
     while len(out) < replies:
-        reply = reader.gets()
-        if reply is False:
-            received = sock.recv_into(buffer)
-            if received == 0:
-                raise ConnectionError(f"Redis closed the connection after {len(out)} of {replies} replies")
-            reader.feed(buffer, 0, received)
-        else:
-            out.append(reply)
-    if reader.gets() is not False:
+        received = sock.recv_into(buffer)
+        if received == 0:
+            raise ConnectionError(f"Redis closed the connection after {len(out)} of {replies} replies")
+        reader.feed(buffer, 0, received)
+        out.extend(iter(reader.gets, _NOT_ENOUGH_DATA))
+    if len(out) > replies or reader.gets() is not _NOT_ENOUGH_DATA:
         raise ConnectionError("Redis sent more replies than commands")
     return out
 
@@ -467,9 +516,8 @@ def _replies(connection, count: int) -> list:
     from redis.exceptions import ResponseError
 
     out = _read_replies(connection, count)
-    first_error = next((reply for reply in out if isinstance(reply, ResponseError)), None)
-    if first_error is not None:
-        raise first_error
+    if any(issubclass(kind, ResponseError) for kind in set(map(type, out))):  # one type check per kind, in C
+        raise next(reply for reply in out if isinstance(reply, ResponseError))
     return out
 
 
@@ -484,7 +532,7 @@ class _Sender(threading.Thread):
     """Sends a packed pipeline in the background (the GIL is released in sendall), so Redis works on it
     while this process encodes; join() re-raises a send error."""
 
-    def __init__(self, connection, payload: bytes):
+    def __init__(self, connection, payload):
         super().__init__(daemon=True)
         self.connection, self.payload, self.error = connection, payload, None
         self.start()
@@ -499,6 +547,17 @@ class _Sender(threading.Thread):
         super().join(timeout)
         if self.error is not None:
             raise self.error
+
+
+def _held_nanos(replies: list) -> np.ndarray:
+    """The stored event time of each entity from its `HGET key _ts:<view>` reply (-1: none stored)."""
+    nanos = {stamp: _stored_nanos(stamp) for stamp in set(replies)}  # a day's rows share a few event times
+    return np.fromiter(map(nanos.__getitem__, replies), np.int64, len(replies))
+
+
+def _per_row(distinct: list[bytes], which: np.ndarray) -> pa.Array:
+    """distinct[which[i]] for every row i."""
+    return pa.array(distinct, BINARY).take(pa.array(which))
 
 
 LUA_NEWEST_WINS = """
@@ -540,66 +599,65 @@ LUA_CHUNK_KEYS = 1_000
 def _redis_write(store, feature_view, rows: ViewRows, guard: str) -> tuple[int, int]:
     from feast.infra.online_stores.helpers import _mmh3, compute_versioned_name
 
+    if guard not in ("hmget", "lua"):
+        raise ValueError(f"guard {guard!r}: expected 'hmget' or 'lua'")
+    n = len(rows.keys)
+    if n == 0:
+        return 0, 0
     config = store.config
     client = store._get_provider().online_store._get_client(config.online_store)
     view = compute_versioned_name(feature_view, config.registry.enable_online_feature_view_versioning)
     ts_field = f"_ts:{view}".encode()
-    project = config.project.encode("utf8")
-    n = len(rows.keys)
-    redis_keys = [k + project for k in rows.keys]
-    key_parts = [_bulk(k) for k in redis_keys]
-    stamps = {nanos: _timestamp_proto(nanos) for nanos in np.unique(rows.event_nanos).tolist()}
     fields = [_mmh3(f"{view}:{name}") for name in rows.names]
-
+    key_bulks = _bulks(_join(rows.keys, config.project.encode("utf8")))  # Redis key = entity key + project
+    instants, which = np.unique(rows.event_nanos, return_inverse=True)
+    stamps = [_timestamp_proto(t) for t in instants.tolist()]
     if guard == "lua":
-        return _redis_write_lua(client, rows, redis_keys, ts_field, stamps, fields)
-    if guard != "hmget":
-        raise ValueError(f"guard {guard!r}: expected 'hmget' or 'lua'")
+        times = _per_row([_bulk(b"%d" % (t // 1000)) + _bulk(s) for t, s in zip(instants.tolist(), stamps)], which)
+        return _redis_write_lua(client, _join(*key_bulks), times, rows.encoded(), ts_field, fields)
 
-    # Pass 1: the stored event time of every entity, one pipelined HMGET, sent in the background while every
-    # row's HSET record is encoded (nearly all rows pass the guard; the others are left out afterwards).
-    probe_tail = b"$%d\r\n%s\r\n" % (len(ts_field), ts_field)
-    probe = b"".join(b"*3\r\n$5\r\nHMGET\r\n" + part + probe_tail for part in key_parts)
+    # Pass 1: the stored event time of every entity, one pipelined HGET per entity (bare bulk replies: no
+    # list per reply, so no garbage-collector passes over a pipeline of lists), sent in the background while
+    # every row's HSET command is encoded (nearly all rows pass the guard; the others are filtered out after).
+    probe = _join(b"*3\r\n$4\r\nHGET\r\n", *key_bulks, _bulk(ts_field))
     with _connection(client) as connection:
-        sender = _Sender(connection, probe)
+        sender = _Sender(connection, _wire_bytes(probe))
         try:
-            head = b"*%d\r\n$4\r\nHSET\r\n" % (4 + 2 * len(fields))
-            ts_parts = {nanos: _bulk(ts_field) + _bulk(stamp) for nanos, stamp in stamps.items()}
-            ts_column = [ts_parts[t] for t in rows.event_nanos.tolist()]
-            pieces = [p for field, column in zip(fields, rows.encoded()) for p in column.resp_pieces(n, _bulk(field))]
+            stamp_bulks = _per_row([_bulk(ts_field) + _bulk(stamp) for stamp in stamps], which)
+            columns = rows.encoded()
+            # Fixed-width values first (field order within a hash is free): they pack into one matrix.
+            order = sorted(range(len(columns)), key=lambda i: _width(columns[i]) is None)
+            values = [part for i in order for part in (_bulk(fields[i]), *_bulks(columns[i]))]
+            commands = _join(b"*%d\r\n$4\r\nHSET\r\n" % (4 + 2 * len(fields)), *key_bulks, stamp_bulks, *values)
         finally:
             sender.join()
-        cache: dict = {}
-        held = np.fromiter((_stored_nanos(reply[0], cache) for reply in _replies(connection, n)), np.int64, n)
-        keep = rows.event_nanos >= held
+        keep = rows.event_nanos >= _held_nanos(_replies(connection, n))
         written = int(keep.sum())
         if written == 0:
             return 0, n
 
         # Pass 2: HSET key _ts:<view> <Timestamp> field value ..., the rows that pass, in one send.
-        records = zip(repeat(head, n), key_parts, ts_column, *pieces)
         if written < n:
-            records = compress(records, keep.tolist())
-        connection.send_packed_command([b"".join(chain.from_iterable(records))])
+            commands = commands.filter(pa.array(keep))
+        connection.send_packed_command([_wire_bytes(commands)])
         _replies(connection, written)
     return written, n - written
 
 
-def _redis_write_lua(client, rows: ViewRows, redis_keys, ts_field, stamps, fields) -> tuple[int, int]:
+def _redis_write_lua(client, key_bulks: pa.Array, times: pa.Array, columns: list[pa.Array], ts_field: bytes,
+                     fields: list[bytes]) -> tuple[int, int]:
     """Guard "lua": chunks of LUA_CHUNK_KEYS entities per EVALSHA of LUA_NEWEST_WINS, one reply per chunk."""
     sha = client.script_load(LUA_NEWEST_WINS)
     sha = sha.encode() if isinstance(sha, str) else sha
-    n = len(redis_keys)
-    times = [_bulk(str(t // 1000).encode()) + _bulk(stamps[t]) for t in rows.event_nanos.tolist()]
-    values = [p for column in rows.encoded() for p in column.resp_pieces(n, b"")]
-    per_key = list(zip(times, *values))
-    names = _bulk(ts_field) + _bulk(str(len(fields)).encode()) + b"".join(map(_bulk, fields))
+    n = len(key_bulks)
+    per_key = _join(times, *(part for column in columns for part in _bulks(column)))
+    names = _bulk(ts_field) + _bulk(b"%d" % len(fields)) + b"".join(map(_bulk, fields))
     calls = []
     for start in range(0, n, LUA_CHUNK_KEYS):
-        chunk = redis_keys[start:start + LUA_CHUNK_KEYS]
-        head = b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + len(chunk) + 2 + len(fields) + len(chunk) * (2 + len(fields)))
-        calls.append(b"".join((head, _bulk(sha), _bulk(str(len(chunk)).encode()), *map(_bulk, chunk), names,
-                               *chain.from_iterable(per_key[start:start + LUA_CHUNK_KEYS]))))
+        count = min(LUA_CHUNK_KEYS, n - start)
+        head = b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + count + 2 + len(fields) + count * (2 + len(fields)))
+        calls.append(b"".join((head, _bulk(sha), _bulk(b"%d" % count), _wire_bytes(key_bulks.slice(start, count)),
+                               names, _wire_bytes(per_key.slice(start, count)))))
     written = sum(_roundtrip(client, b"".join(calls), len(calls)))
     return written, n - written
 
@@ -633,16 +691,18 @@ def _sqlite_write(store, feature_view, rows: ViewRows) -> tuple[int, int]:
         except sqlite3.OperationalError as error:
             raise RuntimeError(f"{_sqlite_path(store)}: no table {table} ({error}); feast apply creates it "
                                "(features.store.feature_store(settings) applies the repo)") from error
+        keys = rows.keys.to_pylist()
         event_seconds = _epoch_seconds(rows.event_nanos)
         if stored:
             # Feast keeps whole epoch seconds: compare at that resolution (equal passes).
             keep = np.fromiter((stored.get(k) is None or s >= int(stored[k])
-                                for k, s in zip(rows.keys, event_seconds)), bool, n)
+                                for k, s in zip(keys, event_seconds)), bool, n)
             if not keep.all():
                 index = np.flatnonzero(keep)
                 rows = rows.take(index)
+                keys = [keys[i] for i in index.tolist()]
                 event_seconds = [event_seconds[i] for i in index.tolist()]
-        m = len(rows.keys)
+        m = len(keys)
         created_seconds = _epoch_seconds(rows.created_nanos) if rows.created_nanos.any() else [None] * m
         upsert = (f"INSERT INTO {quoted} (entity_key, feature_name, value, value_text, event_ts, created_ts) "
                   "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(entity_key, feature_name) DO UPDATE SET "
@@ -650,12 +710,12 @@ def _sqlite_write(store, feature_view, rows: ViewRows) -> tuple[int, int]:
                   "created_ts = excluded.created_ts;")
         # Rows in primary-key order (entity_key, feature_name): B-tree inserts land next to each other,
         # about 3x faster than feature-major order on a fresh table.
-        order = sorted(range(m), key=rows.keys.__getitem__)
+        order = sorted(range(m), key=keys.__getitem__)
         per_feature = {}
         for name, value_type, encoded in zip(rows.names, rows.types, rows.encoded()):
             column = rows.table.column(name).combine_chunks()
-            values, texts = encoded.as_bytes(m), value_texts(column, value_type, encoded)
-            per_feature[name] = [(rows.keys[i], name, values[i], texts[i], event_seconds[i], created_seconds[i])
+            values, texts = encoded.to_pylist(), value_texts(column, value_type, encoded)
+            per_feature[name] = [(keys[i], name, values[i], texts[i], event_seconds[i], created_seconds[i])
                                  for i in order]
         by_key = zip(*(per_feature[name] for name in sorted(per_feature)))
         connection.executemany(upsert, chain.from_iterable(by_key))
@@ -710,16 +770,26 @@ def _feast_write(store, feature_view, rows: ViewRows) -> tuple[int, int]:
     return len(protos), 0
 
 
+def _read_partition(path: Path, dictionaries: bool) -> pa.Table:
+    """A feature partition; with `dictionaries` its string columns (and list elements) come as Parquet keeps
+    them, dictionary-encoded, so each distinct string is encoded once (our writers take such columns)."""
+    import pyarrow.parquet as pq
+
+    if not dictionaries:
+        return pq.read_table(path)
+    strings = [column.path for column in pq.ParquetFile(path).schema if column.logical_type.type == "STRING"]
+    return pq.read_table(path, read_dictionary=strings)
+
+
 def materialize_day(settings: Settings, day: date, tables: tuple[str, ...] | None = None,
                     guard: str = "hmget") -> dict:
     """Write day D's rows of every feature table into the online store; newer stored values are kept."""
-    from features.spark.build import FEATURE_TABLES
-    import pyarrow.parquet as pq
-
     from features.contract import PART_FILE
+    from features.spark.build import FEATURE_TABLES
     from features.store import feature_store
 
     store = feature_store(settings)
+    fast = _fast_path(store) is not None
     started = time.perf_counter()
     results = {}
     for table in tables or FEATURE_TABLES:
@@ -727,7 +797,7 @@ def materialize_day(settings: Settings, day: date, tables: tuple[str, ...] | Non
         if not part.exists():
             raise FileNotFoundError(f"{part.parent}: build the day before materialising it "
                                     f"(`rankflow features build --date {day}`)")
-        results[table] = online_write(store, table, pq.read_table(part), guard=guard).to_dict()
+        results[table] = online_write(store, table, _read_partition(part, dictionaries=fast), guard=guard).to_dict()
     seconds = time.perf_counter() - started
     rows = sum(r["written"] + r["skipped_older"] for r in results.values())
     return {"day": day.isoformat(), "tables": results, "rows": rows, "seconds": round(seconds, 3),

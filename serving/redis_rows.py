@@ -21,12 +21,12 @@ is not one int64): the service then reads through Feast's SDK.
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-STRING, INT64 = 2, 4  # feast.value_type.ValueType numbers of the key encoding
+from features.entity_key import INT64, int64_entity_key
+
 MAX_IDLE_CONNECTIONS = 32
 
 
@@ -44,9 +44,7 @@ class EntityLayout:
     value_types: tuple[Any, ...]      # feast ValueType per feature (Feast's converter takes it as a hint)
 
     def key(self, entity: int, project: bytes) -> bytes:
-        name = self.join_key.encode("utf8")
-        return (struct.pack("<III", 1, STRING, len(name)) + name + struct.pack("<II", INT64, 8)
-                + struct.pack("<q", entity) + project)
+        return int64_entity_key(self.join_key, entity) + project
 
 
 class _Connection:
