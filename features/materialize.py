@@ -772,13 +772,15 @@ def _feast_write(store, feature_view, rows: ViewRows) -> tuple[int, int]:
 
 def _read_partition(path: Path, dictionaries: bool) -> pa.Table:
     """A feature partition; with `dictionaries` its string columns (and list elements) come as Parquet keeps
-    them, dictionary-encoded, so each distinct string is encoded once (our writers take such columns)."""
+    them, dictionary-encoded, so each distinct string is encoded once (our writers take such columns).
+    One thread: on two cores the other one is Redis's."""
     import pyarrow.parquet as pq
 
     if not dictionaries:
         return pq.read_table(path)
-    strings = [column.path for column in pq.ParquetFile(path).schema if column.logical_type.type == "STRING"]
-    return pq.read_table(path, read_dictionary=strings)
+    footer = pq.ParquetFile(path)
+    strings = [column.path for column in footer.schema if column.logical_type.type == "STRING"]
+    return pq.ParquetFile(path, read_dictionary=strings, metadata=footer.metadata).read(use_threads=False)
 
 
 def materialize_day(settings: Settings, day: date, tables: tuple[str, ...] | None = None,
