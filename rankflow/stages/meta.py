@@ -33,6 +33,7 @@ VIEW = "meta_embedding"
 MODEL_NAME = "rankflow-meta"
 TRAINING_SET = "training_set"
 JOB_PREFIX = "j_"
+LOSS_STEPS = 20  # the query loss is logged as a mean over this many outer steps (one step = one batch of members)
 
 
 def meta_root(settings: Settings) -> Path:
@@ -119,7 +120,9 @@ def train_meta(settings: Settings, day: date, config=None, progress=None) -> dic
         net.fit_dense_scaling(inputs.dense[interactions.day < _epoch_day(day)])
     history = meta_train(net, inputs, labels, weights, tasks, config.outer, config.inner, on_step=progress)
     buckets = evaluate_personalisation(net, interactions, _epoch_day(day), tasks_config, config.inner)
+    loss_first, loss_last = history.mean_query_loss(LOSS_STEPS)
     metrics = {"query_loss_first": history.query_loss[0], "query_loss_last": history.query_loss[-1],
+               f"query_loss_first_{LOSS_STEPS}_mean": loss_first, f"query_loss_last_{LOSS_STEPS}_mean": loss_last,
                "seconds_per_outer_step": history.seconds_per_step, "tasks": len(tasks),
                "eval": [dataclasses.asdict(b) for b in buckets]}
     metadata = {"logical_date": day.isoformat(), "warm_start_from": str(previous) if previous else None,
@@ -129,8 +132,8 @@ def train_meta(settings: Settings, day: date, config=None, progress=None) -> dic
     with atomic_directory(target) as staging:
         save_state(staging, net, config, metadata)
     bento_tag = _register_bentoml(settings, target, day, metrics)
-    log.info("meta-init %s: %d tasks, query loss %.4f -> %.4f", day, len(tasks), history.query_loss[0],
-             history.query_loss[-1])
+    log.info("meta-init %s: %d tasks, query loss (mean of the first / last %d outer steps) %.4f -> %.4f", day,
+             len(tasks), LOSS_STEPS, loss_first, loss_last)
     return {"day": day.isoformat(), "state": str(target), "warm_started": previous is not None,
             "tasks": len(tasks), "bentoml_tag": bento_tag, "metrics": metrics,
             "seconds": round(time.perf_counter() - started, 2)}

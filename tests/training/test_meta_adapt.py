@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch.func import vmap
@@ -113,3 +114,12 @@ def test_nan_dense_input_is_treated_as_the_column_mean() -> None:
                          torch.tensor([[float("nan"), -1.0]]))
     at_mean = JobInputs(with_nan.categorical, with_nan.multi_valued, torch.tensor([[3.0, -1.0]]))
     assert torch.allclose(net.body(with_nan), net.body(at_mean))
+
+
+def test_history_reports_the_mean_of_the_first_and_last_steps() -> None:
+    from training.meta.maml import MetaTrainHistory
+
+    history = MetaTrainHistory(query_loss=[0.9, 0.1, 0.5, 0.2, 0.3, 0.4])
+    assert history.mean_query_loss(2) == pytest.approx((0.5, 0.35))
+    assert history.mean_query_loss(20) == pytest.approx((0.4, 0.4))  # fewer steps than asked: all of them
+    assert np.isnan(MetaTrainHistory().mean_query_loss(5)[0])
