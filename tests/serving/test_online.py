@@ -96,3 +96,72 @@ def test_direct_redis_rows_equal_feast_sdk_rows_and_follow_changes(served_settin
         asyncio.run(reads())
     finally:
         client.hset(key, field, held)
+
+
+def test_redis_stopped_under_a_connected_reader_gives_defaults_then_recovers(served_settings, known_ids, tmp_path):
+    """A real Redis server (a private one on a free port, holding a copy of the served keys) is stopped after
+    the reader has connected to it: reads answer by the deadline with default features and a reason, and
+    once the server is back the next read is whole again, with the same values as before."""
+    import shutil
+    import subprocess
+
+    import redis
+
+    from features import store as store_module
+    from features.store import feature_store
+    from rankflow.stages.publish import free_port
+    from serving.online import OnlineFeatures
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed on this machine")
+    members, items = known_ids
+    port = free_port()
+    source = redis.Redis.from_url(served_settings.online_store)
+
+    def start_server() -> subprocess.Popen:
+        process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                    "--appendonly", "no", "--dir", str(tmp_path)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        target = redis.Redis(host="127.0.0.1", port=port)
+        for _ in range(100):
+            try:
+                target.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        for key in source.scan_iter(count=1_000):
+            target.restore(key, 0, source.dump(key), replace=True)
+        return process
+
+    servers = [start_server()]
+    store = feature_store(served_settings)
+    store.config.online_store.connection_string = f"127.0.0.1:{port}"
+    store._provider = None
+    try:
+        reader = OnlineFeatures(store, deadline_ms=500)
+        assert reader.redis is not None and reader.redis.port == port
+
+        async def reads():  # one event loop, so the reader's pooled connection outlives the server
+            before = await reader.read(members[0], items[:10])
+            servers[0].terminate()
+            servers[0].wait(timeout=10)
+            started = time.perf_counter()
+            stopped = await reader.read(members[0], items[:10])
+            elapsed = time.perf_counter() - started
+            servers.append(start_server())
+            after = await reader.read(members[0], items[:10])
+            return before, stopped, elapsed, after
+
+        before, stopped, elapsed, after = asyncio.run(reads())
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=10)
+        store_module._stores.clear()
+    assert not before.degraded and before.member is not None
+    assert stopped.degraded and stopped.degraded_reasons and elapsed < 1.0, (stopped.degraded_reasons, elapsed)
+    assert stopped.member is None and stopped.jobs.drop(columns="item_id").isna().all().all()
+    assert not after.degraded, after.degraded_reasons
+    assert after.member == before.member
+    assert after.jobs.equals(before.jobs)
