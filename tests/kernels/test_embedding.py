@@ -121,11 +121,14 @@ def test_bags_of_one_without_offsets_gather_rows_and_update_like_csr_bags(dtype,
 
 
 @pytest.mark.parametrize("mode", ["sum", "mean"])
-def test_runs_longer_than_a_chunk_are_summed_across_chunks(mode, device, monkeypatch):
-    # 16 sorted positions per backward program and three hot rows: runs cross several chunk edges.
+@pytest.mark.parametrize("spill_chunks", [2, 32])
+def test_runs_longer_than_a_chunk_are_summed_across_chunks(mode, spill_chunks, device, monkeypatch):
+    # 16 sorted positions per backward program and three hot rows: runs cross several chunk edges; with
+    # 2 following chunks per spill step, a run's partials take several steps to add up.
     from kernels import embedding
 
     monkeypatch.setattr(embedding, "_CHUNK_VALUES", 16 * 16)
+    monkeypatch.setattr(embedding, "_SPILL_CHUNKS", spill_chunks)
     num_rows, dim, n_bags = 7, 13, sizes(cpu=40, gpu=4000)
     lengths = torch.randint(1, 9, (n_bags,), device=device)
     offsets = torch.cat([torch.zeros(1, dtype=torch.long, device=device), lengths.cumsum(0)])
