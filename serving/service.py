@@ -109,6 +109,7 @@ class Ranking:
                                        CONFIG.candidate_cache_seconds, CONFIG.candidate_cache_size)
         self.metrics = ServingMetrics.create()
         self._served = None
+        freeze_startup_heap()
         log.info("ranking service: data dir %s, online store %s, %s", SETTINGS.data_dir, SETTINGS.online_store, CONFIG)
 
     async def __is_ready__(self) -> bool:
@@ -182,6 +183,21 @@ class Ranking:
         jobs = read.jobs.astype(object).where(read.jobs.notna(), None)
         return {"member_id": member_id, "member": _jsonable(read.member), "jobs": _jsonable(jobs.to_dict("records")),
                 "cold_start": read.cold_start, "degraded": read.degraded, "degraded_reasons": read.degraded_reasons}
+
+
+def freeze_startup_heap() -> None:
+    """Move every object alive after start-up (modules, models, the feature store) out of the collector's reach.
+
+    A full (generation-2) collection walks every tracked object; with torch, Feast, pandas and BentoML loaded
+    that stalls the event loop for 210-220 ms (measured with gc.callbacks at 100 requests/s: about one such
+    pause a minute, each delaying ~20 requests by up to 230 ms). Frozen objects are never scanned again
+    (gc.freeze), so a full collection walks only what requests left behind: in the same runs with the heap
+    frozen, no collection of the service took over 10 ms. Start-up objects live as long as the process anyway.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def _client_errors() -> tuple[type[BaseException], ...]:
