@@ -1,7 +1,7 @@
 """Feature platform benchmark: Spark build rows/s (default day and a 10x day) and online
 materialisation rows/s into SQLite and Redis, ours (features.materialize) vs Feast's stock `materialize`.
 
-    .venv/bin/python benchmarks/bench_features.py [--sizes default,10x] [--redis redis://127.0.0.1:6379/9]
+    .venv/bin/python benchmarks/bench_features.py [--sizes default,10x] [--redis redis://127.0.0.1:6379/4]
                                                   [--repeats 3] [--baseline REV]
 
 Each size: generate 2 days, build day 1 (JVM warm-up, windows), then time day 2: Spark build
@@ -92,7 +92,7 @@ def time_run(run, fresh_store, client, again: bool = True) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="default,10x")
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/9", help="a database no test uses (flushed)")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/4", help="a database no test uses (flushed; tests use 1, 2, 5-7 and 9-15, bench_serving 8)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of our writer per store (medians shown)")
     parser.add_argument("--baseline", default=None, help="git revision whose writer is timed alongside ours")
     args = parser.parse_args()
