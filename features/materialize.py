@@ -94,10 +94,15 @@ def _binary_rows(data: np.ndarray, offsets: np.ndarray) -> pa.Array:
         None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(data, np.uint8))])
 
 
+def _matrix_rows(matrix: np.ndarray) -> pa.Array:
+    """Row i = matrix row i (an (n, width) uint8 matrix), as an Arrow binary array."""
+    return _binary_rows(matrix.reshape(-1), np.arange(matrix.shape[0] + 1, dtype=np.int64) * matrix.shape[1])
+
+
 def _prefix_rows(matrix: np.ndarray, lengths: np.ndarray) -> pa.Array:
     """Row i = the first lengths[i] bytes of matrix row i."""
     if len(lengths) and lengths.min() == lengths.max() == matrix.shape[1]:  # every row full: no compaction
-        return _binary_rows(matrix.reshape(-1), np.arange(len(lengths) + 1, dtype=np.int64) * matrix.shape[1])
+        return _matrix_rows(matrix)
     offsets = np.zeros(len(lengths) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
     return _binary_rows(matrix[np.arange(matrix.shape[1]) < lengths[:, None]], offsets)
@@ -109,7 +114,7 @@ def _fixed(tag: bytes, payload: np.ndarray) -> pa.Array:
     matrix = np.empty((len(payload), len(tag) + width), np.uint8)
     matrix[:, :len(tag)] = np.frombuffer(tag, np.uint8)
     matrix[:, len(tag):] = payload.view(np.uint8).reshape(len(payload), width)
-    return _binary_rows(matrix.reshape(-1), np.arange(len(payload) + 1, dtype=np.int64) * matrix.shape[1])
+    return _matrix_rows(matrix)
 
 
 def _tagged_varints(tag: bytes, values: np.ndarray, omit_zero: bool = False) -> pa.Array:
@@ -165,7 +170,7 @@ def _pack(parts: list, widths: list[int], n: int) -> pa.Array:
     for part, width in zip(parts, widths):
         matrix[:, at:at + width] = np.frombuffer(part, np.uint8) if isinstance(part, bytes) else _matrix(part, width)
         at += width
-    return _binary_rows(matrix.reshape(-1), np.arange(n + 1, dtype=np.int64) * matrix.shape[1])
+    return _matrix_rows(matrix)
 
 
 def _join(*parts: pa.Array | bytes) -> pa.Array:
