@@ -56,6 +56,7 @@ class Scorer:
         torch.set_num_threads(1)  # one core per process: the front and the scorer share the machine
         self.registry = ModelRegistry(SETTINGS, CONFIG.reload_check_seconds)
         self._batch_rows = None
+        freeze_startup_heap()
 
     def _models_for(self, tag: str):
         from serving.models import load_models
