@@ -67,13 +67,17 @@ def _reference(state, events, config):
 
 @pytest.mark.parametrize("covariance", ["full", "diagonal"])
 @pytest.mark.parametrize("forgetting", [1.0, 0.8])
-def test_batched_update_equals_per_entity_reference(covariance, forgetting):
+# 0: every entity in the primal (d x d) form; None: the default split (dual c x c form below d events);
+# 64: the dual form up to 63 events, well past d.
+@pytest.mark.parametrize("dual_below", [0, None, 64])
+def test_batched_update_equals_per_entity_reference(covariance, forgetting, dual_below):
     """Acceptance 1: means and precisions within 1e-5 relative of the reference, entities of 1..5000 events."""
     rng = np.random.default_rng(3)
     dim = 6
     state, events = _problem(rng, dim, EVENT_COUNTS + list(rng.integers(1, 60, size=40)), covariance)
     config = RandomEffectConfig(dim=dim, covariance=covariance, forgetting=forgetting, prior_variance=2.0,
-                                chunk_elements=20_000)  # several chunks, to test the chunking too
+                                chunk_elements=20_000,  # several chunks, to test the chunking too
+                                dual_below=dual_below)
     updated, summary = update_random_effects(state, events, config)
     reference = _reference(state, events, config)
     assert summary.entities_updated == len(reference)

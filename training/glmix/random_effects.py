@@ -24,6 +24,17 @@ All entities are solved together: events sorted by entity, segment sums for g an
 Cholesky per Newton step, a per-entity convergence mask. No loop over entities and no padding:
 memory is O(events * d + entities * d^2), and entities are processed in chunks whose events and
 d x d matrices fit `chunk_elements`.
+
+An entity with c < d events is solved in the dual (c x c) form instead (`dual_below`). Its Newton
+iterates stay in theta = m0 + Z a with Z = P0^-1 X^T (d x c): with K = X Z and W = diag(w p (1 - p)),
+
+    g = X^T b with b = a + w (p - y),     H^-1 g = Z (b - S B^-1 S K b),   S = W^1/2, B = I + S K S
+
+(Woodbury; B's eigenvalues are >= 1, so its Cholesky is always well conditioned), and the objective is
+1/2 a^T K a + loss(o + X m0 + K a). Newton's method is affine invariant, so these are the same iterates,
+the same Armijo tests and the same mode as the primal steps, at c^3 per step instead of d^3 plus the
+(events x d x d) outer sums; P0 is factored once and H(theta*) = P0 + X^T W X is formed once, at the end.
+Entities of one event count c form one batch (no padding).
 """
 
 from __future__ import annotations
@@ -63,10 +74,16 @@ class RandomEffectConfig:
     # CPU (measured fastest: the chunk's d x d matrices stay near cache), 2^32 on CUDA (few, large launches).
     chunk_elements: int | None = None
     outer_block_elements: int = 1 << 24
+    # Entities with fewer events than this are solved in the dual c x c form (module docstring). None: d on
+    # CPU (measured faster there for every c < d), 0 on CUDA (there the per-step cost is launches, and the
+    # primal form runs fewer of them). 0: never.
+    dual_below: int | None = None
 
     def __post_init__(self) -> None:
         if self.dim < 1:
             raise ValueError(f"RandomEffectConfig.dim must be >= 1, got {self.dim}")
+        if self.dual_below is not None and self.dual_below < 0:
+            raise ValueError(f"RandomEffectConfig.dual_below must be >= 0 or None, got {self.dual_below}")
         if self.covariance not in ("full", "diagonal"):
             raise ValueError(f"RandomEffectConfig.covariance must be 'full' or 'diagonal', got {self.covariance!r}")
         if not 0.0 < self.forgetting <= 1.0:
@@ -85,6 +102,11 @@ class RandomEffectConfig:
     def population_precision(self, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
         """Diagonal of the population prior precision, shape (d,)."""
         return 1.0 / torch.as_tensor(self.prior_variance, dtype=dtype, device=device).expand(self.dim).clone()
+
+    def dual_limit(self, device: torch.device) -> int:
+        if self.dual_below is not None:
+            return self.dual_below
+        return 0 if device.type == "cuda" else self.dim
 
     def newton_tolerance(self, dtype: torch.dtype) -> float:
         if self.tolerance is not None:
@@ -239,98 +261,185 @@ def _factor(hessian: torch.Tensor) -> torch.Tensor:
     return factor
 
 
+def _solve(factor: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """factor factor^T x = rhs by two triangular solves (cholesky_solve would copy the factor through tril)."""
+    half = torch.linalg.solve_triangular(factor, rhs, upper=False)
+    return torch.linalg.solve_triangular(factor.mT, half, upper=True)
+
+
+class _DampedNewton:
+    """Per-entity bookkeeping of damped Newton steps with Armijo backtracking, shared by both forms.
+
+    Each pass the caller evaluates the objective at `point` for the working entities, calls `test`, then
+    `advance` with the Newton direction and decrement at that point. An entity whose point passes the
+    Armijo test (or is at its start) takes it as its new `base`; the others halve their step. `keep`
+    compacts the working set.
+    """
+
+    def __init__(self, start: torch.Tensor, config: RandomEffectConfig) -> None:
+        n, dtype = start.shape[0], start.dtype
+        self.config = config
+        self.tolerance = config.newton_tolerance(dtype)
+        self.slack_scale = 64 * torch.finfo(dtype).eps
+        self.point, self.base = start.clone(), start.clone()
+        self.direction = torch.zeros_like(start)
+        self.step = torch.ones(n, dtype=dtype, device=start.device)
+        self.slope = torch.zeros_like(self.step)
+        self.f_base = torch.full_like(self.step, math.inf)
+        self.steps = torch.zeros(n, dtype=torch.int64, device=start.device)
+        self.active = torch.ones(n, dtype=torch.bool, device=start.device)
+        self.unconverged = torch.zeros_like(self.active)
+
+    def test(self, objective: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(accepted, rejected) working entities for the objective at their current point."""
+        threshold = (self.f_base + self.config.armijo * self.step * self.slope
+                     + self.slack_scale * (1 + self.f_base.abs()))
+        accepted = self.active & (objective <= threshold)
+        self.base = torch.where(accepted[:, None], self.point, self.base)
+        self.f_base = torch.where(accepted, objective, self.f_base)
+        return accepted, self.active & ~accepted
+
+    def advance(self, accepted, rejected, newton: torch.Tensor, decrement: torch.Tensor) -> int:
+        """Take the Newton direction where accepted, backtrack where rejected; returns the live count."""
+        config = self.config
+        self.steps = self.steps + accepted
+        done = accepted & (decrement <= self.tolerance)
+        moving = accepted & ~done
+        self.direction = torch.where(moving[:, None], newton, self.direction)
+        self.slope = torch.where(moving, -decrement, self.slope)
+        self.step = torch.where(moving, torch.ones_like(self.step), torch.where(rejected, 0.5 * self.step, self.step))
+        # Out of steps: keep the last evaluated point (base), whose H we hold. Stalled: no descent left at
+        # this float precision, base is the mode.
+        out_of_steps = moving & (self.steps >= config.max_newton_steps)
+        stalled = rejected & (self.step < config.min_step)
+        self.unconverged = self.unconverged | out_of_steps
+        self.active = self.active & ~done & ~out_of_steps & ~stalled
+        self.point = torch.where(self.active[:, None], self.base + self.step[:, None] * self.direction, self.base)
+        return int(self.active.sum())
+
+    def passes(self) -> range:
+        return range(2 * self.config.max_newton_steps + 64)
+
+    def keep(self, rows: torch.Tensor) -> None:
+        for name in ("point", "base", "direction", "step", "slope", "f_base", "steps", "active", "unconverged"):
+            setattr(self, name, getattr(self, name)[rows])
+
+
 def _newton_chunk(features, labels, weights, offsets, segments, prior_mean, prior_precision,
                   config: RandomEffectConfig):
     """Posterior modes and Laplace precisions of the entities 0..n-1 of one chunk (events sorted by segment).
 
-    Each pass evaluates f at the current points of the working entities; an entity whose point passes
-    the Armijo test (or is at its start) keeps it as its new base, with g, H and a new Newton direction
-    there; the others halve their step. All of this runs on the whole working set with masks; when under
-    half of it is still active, finished entities are written out and the working set (entities and their
-    events) is compacted. Returns mean (n, d), precision H at the mean (n, d, d), Newton steps (n,),
-    gradient norms (n,) and a mask of entities that hit max_newton_steps.
+    Primal form: each pass evaluates f, g and H (d x d) at the working entities' points (`_DampedNewton`).
+    When under half of the working set is still active, finished entities are written out and the working
+    set (entities and their events) is compacted. Returns mean (n, d), precision H at the mean (n, d, d),
+    Newton steps (n,), gradient norms (n,) and a mask of entities that hit max_newton_steps.
     """
     n, d = prior_mean.shape
-    dtype, device = prior_mean.dtype, prior_mean.device
-    tolerance = config.newton_tolerance(dtype)
-    slack_scale = 64 * torch.finfo(dtype).eps
+    device = prior_mean.device
     out_mean, out_precision = prior_mean.clone(), prior_precision.clone()
     out_steps = torch.zeros(n, dtype=torch.int64, device=device)
-    out_grad = torch.zeros(n, dtype=dtype, device=device)
+    out_grad = torch.zeros(n, dtype=prior_mean.dtype, device=device)
     out_unconverged = torch.zeros(n, dtype=torch.bool, device=device)
 
     entity = torch.arange(n, device=device)  # chunk row of each working entity
     x, y, w, o, seg, m0, p0 = features, labels, weights, offsets, segments, prior_mean, prior_precision
     layout = SortedSegments(x, seg, n, config.outer_block_elements)
-    theta, base = m0.clone(), m0.clone()
-    direction = torch.zeros_like(theta)
-    step = torch.ones(n, dtype=dtype, device=device)
-    slope = torch.zeros_like(step)
-    f_base = torch.full_like(step, math.inf)
-    h_base, grad_norm = p0.clone(), torch.zeros_like(step)
-    steps = torch.zeros(n, dtype=torch.int64, device=device)
-    active = torch.ones(n, dtype=torch.bool, device=device)
-    unconverged = torch.zeros_like(active)
+    newton = _DampedNewton(m0, config)
+    h_base, grad_norm = p0.clone(), torch.zeros_like(newton.step)
 
     def write_out(rows: torch.Tensor) -> None:
-        out_mean[entity[rows]], out_precision[entity[rows]] = base[rows], h_base[rows]
-        out_steps[entity[rows]], out_grad[entity[rows]] = steps[rows], grad_norm[rows]
-        out_unconverged[entity[rows]] = unconverged[rows]
+        out_mean[entity[rows]], out_precision[entity[rows]] = newton.base[rows], h_base[rows]
+        out_steps[entity[rows]], out_grad[entity[rows]] = newton.steps[rows], grad_norm[rows]
+        out_unconverged[entity[rows]] = newton.unconverged[rows]
 
-    for _ in range(2 * config.max_newton_steps + 64):
+    for _ in newton.passes():
         k = entity.numel()
-        eta = o + (x * theta[seg]).sum(1)
-        delta = theta - m0
+        eta = o + (x * newton.point[seg]).sum(1)
+        delta = newton.point - m0
         p0_delta = (p0 @ delta.unsqueeze(-1)).squeeze(-1)
         objective = segment_sum(w * (F.softplus(eta) - y * eta), seg, k) + 0.5 * (delta * p0_delta).sum(-1)
-        threshold = f_base + config.armijo * step * slope + slack_scale * (1 + f_base.abs())
-        accepted = active & (objective <= threshold)
-        rejected = active & ~accepted
+        accepted, rejected = newton.test(objective)
 
         p = torch.sigmoid(eta)
         gradient = segment_sum(x * (w * (p - y)).unsqueeze(1), seg, k) + p0_delta
         hessian = layout.outer_sum(w * p * (1 - p)).add_(p0)
-        factor = _factor(hessian)
-        # Two triangular solves (L y = g, L^T v = y): cholesky_solve would copy L through tril first.
-        half = torch.linalg.solve_triangular(factor, gradient.unsqueeze(-1), upper=False)
-        newton = -torch.linalg.solve_triangular(factor.mT, half, upper=True).squeeze(-1)
-        decrement = -(gradient * newton).sum(-1)
-
-        base = torch.where(accepted[:, None], theta, base)
-        f_base = torch.where(accepted, objective, f_base)
+        step = -_solve(_factor(hessian), gradient.unsqueeze(-1)).squeeze(-1)
+        decrement = -(gradient * step).sum(-1)
         # Usually every working entity is accepted: then H is the new base as is, no (k, d, d) select.
         h_base = hessian if bool(accepted.all()) else torch.where(accepted[:, None, None], hessian, h_base)
         grad_norm = torch.where(accepted, gradient.norm(dim=-1), grad_norm)
-        steps = steps + accepted
-        done = accepted & (decrement <= tolerance)
-        moving = accepted & ~done
-        direction = torch.where(moving[:, None], newton, direction)
-        slope = torch.where(moving, -decrement, slope)
-        step = torch.where(moving, torch.ones_like(step), torch.where(rejected, 0.5 * step, step))
-        # Out of steps: keep the last evaluated point (base), whose H we hold. Stalled: no descent left at
-        # this float precision, base is the mode.
-        out_of_steps = moving & (steps >= config.max_newton_steps)
-        stalled = rejected & (step < config.min_step)
-        unconverged = unconverged | out_of_steps
-        active = active & ~done & ~out_of_steps & ~stalled
-        theta = torch.where(active[:, None], base + step[:, None] * direction, base)
-
-        live = int(active.sum())
+        live = newton.advance(accepted, rejected, step, decrement)
         if live == 0:
             break
         if live < k // 2:  # compact: finished entities out, working set down to the live ones
-            write_out((~active).nonzero().squeeze(1))
-            keep = active.nonzero().squeeze(1)
+            write_out((~newton.active).nonzero().squeeze(1))
+            keep = newton.active.nonzero().squeeze(1)
             remap = torch.full((k,), -1, dtype=torch.int64, device=device)
             remap[keep] = torch.arange(keep.numel(), device=device)
-            event_keep = active[seg].nonzero().squeeze(1)
+            event_keep = newton.active[seg].nonzero().squeeze(1)
             x, y, w, o, seg = x[event_keep], y[event_keep], w[event_keep], o[event_keep], remap[seg[event_keep]]
-            entity, m0, p0, theta, base, direction = (t[keep] for t in (entity, m0, p0, theta, base, direction))
-            step, slope, f_base, h_base, grad_norm, steps, active, unconverged = (
-                t[keep] for t in (step, slope, f_base, h_base, grad_norm, steps, active, unconverged))
+            entity, m0, p0, h_base, grad_norm = (t[keep] for t in (entity, m0, p0, h_base, grad_norm))
+            newton.keep(keep)
             layout = SortedSegments(x, seg, keep.numel(), config.outer_block_elements)
     write_out(torch.arange(entity.numel(), device=device))
     return out_mean, out_precision, out_steps, out_grad, out_unconverged
+
+
+def _newton_dual(x, y, w, o, prior_mean, prior_precision, config: RandomEffectConfig):
+    """The same update for B entities of exactly c events each, in the dual form (module docstring).
+
+    x (B, c, d), y / w / o (B, c), prior (B, d) and (B, d, d). Returns what `_newton_chunk` returns.
+    """
+    b_count, c, _ = x.shape
+    device = x.device
+    z_t = _solve(_factor(prior_precision), x.mT)  # (B, d, c) = P0^-1 X^T
+    kernel = x @ z_t
+    kernel = 0.5 * (kernel + kernel.mT)  # (B, c, c) = X P0^-1 X^T, exactly symmetric
+    base_offset = o + (x @ prior_mean.unsqueeze(-1)).squeeze(-1)
+    eye = torch.eye(c, dtype=x.dtype, device=device)
+    out_a = torch.zeros_like(base_offset)
+    out_steps = torch.zeros(b_count, dtype=torch.int64, device=device)
+    out_unconverged = torch.zeros(b_count, dtype=torch.bool, device=device)
+
+    entity = torch.arange(b_count, device=device)
+    k_all, o_all, y_all, w_all = kernel, base_offset, y, w
+    newton = _DampedNewton(torch.zeros_like(base_offset), config)
+
+    def write_out(rows: torch.Tensor) -> None:
+        out_a[entity[rows]], out_steps[entity[rows]] = newton.base[rows], newton.steps[rows]
+        out_unconverged[entity[rows]] = newton.unconverged[rows]
+
+    for _ in newton.passes():
+        k = entity.numel()
+        k_a = (k_all @ newton.point.unsqueeze(-1)).squeeze(-1)
+        eta = o_all + k_a
+        objective = (w_all * (F.softplus(eta) - y_all * eta)).sum(1) + 0.5 * (newton.point * k_a).sum(1)
+        accepted, rejected = newton.test(objective)
+
+        p = torch.sigmoid(eta)
+        b = newton.point + w_all * (p - y_all)  # g = X^T b
+        s = (w_all * p * (1 - p)).sqrt()
+        k_b = (k_all @ b.unsqueeze(-1)).squeeze(-1)
+        v = s * k_b
+        u = _solve(_factor(s.unsqueeze(2) * k_all * s.unsqueeze(1) + eye), v.unsqueeze(-1)).squeeze(-1)
+        step = s * u - b
+        decrement = ((b * k_b).sum(1) - (v * u).sum(1)).clamp_min(0.0)  # g^T H^-1 g
+        live = newton.advance(accepted, rejected, step, decrement)
+        if live == 0:
+            break
+        if live < k // 2:
+            write_out((~newton.active).nonzero().squeeze(1))
+            keep = newton.active.nonzero().squeeze(1)
+            entity, k_all, o_all, y_all, w_all = (t[keep] for t in (entity, k_all, o_all, y_all, w_all))
+            newton.keep(keep)
+    write_out(torch.arange(entity.numel(), device=device))
+
+    # Back to coefficients: theta = m0 + Z a, with g and H at that point.
+    mean = prior_mean + (z_t @ out_a.unsqueeze(-1)).squeeze(-1)
+    p = torch.sigmoid(base_offset + (kernel @ out_a.unsqueeze(-1)).squeeze(-1))
+    gradient = (x.mT @ (out_a + w * (p - y)).unsqueeze(-1)).squeeze(-1)
+    precision = prior_precision + x.mT @ (x * (w * p * (1 - p)).unsqueeze(2))
+    return mean, precision, out_steps, gradient.norm(dim=-1), out_unconverged
 
 
 def _chunks(event_counts: torch.Tensor, dim: int, budget: int) -> list[tuple[int, int]]:
@@ -379,17 +488,40 @@ def update_random_effects(state: RandomEffectState, events: EntityEvents, config
                                 dtype=dtype, device=device)
     all_steps, all_grad, all_unconverged = [], [], []
     budget = config.chunk_elements or (1 << 32 if device.type == "cuda" else 1 << 24)
-    for first, last in _chunks(counts, d, budget):
-        lo, hi = int(event_start[first]), int(event_start[last])
-        prior_mean, prior_precision = _forgotten_prior(state, rows[first:last], found[first:last], config)
-        mean, precision, steps, grad_norm, unconverged = _newton_chunk(
-            features[lo:hi], labels[lo:hi], weights[lo:hi], offsets[lo:hi], segments[lo:hi] - first,
-            prior_mean, prior_precision, config)
-        new_mean[first:last] = mean
-        new_precision[first:last] = precision if config.covariance == "full" else precision.diagonal(dim1=-2, dim2=-1)
+
+    def store(where: torch.Tensor | slice, mean, precision, steps, grad_norm, unconverged) -> None:
+        new_mean[where] = mean
+        new_precision[where] = precision if config.covariance == "full" else precision.diagonal(dim1=-2, dim2=-1)
         all_steps.append(steps)
         all_grad.append(grad_norm)
         all_unconverged.append(unconverged)
+
+    dual = counts < config.dual_limit(device)
+    for count in torch.unique(counts[dual]).tolist():  # dual form: one batch per event count, no padding
+        group = (counts == count).nonzero().squeeze(1)
+        per_slice = max(1, budget // (d * (d + 2 * count)))
+        for first in range(0, group.numel(), per_slice):
+            members = group[first : first + per_slice]
+            events_of = event_start[members, None] + torch.arange(count, device=device)
+            prior_mean, prior_precision = _forgotten_prior(state, rows[members], found[members], config)
+            store(members, *_newton_dual(features[events_of], labels[events_of], weights[events_of],
+                                         offsets[events_of], prior_mean, prior_precision, config))
+
+    primal = (~dual).nonzero().squeeze(1)
+    if primal.numel() < entities.numel():  # the primal entities' events, still sorted, segments renumbered
+        renumber = torch.full_like(counts, -1)
+        renumber[primal] = torch.arange(primal.numel(), device=device)
+        keep = (~dual)[segments].nonzero().squeeze(1)
+        features, labels, weights, offsets = features[keep], labels[keep], weights[keep], offsets[keep]
+        segments = renumber[segments[keep]]
+        event_start = torch.zeros(primal.numel() + 1, dtype=torch.int64, device=device)
+        event_start[1:] = torch.cumsum(counts[primal], 0)
+    for first, last in _chunks(counts[primal], d, budget):
+        lo, hi = int(event_start[first]), int(event_start[last])
+        members = primal[first:last]
+        prior_mean, prior_precision = _forgotten_prior(state, rows[members], found[members], config)
+        store(members, *_newton_chunk(features[lo:hi], labels[lo:hi], weights[lo:hi], offsets[lo:hi],
+                                      segments[lo:hi] - first, prior_mean, prior_precision, config))
 
     steps, grad_norm = torch.cat(all_steps), torch.cat(all_grad)
     summary.entities_updated = int(entities.numel())
