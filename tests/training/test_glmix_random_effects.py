@@ -92,6 +92,17 @@ def test_batched_update_equals_per_entity_reference(covariance, forgetting, dual
     assert torch.all(updated.entity_ids[1:] > updated.entity_ids[:-1])
 
 
+def test_two_workers_give_the_same_state_as_one():
+    rng = np.random.default_rng(4)
+    state, events = _problem(rng, 5, EVENT_COUNTS + list(rng.integers(1, 60, size=40)), "full")
+    config = RandomEffectConfig(dim=5, forgetting=0.9, chunk_elements=5_000)  # many pieces of work
+    one, one_summary = update_random_effects(state, events, config)
+    two, two_summary = update_random_effects(state, events, RandomEffectConfig(**{**config.__dict__, "workers": 2}))
+    assert torch.equal(one.entity_ids, two.entity_ids)
+    assert torch.equal(one.mean, two.mean) and torch.equal(one.precision, two.precision)
+    assert one_summary == two_summary
+
+
 def test_entities_without_events_keep_their_posterior():
     rng = np.random.default_rng(5)
     state, events = _problem(rng, 4, [10, 20, 30, 40], "full")

@@ -40,7 +40,10 @@ Entities of one event count c form one batch (no padding).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Literal
 
 import torch
@@ -78,12 +81,17 @@ class RandomEffectConfig:
     # CPU (measured faster there for every c < d), 0 on CUDA (there the per-step cost is launches, and the
     # primal form runs fewer of them). 0: never.
     dual_below: int | None = None
+    # CPU threads that solve independent batches of entities at once (each op then runs on its thread; set
+    # torch's own intra-op threads to 1 when using more than one worker). CUDA: always 1.
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if self.dim < 1:
             raise ValueError(f"RandomEffectConfig.dim must be >= 1, got {self.dim}")
         if self.dual_below is not None and self.dual_below < 0:
             raise ValueError(f"RandomEffectConfig.dual_below must be >= 0 or None, got {self.dual_below}")
+        if self.workers < 1:
+            raise ValueError(f"RandomEffectConfig.workers must be >= 1, got {self.workers}")
         if self.covariance not in ("full", "diagonal"):
             raise ValueError(f"RandomEffectConfig.covariance must be 'full' or 'diagonal', got {self.covariance!r}")
         if not 0.0 < self.forgetting <= 1.0:
@@ -233,8 +241,8 @@ def _forgotten_prior(state: RandomEffectState, rows: torch.Tensor, found: torch.
     if seen.numel() == 0:
         return prior_mean, prior_precision
     lam = config.forgetting
-    mean_prev = state.mean[rows[seen]]
-    precision_prev = state.precision[rows[seen]]
+    mean_prev = state.mean.index_select(0, rows[seen])  # index_select: 2-4x faster than [] gathers on CPU
+    precision_prev = state.precision.index_select(0, rows[seen])
     if state.covariance == "diagonal":
         precision_prev = torch.diag_embed(precision_prev)
     if lam == 1.0:
@@ -474,11 +482,10 @@ def update_random_effects(state: RandomEffectState, events: EntityEvents, config
     if ids.numel() == 0:
         return state, summary
 
-    entities, segments = torch.unique(ids, return_inverse=True)
-    order = torch.argsort(segments, stable=True)
-    features, labels, weights, offsets, segments = (
-        features[order], labels[order], weights[order], offsets[order], segments[order])
-    counts = torch.bincount(segments, minlength=entities.numel())
+    sorted_ids, order = torch.sort(ids, stable=True)  # one sort: events grouped by entity, in arrival order
+    entities, counts = torch.unique_consecutive(sorted_ids, return_counts=True)
+    segments = torch.repeat_interleave(torch.arange(entities.numel(), device=device), counts)
+    features, labels, weights, offsets = (t.index_select(0, order) for t in (features, labels, weights, offsets))
     event_start = torch.zeros(entities.numel() + 1, dtype=torch.int64, device=device)
     event_start[1:] = torch.cumsum(counts, 0)
     rows, found = state.locate(entities)
@@ -496,32 +503,54 @@ def update_random_effects(state: RandomEffectState, events: EntityEvents, config
         all_grad.append(grad_norm)
         all_unconverged.append(unconverged)
 
+    # Independent pieces of work: a batch of entities each, solved in one form; run by `workers` threads.
+    tasks: list[tuple[torch.Tensor, Callable[[], tuple]]] = []
     dual = counts < config.dual_limit(device)
-    for count in torch.unique(counts[dual]).tolist():  # dual form: one batch per event count, no padding
-        group = (counts == count).nonzero().squeeze(1)
-        per_slice = max(1, budget // (d * (d + 2 * count)))
-        for first in range(0, group.numel(), per_slice):
-            members = group[first : first + per_slice]
-            events_of = event_start[members, None] + torch.arange(count, device=device)
-            prior_mean, prior_precision = _forgotten_prior(state, rows[members], found[members], config)
-            store(members, *_newton_dual(features[events_of], labels[events_of], weights[events_of],
-                                         offsets[events_of], prior_mean, prior_precision, config))
-
     primal = (~dual).nonzero().squeeze(1)
     if primal.numel() < entities.numel():  # the primal entities' events, still sorted, segments renumbered
         renumber = torch.full_like(counts, -1)
         renumber[primal] = torch.arange(primal.numel(), device=device)
         keep = (~dual)[segments].nonzero().squeeze(1)
-        features, labels, weights, offsets = features[keep], labels[keep], weights[keep], offsets[keep]
-        segments = renumber[segments[keep]]
-        event_start = torch.zeros(primal.numel() + 1, dtype=torch.int64, device=device)
-        event_start[1:] = torch.cumsum(counts[primal], 0)
-    for first, last in _chunks(counts[primal], d, budget):
-        lo, hi = int(event_start[first]), int(event_start[last])
+        p_features, p_labels, p_weights, p_offsets, p_segments = (
+            t.index_select(0, keep) for t in (features, labels, weights, offsets, segments))
+        p_segments = renumber[p_segments]
+        p_start = torch.zeros(primal.numel() + 1, dtype=torch.int64, device=device)
+        p_start[1:] = torch.cumsum(counts[primal], 0)
+    else:
+        p_features, p_labels, p_weights, p_offsets, p_segments, p_start = (
+            features, labels, weights, offsets, segments, event_start)
+
+    def primal_task(first: int, last: int) -> tuple:
+        lo, hi = int(p_start[first]), int(p_start[last])
         members = primal[first:last]
         prior_mean, prior_precision = _forgotten_prior(state, rows[members], found[members], config)
-        store(members, *_newton_chunk(features[lo:hi], labels[lo:hi], weights[lo:hi], offsets[lo:hi],
-                                      segments[lo:hi] - first, prior_mean, prior_precision, config))
+        return _newton_chunk(p_features[lo:hi], p_labels[lo:hi], p_weights[lo:hi], p_offsets[lo:hi],
+                             p_segments[lo:hi] - first, prior_mean, prior_precision, config)
+
+    def dual_task(members: torch.Tensor, count: int) -> tuple:
+        events_of = (event_start[members, None] + torch.arange(count, device=device)).reshape(-1)
+        prior_mean, prior_precision = _forgotten_prior(state, rows[members], found[members], config)
+        x, y, w, o = (t.index_select(0, events_of).view(members.numel(), count, *t.shape[1:])
+                      for t in (features, labels, weights, offsets))
+        return _newton_dual(x, y, w, o, prior_mean, prior_precision, config)
+
+    for first, last in _chunks(counts[primal], d, budget):
+        tasks.append((primal[first:last], partial(primal_task, first, last)))
+    for count in torch.unique(counts[dual]).tolist():  # dual form: one batch per event count, no padding
+        group = (counts == count).nonzero().squeeze(1)
+        per_slice = max(1, budget // (d * (d + 2 * count)))
+        for first in range(0, group.numel(), per_slice):
+            members = group[first : first + per_slice]
+            tasks.append((members, partial(dual_task, members, count)))
+
+    workers = config.workers if device.type == "cpu" else 1
+    if workers > 1 and len(tasks) > 1:
+        with ThreadPoolExecutor(workers) as pool:  # torch ops release the GIL
+            for (members, _), result in zip(tasks, pool.map(lambda task: task[1](), tasks)):
+                store(members, *result)
+    else:
+        for members, solve in tasks:
+            store(members, *solve())
 
     steps, grad_norm = torch.cat(all_steps), torch.cat(all_grad)
     summary.entities_updated = int(entities.numel())
