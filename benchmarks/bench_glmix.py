@@ -47,7 +47,7 @@ def make_problem(entities: int, dim: int, events_per_entity: float, seed: int = 
     return ids[order], x[order], labels[order], offsets[order], prior_mean, prior_scale
 
 
-def run_batched(problem, dim, device, chunk_elements):
+def run_batched(problem, dim, device, chunk_elements, **options):
     import torch
 
     from training.glmix.random_effects import EntityEvents, RandomEffectConfig, RandomEffectState, update_random_effects
@@ -58,7 +58,7 @@ def run_batched(problem, dim, device, chunk_elements):
                               torch.diag_embed(torch.from_numpy(prior_scale)).to(device))
     events = EntityEvents(torch.from_numpy(ids).to(device), torch.from_numpy(x).to(device),
                           torch.from_numpy(labels).to(device), None, torch.from_numpy(offsets).to(device))
-    config = RandomEffectConfig(dim=dim, covariance="full", chunk_elements=chunk_elements)
+    config = RandomEffectConfig(dim=dim, covariance="full", chunk_elements=chunk_elements, **options)
     if device == "cuda":
         torch.cuda.synchronize()
     started = time.perf_counter()
@@ -102,6 +102,10 @@ def main() -> None:
     parser.add_argument("--outer", default="auto", choices=["auto", "bucketed"],
                         help="Hessian outer sums: auto = the Triton kernel on CUDA float32 (kernels.segment), "
                              "bucketed = batched matmul over power-of-two length buckets everywhere")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="RandomEffectConfig.workers: threads over independent batches of entities (CPU)")
+    parser.add_argument("--primal-too", action="store_true",
+                        help="CPU: also time the primal form alone (dual_below=0) on the same problem")
     parser.add_argument("--out-dir", type=Path, default=None, help="also copy the result file here")
     args = parser.parse_args()
 
@@ -125,7 +129,11 @@ def main() -> None:
             events = problem[0].size
             if args.device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            seconds, updated, summary = run_batched(problem, dim, args.device, chunk_elements)
+            seconds, updated, summary = run_batched(problem, dim, args.device, chunk_elements, workers=args.workers)
+            primal_seconds = float("nan")
+            if args.primal_too:
+                primal_seconds = run_batched(problem, dim, args.device, chunk_elements, dual_below=0,
+                                             workers=args.workers)[0]
             peak = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else float("nan")
             per_entity, reference = run_reference(problem, args.reference_sample)
             sample = torch.tensor(sorted(reference))
@@ -133,16 +141,19 @@ def main() -> None:
             diff = float(np.max(np.abs(batched - np.stack([reference[i] for i in sorted(reference)]))))
             reference_seconds = per_entity * entities
             row = (entities, dim, events, seconds, events / seconds, reference_seconds, events / reference_seconds,
-                   reference_seconds / seconds, diff, summary.newton_iterations_max, summary.not_converged, peak)
+                   reference_seconds / seconds, diff, summary.newton_iterations_max, summary.not_converged, peak,
+                   primal_seconds)
             rows.append(row)
             print("entities={} d={} events={} batched {:.3f}s ({:.3g} ev/s)  reference~{:.1f}s ({:.3g} ev/s)  "
-                  "speed-up {:.0f}x  max|dmean| {:.1e}  newton<= {}  unconverged {}  peak {:.1f} GiB".format(*row),
+                  "speed-up {:.0f}x  max|dmean| {:.1e}  newton<= {}  unconverged {}  peak {:.1f} GiB  "
+                  "primal form only {:.3f}s".format(*row),
                   flush=True)
             del problem, updated
             if args.device == "cuda":
                 torch.cuda.empty_cache()
 
-    threads = f"{args.threads} torch threads" if args.device == "cpu" else "float32 on the GPU"
+    threads = (f"{args.threads} torch threads, {args.workers} worker thread(s)" if args.device == "cpu"
+               else "float32 on the GPU")
     table = "\n".join([
         f"One daily update (`update_random_effects`, full precision, float32, {threads}); every entity in "
         "yesterday's state; events per entity log-normal, mean "
@@ -151,9 +162,11 @@ def main() -> None:
         "max|dmean| = largest difference of posterior means between the two on that sample (float32 vs float64).",
         "",
         "| entities | d | events | batched s | batched events/s | reference s (extrapolated) | reference events/s "
-        "| speed-up | max abs diff of means | Newton steps (max) | not converged | peak GPU GiB |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        *("| {:,} | {} | {:,} | {:.3f} | {:,.0f} | {:.1f} | {:,.0f} | {:.0f}x | {:.1e} | {} | {} | {:.1f} |".format(*r)
+        "| speed-up | max abs diff of means | Newton steps (max) | not converged | peak GPU GiB "
+        "| batched s, primal form only |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *("| {:,} | {} | {:,} | {:.3f} | {:,.0f} | {:.1f} | {:,.0f} | {:.0f}x | {:.1e} | {} | {} | {:.1f} "
+          "| {:.3f} |".format(*r)
           for r in rows),
     ])
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
