@@ -12,15 +12,17 @@ N = sizes(cpu=[1, 9001, 20483], gpu=[1, 8191, 64 * 1024 * 1024 + 7])
 
 @pytest.mark.parametrize("n", N)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("weighted", ["none", "weights", "weights and their sum"])
 def test_loss_and_gradient_match_reference(n, dtype, weighted, device, triton_backend):
     logits = (4 * torch.randn(n, device=device)).to(dtype).requires_grad_()
     labels = torch.randint(0, 2, (n,), device=device).float()
-    weights = torch.rand(n, device=device) + 0.1 if weighted else None
+    weights = torch.rand(n, device=device) + 0.1 if weighted != "none" else None
+    # As a data loader would have it: summed in float64, before the batch reaches the GPU.
+    weight_sum = float(weights.double().sum()) if weighted == "weights and their sum" else None
     # The reference in float64: PyTorch's float32 BCE loses ~1e-4 relative to log(1 + e^-|z|) rounding
     # when one large |z| dominates a small loss (n = 1), more than the kernel's own error.
     logits_ref = logits.detach().double().requires_grad_()
-    loss = bce_with_logits(logits, labels, weights)
+    loss = bce_with_logits(logits, labels, weights, weight_sum=weight_sum)
     loss.backward()
     expected = bce_reference(logits_ref, labels, None if weights is None else weights.double())
     expected.backward()
@@ -28,6 +30,23 @@ def test_loss_and_gradient_match_reference(n, dtype, weighted, device, triton_ba
     assert relative_error(loss, expected) < TOLERANCE[dtype]
     assert logits.grad.dtype == dtype
     assert relative_error(logits.grad, logits_ref.grad) < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("weights_dtype", [torch.float32, torch.bfloat16])
+def test_a_wrong_weight_sum_makes_loss_and_gradient_nan(weights_dtype, device, triton_backend):
+    n = sizes(cpu=9001, gpu=1_000_003)
+    logits = torch.randn(n, device=device, requires_grad=True)
+    labels = torch.randint(0, 2, (n,), device=device).float()
+    weights = (torch.rand(n, device=device) + 0.1).to(weights_dtype)
+    true_sum = weights.double().sum()
+    # Within the weights' own rounding: accepted, and the result is the reference divided by that sum.
+    close = true_sum * (1 + 0.2 * (1e-4 if weights_dtype == torch.float32 else 1e-2))
+    loss = bce_with_logits(logits, labels, weights, weight_sum=close.float().to(device))
+    assert relative_error(loss, bce_reference(logits.detach(), labels, weights, close)) < 1e-5
+    # A count instead of a sum (a plausible mistake): NaN in the loss and in the gradient.
+    loss = bce_with_logits(logits, labels, weights, weight_sum=float(n))
+    (2.0 * loss).backward()
+    assert torch.isnan(loss) and torch.isnan(logits.grad).all()
 
 
 def test_upstream_scale_and_integer_labels(device, triton_backend):
