@@ -8,8 +8,10 @@ the gradient and the Hessian of the logistic loss:
 
 (with values_i = (p_i - y_i) x_i for the gradient and w_i = p_i (1 - p_i) for the Hessian).
 segment_ids may come in any order: they are ordered by a stable sort (skipped when the caller
-passes ids_sorted=True), so each segment's rows are summed in row order by one program: the
-result is deterministic (no atomics), unlike index_add_ on CUDA. Segments with no rows give 0.
+passes ids_sorted=True: a caller that reuses one set of ids sorts them once; at the bfloat16 shape of
+benchmarks/bench_kernels.py the sort takes longer than the reduction), so each segment's rows are summed
+in row order by one program: the result is deterministic (no atomics), unlike index_add_ on CUDA.
+Segments with no rows give 0.
 Arithmetic is float32; the outputs take the features' (values') dtype.
 
 Gradients: d values_i = G_{ids_i};  d x_i = w_i (G_s + G_s^T) x_i;  d w_i = x_i^T G_s x_i. The outer
@@ -80,8 +82,12 @@ def _segment_layout(segment_ids: torch.Tensor, num_segments: int, ids_sorted: bo
         if num_segments < 2**31 - 1:  # 32-bit keys: half the radix passes of a 64-bit sort
             keys = keys.to(torch.int32)
         sorted_ids, order = torch.sort(keys, stable=True)
-    boundaries = torch.arange(num_segments + 1, device=segment_ids.device, dtype=sorted_ids.dtype)
-    return order, torch.searchsorted(sorted_ids, boundaries)
+    n_rows = sorted_ids.numel()
+    starts = torch.empty(num_segments + 1, dtype=torch.int64, device=segment_ids.device)
+    # One pass over the ids: on an H200 8-9 us for 1M ids, where searchsorted of the S + 1 boundaries took 15-16.
+    _segment_starts_kernel[(triton.cdiv(n_rows + 1, _STARTS_BLOCK),)](sorted_ids, starts, n_rows, num_segments,
+                                                                     BLOCK=_STARTS_BLOCK, num_warps=4)
+    return order, starts
 
 
 def segment_sum(
@@ -130,6 +136,29 @@ except ImportError:  # kernels.dispatch refuses the Triton path without triton
 if triton is not None:
 
     @triton.jit
+    def _segment_starts_kernel(sorted_ids_ptr, starts_ptr, n_rows, num_segments, BLOCK: tl.constexpr):
+        # starts[s] = how many ids are below s, for s in [0, S] (searchsorted's left side): position i in
+        # [0, N] writes i for every s with ids[i - 1] < s <= ids[i], reading ids[-1] as -1 and ids[N] as S.
+        # Each s is written exactly once; ids out of [0, S) leave starts[0] > 0 or starts[S] < N, which
+        # _check_layout reads. A run of k empty segments costs its program k masked stores.
+        positions = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        ids = tl.load(sorted_ids_ptr + positions, mask=positions < n_rows, other=num_segments).to(tl.int64)
+        previous = tl.load(sorted_ids_ptr + positions - 1, mask=(positions >= 1) & (positions <= n_rows),
+                           other=-1).to(tl.int64)
+        first = tl.maximum(previous + 1, 0)
+        count = tl.where(positions <= n_rows, tl.minimum(ids, num_segments) - first + 1, 0)
+        longest = tl.max(count, axis=0)
+        k = 0
+        while k < longest:  # while: see _segment_sum_kernel
+            tl.store(starts_ptr + first + k, positions.to(tl.int64), mask=k < count)
+            k += 1
+
+    @triton.jit
+    def _segment_bounds(starts_ptr, segment):
+        """(first, end): the segment's rows lie at sorted positions first .. end - 1."""
+        return tl.load(starts_ptr + segment), tl.load(starts_ptr + segment + 1)
+
+    @triton.jit
     def _load_chunk(table_ptr, order_ptr, first, end, cols, col_mask, n_cols, HAS_ORDER: tl.constexpr,
                     BLOCK_R: tl.constexpr):
         """The rows at sorted positions first .. first + BLOCK_R - 1 that lie before end: their ids (int64),
@@ -152,9 +181,8 @@ if triton is not None:
         segment = tl.program_id(0)
         cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         col_mask = cols < n_cols
-        end = tl.load(starts_ptr + segment + 1)
         acc = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float32)
-        first = tl.load(starts_ptr + segment)
+        first, end = _segment_bounds(starts_ptr, segment)
         # while, not for-range: Triton's interpreter cannot take a loaded scalar as a range bound.
         while first < end:
             acc += _load_chunk(values_ptr, order_ptr, first, end, cols, col_mask, n_cols, HAS_ORDER, BLOCK_R)[2]
@@ -174,9 +202,8 @@ if triton is not None:
         cols_i = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         cols_j = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
         mask_i, mask_j = cols_i < n_cols, cols_j < n_cols
-        end = tl.load(starts_ptr + segment + 1)
         acc = tl.zeros((BLOCK_D, BLOCK_D), dtype=tl.float32)
-        first = tl.load(starts_ptr + segment)
+        first, end = _segment_bounds(starts_ptr, segment)
         while first < end:  # while: see _segment_sum_kernel
             rows, row_mask, x_i = _load_chunk(features_ptr, order_ptr, first, end, cols_i, mask_i, n_cols, HAS_ORDER,
                                               BLOCK_R)
@@ -211,8 +238,7 @@ if triton is not None:
             g = tl.load(grad_base + cols_i[:, None] * n_cols + cols_i[None, :],
                         mask=mask_i[:, None] & mask_i[None, :], other=0.0).to(tl.float32)
             h_tile = g + tl.trans(g)
-        end = tl.load(starts_ptr + segment + 1)
-        first = tl.load(starts_ptr + segment)
+        first, end = _segment_bounds(starts_ptr, segment)
         while first < end:  # while: see _segment_sum_kernel
             rows, row_mask, x_i = _load_chunk(features_ptr, order_ptr, first, end, cols_i, mask_i, n_cols, HAS_ORDER,
                                               BLOCK_R)
@@ -243,10 +269,7 @@ if triton is not None:
             first += BLOCK_R
 
 
-# One program per segment, 2 warps: segments are short (tens of rows), so many small programs must be
-# resident to keep enough independent loads in flight (an H200 sweep: 4 warps, and runs of 4 segments
-# per program, were slower or no faster).
-_OUTER_WARPS = 2
+_STARTS_BLOCK = 1024
 
 
 def _outer_block_rows(n_rows: int, num_segments: int) -> int:
@@ -254,20 +277,33 @@ def _outer_block_rows(n_rows: int, num_segments: int) -> int:
     return 32 if n_rows >= 32 * max(1, num_segments) else 16
 
 
-def _precision(*tensors: torch.Tensor) -> str:
-    """float32: IEEE products (tf32 would cost ~1e-3 on a Hessian; tf32x3 measured no faster). 16-bit
-    inputs: one tf32 product on tensor cores (their values are exact in tf32, only w x rounds, to 2^-11)."""
-    return "ieee" if any(t.dtype == torch.float32 for t in tensors) else "tf32"
-
-
 def _block_d(n_cols: int, cap: int) -> int:
     return min(cap, max(16, next_power_of_2(n_cols)))
 
 
-def _outer_launch(n_rows: int, n_cols: int, num_segments: int):
-    """(column blocks, block_d, block_rows) of the outer-sum kernels."""
+def _outer_launch(n_rows: int, n_cols: int, num_segments: int, float32: bool, backward: bool):
+    """(column blocks, block_d, block_rows, precision, warps) of the outer-sum kernels.
+
+    One program per segment: segments are short (tens of rows), so many small programs must be resident
+    to keep enough independent loads in flight. An H200 sweep at the benchmark's shapes (d = 32 float32,
+    d = 16 bfloat16; 1 / 2 / 4 warps, 16 / 32 / 64-row steps, IEEE / tf32x3 products) chose one warp, except
+    two for the float32 forward (165 us vs 168 at one, 178 at four); tf32x3 in the float32 backward (255 us
+    at one warp, where IEEE took 302 at its best, two warps; 2e-7 relative from IEEE), IEEE in the float32
+    forward (tf32x3: 225 us). Tiles wider than 32 were not swept and keep two warps and IEEE. 16-bit
+    inputs: one tf32 product on tensor cores (their values are exact in tf32, only w x rounds, to 2^-11);
+    tf32 alone would cost ~1e-3 on a float32 Hessian. Also tried on the H200 and not kept: programs that
+    own 2-8 segments as one batched 3-D product (slower), and persistent programs that load the next
+    segment while summing this one (Triton 3.6 failed to compile them for float32 d = 32; no faster for
+    bfloat16 d = 16).
+    """
     block_d = _block_d(n_cols, 64)
-    return triton.cdiv(n_cols, block_d), block_d, _outer_block_rows(n_rows, num_segments)
+    narrow = block_d <= 32
+    if not float32:
+        precision = "tf32"
+    else:
+        precision = "tf32x3" if backward and narrow else "ieee"
+    warps = 1 if narrow and (backward or not float32) else 2
+    return triton.cdiv(n_cols, block_d), block_d, _outer_block_rows(n_rows, num_segments), precision, warps
 
 
 class _SegmentSum(torch.autograd.Function):
@@ -296,12 +332,13 @@ class _SegmentOuterSum(torch.autograd.Function):
         features_c, weights_c = features.contiguous(), weights.contiguous()
         (n_rows, n_cols), num_segments = features_c.shape, starts.numel() - 1
         out = torch.empty((num_segments, n_cols, n_cols), dtype=features.dtype, device=features.device)
-        n_blocks, block_d, block_rows = _outer_launch(n_rows, n_cols, num_segments)
+        float32 = torch.float32 in (features.dtype, weights.dtype)
+        n_blocks, block_d, block_rows, precision, warps = _outer_launch(n_rows, n_cols, num_segments, float32,
+                                                                        backward=False)
         order_arg = order if order is not None else starts  # never read when HAS_ORDER is False
         _segment_outer_kernel[(num_segments, n_blocks, n_blocks)](
             features_c, weights_c, order_arg, starts, out, n_cols, HAS_ORDER=order is not None,
-            ONE_BLOCK=n_blocks == 1, BLOCK_R=block_rows, BLOCK_D=block_d, PRECISION=_precision(features, weights),
-            num_warps=_OUTER_WARPS,
+            ONE_BLOCK=n_blocks == 1, BLOCK_R=block_rows, BLOCK_D=block_d, PRECISION=precision, num_warps=warps,
         )
         # The backward reuses the sorted layout: no second sort.
         ctx.save_for_backward(features_c, weights_c, order_arg, starts)
@@ -314,7 +351,9 @@ class _SegmentOuterSum(torch.autograd.Function):
         features, weights, order, starts = ctx.saved_tensors
         (n_rows, n_cols), num_segments = features.shape, starts.numel() - 1
         grad = grad_out.contiguous()
-        n_blocks, block_d, block_rows = _outer_launch(n_rows, n_cols, num_segments)
+        float32 = torch.float32 in (features.dtype, weights.dtype, grad.dtype)
+        n_blocks, block_d, block_rows, precision, warps = _outer_launch(n_rows, n_cols, num_segments, float32,
+                                                                        backward=True)
         dfeatures = torch.empty_like(features)
         # One column block writes d w directly; several write float32 shares, summed below in a fixed order.
         dweights = torch.empty((n_blocks, n_rows), device=features.device,
@@ -323,7 +362,7 @@ class _SegmentOuterSum(torch.autograd.Function):
             _segment_outer_backward_kernel[(num_segments, n_blocks)](
                 grad, features, weights, order, starts, dfeatures, dweights, n_rows, n_cols,
                 HAS_ORDER=ctx.has_order, ONE_BLOCK=n_blocks == 1, BLOCK_R=block_rows, BLOCK_D=block_d,
-                PRECISION=_precision(features, weights, grad), num_warps=_OUTER_WARPS,
+                PRECISION=precision, num_warps=warps,
             )
         dweights = dweights[0] if n_blocks == 1 else dweights.sum(dim=0).to(ctx.weights_dtype)
         return dfeatures, dweights, None, None

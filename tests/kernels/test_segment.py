@@ -111,3 +111,18 @@ def test_outer_sum_and_gradients_replay_in_a_cuda_graph(triton_backend):
     # Powers of two scale float32 exactly: out and d w by 4, d x by 2, bit for bit.
     for ours, reference, scale in zip(captured, expected, (4.0, 2.0, 4.0)):
         assert torch.equal(ours, scale * reference)
+
+
+@pytest.mark.parametrize("ids_sorted", [False, True])
+def test_layout_starts_match_searchsorted(ids_sorted, device, triton_backend):
+    # Runs of empty segments at the start, in the middle and at the end, and ids out of [0, S) on both sides:
+    # the one-pass starts kernel must give searchsorted's answer for every boundary.
+    from kernels.segment import _segment_layout
+
+    num_segments = 40
+    ids = torch.tensor([-2, 3, 3, 4, 9, 9, 9, 20, 21, 21, 35, 44], device=device)
+    for kept in (ids, ids[1:-1], ids[:0], ids[[0]]):
+        kept = kept if ids_sorted else kept[torch.randperm(kept.numel(), device=device)]
+        _, starts = _segment_layout(kept, num_segments, ids_sorted)
+        boundaries = torch.arange(num_segments + 1, device=device)
+        assert torch.equal(starts, torch.searchsorted(kept.sort().values, boundaries))
