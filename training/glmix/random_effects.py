@@ -40,6 +40,7 @@ Entities of one event count c form one batch (no padding).
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -546,8 +547,14 @@ def update_random_effects(state: RandomEffectState, events: EntityEvents, config
     workers = config.workers if device.type == "cpu" else 1
     if workers > 1 and len(tasks) > 1:
         with ThreadPoolExecutor(workers) as pool:  # torch ops release the GIL
-            for (members, _), result in zip(tasks, pool.map(lambda task: task[1](), tasks)):
-                store(members, *result)
+            pending: deque = deque()
+            for members, solve in tasks:  # at most 2 x workers results in memory at once
+                pending.append((members, pool.submit(solve)))
+                if len(pending) > 2 * workers:
+                    done_members, future = pending.popleft()
+                    store(done_members, *future.result())
+            for done_members, future in pending:
+                store(done_members, *future.result())
     else:
         for members, solve in tasks:
             store(members, *solve())
