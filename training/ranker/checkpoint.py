@@ -5,8 +5,10 @@
                                 "config": RankerConfig fields, "metadata": {...}}
 
 Loading rebuilds the module from config.json and reads tensors with safetensors, which cannot run
-code. A config written before a field existed loads with the field's default (a checkpoint from before
-the position term has no `position_feature`: it loads as a ranker without one, scoring as it did). safetensors is imported inside the functions (the package may travel without it).
+code. A config written before a field existed loads as the model it was (a checkpoint from before
+the position term has no `position_feature`: it loads as a ranker without one, scoring as it did; one
+from before the wide part loads without it). The weights include each embedding table's row-wise
+Adagrad accumulator, so a warm start continues the optimiser. safetensors is imported inside the functions (the package may travel without it).
 """
 
 from __future__ import annotations
@@ -84,6 +86,9 @@ def load_checkpoint(directory: Path, device: str | torch.device = "cpu", sparse_
     model = cls(config, sparse_gradients=sparse_gradients)
     tensors = load_file(str(Path(directory) / WEIGHTS_FILE), device="cpu")
     missing, unexpected = model.load_state_dict(tensors, strict=False)
+    # Checkpoints written before the embedding tables kept their row-wise Adagrad accumulators (embeddings.py)
+    # load with zeros there: a warm start from them restarts the optimiser, as it always did then.
+    missing = [name for name in missing if not name.endswith("accumulator")]
     if "position.logits" in missing:
         raise ValueError(f"{directory}: config.json sets position_feature={config.position_feature!r} but "
                          f"{WEIGHTS_FILE} has no position.logits (the position term's weights)")

@@ -297,11 +297,28 @@ def available_days(training_set: Path) -> list[date]:
 
 @dataclass(frozen=True)
 class RowRange:
-    """Rows [start, stop) of one Parquet file (stop None = to the end)."""
+    """Rows [start, stop) of one Parquet file (stop None = to the end), or a pseudo-random part of them.
+
+    With `sample_fraction` f, only the rows whose draw u(row) (held_out_draw) is below f (`held_out`) or
+    at or above it (not `held_out`) are taken: the same rows in every process and on every read.
+    """
 
     path: Path
     start: int = 0
     stop: int | None = None
+    sample_fraction: float | None = None
+    held_out: bool = False
+
+    def mask(self, positions: np.ndarray) -> np.ndarray | None:
+        """Which of the file's rows at `positions` belong to this range's sample (None: all of them)."""
+        if self.sample_fraction is None:
+            return None
+        return (held_out_draw(positions) < self.sample_fraction) == self.held_out
+
+
+def held_out_draw(positions: np.ndarray) -> np.ndarray:
+    """u(row) uniform in [0, 1): splitmix64 of the row's position in its file."""
+    return (hash_integers(np.asarray(positions, dtype=np.int64), 1 << 31) - 1) / float((1 << 31) - 1)
 
 
 def _as_range(item: "Path | RowRange") -> RowRange:
@@ -309,12 +326,14 @@ def _as_range(item: "Path | RowRange") -> RowRange:
 
 
 def split_holdout(files: list[Path], fraction: float, newest: int = 1) -> tuple[list["Path | RowRange"], list[RowRange]]:
-    """(training rows, held-out rows): the held-out rows are the last `fraction` of each of the `newest` files.
+    """(training rows, held-out rows): the held-out rows are a pseudo-random `fraction` of each of the `newest` files.
 
-    Rows of a day are sorted by time, so the holdout is the most recent slice of each day: calibration
-    is fitted on data the model has not seen, as close in time as possible to the day it will score.
-    Several days give the calibration more rows (its bins' rates are less noisy) at the cost of
-    training on a little less of the newest data.
+    The held-out rows (early stopping, then the calibration fit) should look like the day the model will
+    score: a whole day. A draw over the whole day is an unbiased sample of it; the last slice of a day
+    need not be (members and jobs that arrive during a day appear only after they arrive), and on the
+    demo marketplace the last 20 % of each day had true mean probabilities of 0.072-0.083 against
+    0.076-0.079 for the first 80 %. More days give the calibration more rows and average out one day's
+    apply-rate noise, at the cost of training on a little less of each of them.
     """
     import pyarrow.parquet as pq
 
@@ -327,11 +346,11 @@ def split_holdout(files: list[Path], fraction: float, newest: int = 1) -> tuple[
     holdout: list[RowRange] = []
     for path in map(Path, files[-newest:]):
         rows = pq.ParquetFile(path).metadata.num_rows
-        cut = int(round(rows * (1 - fraction)))
-        if cut <= 0 or cut >= rows:
+        held = int((held_out_draw(np.arange(rows)) < fraction).sum())
+        if held == 0 or held == rows:
             raise ValueError(f"{path}: {rows} rows are too few to hold out {fraction:.0%} for calibration")
-        train.append(RowRange(path, 0, cut))
-        holdout.append(RowRange(path, cut, rows))
+        train.append(RowRange(path, sample_fraction=fraction, held_out=False))
+        holdout.append(RowRange(path, sample_fraction=fraction, held_out=True))
     return train, holdout
 
 
@@ -352,7 +371,9 @@ def _read_range(item: "Path | RowRange") -> Any:
     rows = _as_range(item)
     table = pq.read_table(rows.path)
     stop = table.num_rows if rows.stop is None else rows.stop
-    return table.slice(rows.start, stop - rows.start)
+    table = table.slice(rows.start, stop - rows.start)
+    mask = rows.mask(np.arange(rows.start, stop))
+    return table if mask is None else table.filter(mask)
 
 
 def load_rows(files: list["Path | RowRange"], spec: dict[str, Any], config: RankerConfig) -> Batch:
@@ -415,6 +436,9 @@ def _chunks(files: list["Path | RowRange"], spec: dict[str, Any], config: Ranker
             if hi <= lo:
                 continue
             table = pa.Table.from_batches([record_batch.slice(lo - begin, hi - lo)])
+            mask = rows.mask(np.arange(lo, hi))
+            if mask is not None:
+                table = table.filter(mask)
             yield encode_table(table, spec, config, source=str(rows.path), absent_dense_as_zero=True)
 
 

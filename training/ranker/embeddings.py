@@ -17,6 +17,12 @@ in one of two ways (training.ranker.train chooses):
   backward on the same storage; no gradient tensor for the table is ever built;
 - row gradients (`sparse=True`, or dense under DDP) consumed by `optim.RowWiseAdagrad`.
 Either way the parameter is `weight`, so checkpoints do not depend on how a model was trained.
+
+The optimiser's per-row accumulator a_i (optim.py) lives beside each table as the buffer `accumulator`,
+saved in checkpoints: a warm start (LiRank, "Incremental Training") continues the same row-wise Adagrad
+instead of restarting it. Restarted, every row's first step is lr * g_i / |g_i|, a full `lr` in each
+coordinate whatever the gradient, and one day of such steps undid what the serving model had learned
+(next-day AUC below the serving model's on the demo marketplace).
 """
 
 from __future__ import annotations
@@ -28,11 +34,11 @@ from torch.nn import functional as F
 from kernels.embedding import FusedEmbeddingBag
 
 
-def _fused_table(weight: nn.Parameter, mode: str, lr: float) -> FusedEmbeddingBag:
-    """A FusedEmbeddingBag whose weight buffer IS `weight`'s storage (updated in place by backward)."""
+def _fused_table(weight: nn.Parameter, accumulator: torch.Tensor, mode: str, lr: float) -> FusedEmbeddingBag:
+    """A FusedEmbeddingBag whose weight and accumulator ARE the table's (updated in place by backward)."""
     fused = FusedEmbeddingBag(1, weight.shape[1], mode=mode, lr=lr, dtype=weight.dtype, device=weight.device)
     fused._buffers["weight"] = weight.data
-    fused._buffers["momentum"] = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device)
+    fused._buffers["momentum"] = accumulator
     fused.num_embeddings = weight.shape[0]
     return fused
 
@@ -49,11 +55,12 @@ class HashedEmbeddings(nn.Module):
         offsets = torch.tensor([0] + list(buckets[:-1]), dtype=torch.long).cumsum(0)
         self.register_buffer("row_offsets", offsets, persistent=False)
         self.weight = nn.Parameter(torch.randn(int(sum(buckets)), dim) * init_std)
+        self.register_buffer("accumulator", torch.zeros(int(sum(buckets))))   # row-wise Adagrad's a_i
         self._fused: list[FusedEmbeddingBag] = []   # a list keeps it out of state_dict and .to()
 
     def enable_fused_optimizer(self, lr: float) -> None:
         """Train by kernels.embedding's fused row-wise Adagrad (call after moving to the device)."""
-        self._fused = [_fused_table(self.weight, "sum", lr)]
+        self._fused = [_fused_table(self.weight, self.accumulator, "sum", lr)]
 
     @property
     def fused(self) -> bool:
@@ -77,11 +84,12 @@ class EmbeddingBags(nn.Module):
         for count in buckets:
             bag = nn.EmbeddingBag(count, dim, mode="mean", sparse=sparse)
             nn.init.normal_(bag.weight, std=init_std)
+            bag.register_buffer("accumulator", torch.zeros(count))
             self.tables.append(bag)
         self._fused: list[FusedEmbeddingBag] = []
 
     def enable_fused_optimizer(self, lr: float) -> None:
-        self._fused = [_fused_table(table.weight, "mean", lr) for table in self.tables]
+        self._fused = [_fused_table(table.weight, table.accumulator, "mean", lr) for table in self.tables]
 
     def forward(self, values: list[torch.Tensor], offsets: list[torch.Tensor]) -> torch.Tensor:
         """values[i] [N_i] row ids, offsets[i] [B] start of each row's bag -> [B, n_bags, d]."""
@@ -92,3 +100,14 @@ class EmbeddingBags(nn.Module):
         else:
             pooled = [table(v, o) for table, v, o in zip(self.tables, values, offsets)]
         return torch.stack(pooled, dim=1)
+
+
+def adagrad_accumulators(model: nn.Module) -> dict[nn.Parameter, torch.Tensor]:
+    """Every embedding table's weight -> its row-wise Adagrad accumulator buffer, in `model`."""
+    pairs: dict[nn.Parameter, torch.Tensor] = {}
+    for module in model.modules():
+        if isinstance(module, HashedEmbeddings):
+            pairs[module.weight] = module.accumulator
+        elif isinstance(module, EmbeddingBags):
+            pairs.update({table.weight: table.accumulator for table in module.tables})
+    return pairs

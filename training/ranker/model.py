@@ -4,11 +4,13 @@
     tokens = FeatureTransformer(tokens)                                         (optional, transformer.py)
     x_0    = tokens.flatten() ++ standardise(dense ++ GLMix score ++ meta embedding)   (normalization.py)
     x_L    = ResidualCross(x_0)                                                 (cross.py)
-    s      = w^T GatedMLP(x_L) + b + beta_pos - beta_1                          (gate.py, position.py; the logit)
+    s      = w^T GatedMLP(x_L) + b + s_wide + beta_pos - beta_1                 (gate.py, wide.py, position.py; the logit)
     p      = IsotonicCalibration(s)                                             (calibration.py)
 
 The position term is the logged display position's shallow tower (position.py), present when the
-training set has a position column (`position_feature`). Without a position (serving: the ranker
+training set has a position column (`position_feature`). The wide part s_wide (wide.py, `wide`) is a
+linear logit over the same ids, bags and standardised dense columns (Wide & Deep): what logistic
+regression learns, the ranker then learns too. Without a position (serving: the ranker
 decides the order, so none is known) the logit is the one at position 1, and the calibration, fitted
 on held-out rows at their logged positions, maps it to the probability of an apply *if the job is
 shown first*: the number the service reports, the same for offline and online scoring.
@@ -34,6 +36,7 @@ from training.ranker.gate import GatedMLP
 from training.ranker.normalization import DenseNormalizer
 from training.ranker.position import PositionBias
 from training.ranker.transformer import FeatureTransformer
+from training.ranker.wide import WideLinear
 
 MODEL_VERSION = "lirank-v1"
 
@@ -64,6 +67,7 @@ class RankerConfig:
     attention_temperature: float = 1.0
     mlp_widths: tuple[int, ...] = (256, 128)
     dense_gating: bool = True
+    wide: bool = True                    # add the linear logit s_wide (wide.py) to the tower's
     calibration_knots: int = 64
     version: str = MODEL_VERSION
 
@@ -91,6 +95,8 @@ class RankerConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "RankerConfig":
         known = {f.name for f in dataclasses.fields(cls)}
+        # A checkpoint written before the wide part existed has none: it rebuilds (and scores) as it was.
+        values = {"wide": False, **values}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"RankerConfig: unknown field(s) {unknown}")
@@ -98,6 +104,7 @@ class RankerConfig:
         for name, value in values.items():
             if name == "vector_features":
                 value = tuple((str(n), int(w)) for n, w in value)
+
             elif isinstance(value, list):
                 value = tuple(value)
             converted[name] = value
@@ -161,12 +168,15 @@ class Ranker(nn.Module):
         )
         self.normalizer = DenseNormalizer(config.dense_dim)
         self.tower = Tower(config)
+        self.wide = (WideLinear(list(config.sparse_buckets), list(config.bag_buckets), config.dense_dim, sparse_gradients)
+                     if config.wide else None)
         self.position = PositionBias(config.max_position) if config.position_feature else None
         self.calibration = IsotonicCalibration(config.calibration_knots)
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         """Parameters with sparse (row) gradients: the sparse optimiser's."""
-        return [self.embeddings.weight, *(t.weight for t in self.bags.tables)]
+        wide = self.wide.table_parameters() if self.wide is not None else []
+        return [self.embeddings.weight, *(t.weight for t in self.bags.tables), *wide]
 
     def dense_parameters(self) -> list[nn.Parameter]:
         sparse_ids = {id(p) for p in self.embedding_parameters()}
@@ -187,8 +197,10 @@ class Ranker(nn.Module):
             tokens = torch.cat([tokens, self.bags(list(bag_values), list(bag_offsets))], dim=1)
         if self.transformer is not None:
             tokens = self.transformer(tokens)
-        x0 = torch.cat([tokens.flatten(1), self.normalizer(dense)], dim=1)
-        logits = self.tower(x0)
+        standardised = self.normalizer(dense)
+        logits = self.tower(torch.cat([tokens.flatten(1), standardised], dim=1))
+        if self.wide is not None:
+            logits = logits + self.wide(sparse, standardised, bag_values, bag_offsets)
         if self.position is not None:
             logits = logits + self.position(position)
         return logits

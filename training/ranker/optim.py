@@ -21,13 +21,18 @@ class RowWiseAdagrad(torch.optim.Optimizer):
     """Row-wise Adagrad for 2-D embedding weights with sparse or dense gradients."""
 
     def __init__(self, params, lr: float = 0.05, eps: float = 1e-8, initial_accumulator: float = 0.0,
-                 weight_decay: float = 0.0):
+                 weight_decay: float = 0.0, accumulators: dict | None = None):
+        """`accumulators`: parameter -> float32 [rows] tensor to keep a_i in (updated in place; e.g. the
+        tables' `accumulator` buffers, so the state travels with the model); others start at
+        `initial_accumulator`."""
         if lr <= 0:
             raise ValueError(f"RowWiseAdagrad: lr must be positive, got {lr}")
         if weight_decay < 0:
             raise ValueError(f"RowWiseAdagrad: weight_decay must be >= 0, got {weight_decay}")
         super().__init__(params, {"lr": lr, "eps": eps, "initial_accumulator": initial_accumulator,
                                   "weight_decay": weight_decay})
+        for weight, accumulator in (accumulators or {}).items():
+            self.state[weight]["accumulator"] = accumulator
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102 - torch.optim.Optimizer API
