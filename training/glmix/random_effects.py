@@ -236,25 +236,27 @@ def _forgotten_prior(state: RandomEffectState, rows: torch.Tensor, found: torch.
     n = rows.shape[0]
     pop_mean = config.population_mean(dtype, device)
     pop_precision = config.population_precision(dtype, device)
-    prior_mean = pop_mean.expand(n, d).clone()
-    prior_precision = torch.diag_embed(pop_precision.expand(n, d)).clone()
     seen = found.nonzero().squeeze(1)
     if seen.numel() == 0:
-        return prior_mean, prior_precision
+        return pop_mean.expand(n, d).clone(), torch.diag_embed(pop_precision.expand(n, d)).clone()
     lam = config.forgetting
-    mean_prev = state.mean.index_select(0, rows[seen])  # index_select: 2-4x faster than [] gathers on CPU
-    precision_prev = state.precision.index_select(0, rows[seen])
+    # index_select / index_copy_: several times faster than [] on (n, d, d) CPU tensors (measured).
+    mean_prev = state.mean.index_select(0, rows.index_select(0, seen))
+    precision_prev = state.precision.index_select(0, rows.index_select(0, seen))
     if state.covariance == "diagonal":
         precision_prev = torch.diag_embed(precision_prev)
     if lam == 1.0:
-        prior_mean[seen], prior_precision[seen] = mean_prev, precision_prev
+        seen_mean, seen_precision = mean_prev, precision_prev
     elif not config.revert_to_population:
-        prior_mean[seen], prior_precision[seen] = mean_prev, lam * precision_prev
+        seen_mean, seen_precision = mean_prev, lam * precision_prev
     else:
-        blended = lam * precision_prev + (1.0 - lam) * torch.diag_embed(pop_precision.expand(seen.numel(), d))
+        seen_precision = lam * precision_prev + (1.0 - lam) * torch.diag_embed(pop_precision.expand(seen.numel(), d))
         rhs = lam * (precision_prev @ mean_prev.unsqueeze(-1)).squeeze(-1) + (1.0 - lam) * pop_precision * pop_mean
-        prior_mean[seen] = torch.cholesky_solve(rhs.unsqueeze(-1), torch.linalg.cholesky(blended)).squeeze(-1)
-        prior_precision[seen] = blended
+        seen_mean = torch.cholesky_solve(rhs.unsqueeze(-1), torch.linalg.cholesky(seen_precision)).squeeze(-1)
+    if seen.numel() == n:
+        return seen_mean, seen_precision
+    prior_mean = pop_mean.expand(n, d).clone().index_copy_(0, seen, seen_mean)
+    prior_precision = torch.diag_embed(pop_precision.expand(n, d)).index_copy_(0, seen, seen_precision)
     return prior_mean, prior_precision
 
 
@@ -497,9 +499,10 @@ def update_random_effects(state: RandomEffectState, events: EntityEvents, config
     all_steps, all_grad, all_unconverged = [], [], []
     budget = config.chunk_elements or (1 << 32 if device.type == "cuda" else 1 << 24)
 
-    def store(where: torch.Tensor | slice, mean, precision, steps, grad_norm, unconverged) -> None:
-        new_mean[where] = mean
-        new_precision[where] = precision if config.covariance == "full" else precision.diagonal(dim1=-2, dim2=-1)
+    def store(members: torch.Tensor, mean, precision, steps, grad_norm, unconverged) -> None:
+        new_mean.index_copy_(0, members, mean)
+        new_precision.index_copy_(0, members, precision if config.covariance == "full"
+                                  else precision.diagonal(dim1=-2, dim2=-1).contiguous())
         all_steps.append(steps)
         all_grad.append(grad_norm)
         all_unconverged.append(unconverged)
@@ -572,13 +575,21 @@ def update_random_effects(state: RandomEffectState, events: EntityEvents, config
 def _merge(state: RandomEffectState, entities: torch.Tensor, found: torch.Tensor, rows: torch.Tensor,
            mean: torch.Tensor, precision: torch.Tensor) -> RandomEffectState:
     """Yesterday's state with today's rows replaced and newcomers inserted in id order."""
-    merged_mean, merged_precision = state.mean.clone(), state.precision.clone()
-    merged_mean[rows[found]] = mean[found]
-    merged_precision[rows[found]] = precision[found]
+    known = found.nonzero().squeeze(1)
+    known_rows = rows.index_select(0, known)
+    if known.numel() == found.numel():
+        known_mean, known_precision = mean, precision
+    else:
+        known_mean, known_precision = mean.index_select(0, known), precision.index_select(0, known)
+    if known.numel() == len(state):  # every entity of the state was updated: its rows are 0..n-1 in order
+        merged_mean, merged_precision = known_mean, known_precision
+    else:
+        merged_mean = state.mean.clone().index_copy_(0, known_rows, known_mean)
+        merged_precision = state.precision.clone().index_copy_(0, known_rows, known_precision)
     fresh = (~found).nonzero().squeeze(1)
     if fresh.numel() == 0:
         return RandomEffectState(state.entity_ids.clone(), merged_mean, merged_precision)
     ids = torch.cat([state.entity_ids, entities[fresh]])
     order = torch.argsort(ids)
-    return RandomEffectState(ids[order], torch.cat([merged_mean, mean[fresh]])[order],
-                             torch.cat([merged_precision, precision[fresh]])[order])
+    return RandomEffectState(ids[order], torch.cat([merged_mean, mean.index_select(0, fresh)]).index_select(0, order),
+                             torch.cat([merged_precision, precision.index_select(0, fresh)]).index_select(0, order))
