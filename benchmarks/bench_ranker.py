@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.reference_dcn import ReferenceDCN, ReferenceShape, reference_step  # noqa: E402
 from kernels.captured_step import CapturedStep  # noqa: E402
+from training.ranker.embeddings import EmbeddingBags, HashedEmbeddings  # noqa: E402
 from training.ranker.model import Ranker, RankerConfig  # noqa: E402
 from training.ranker.train import weighted_bce  # noqa: E402
 
@@ -54,6 +55,7 @@ def baseline_config(attention: bool) -> RankerConfig:
         dense_features=tuple(f"d{i}" for i in range(s.dense_features)),
         embedding_dim=s.embedding_dim, cross_layers=s.cross_layers, cross_rank=s.cross_rank,
         cross_attention=attention, mlp_widths=s.mlp, dense_gating=True,
+        wide=False,  # the issue's baseline architecture (DCNv2 + MLP) has no wide linear part
     )
 
 
@@ -97,8 +99,9 @@ def ours_training_step(config: RankerConfig, compiled: bool, captured: bool, see
     """
     torch.manual_seed(seed)
     model = Ranker(config).cuda().train()
-    model.embeddings.enable_fused_optimizer(EMBEDDING_LR)
-    model.bags.enable_fused_optimizer(EMBEDDING_LR)
+    for table in model.modules():  # every table, the wide part's scalars too, as train_model does
+        if isinstance(table, (HashedEmbeddings, EmbeddingBags)):
+            table.enable_fused_optimizer(EMBEDDING_LR)
     if compiled:
         model.tower.compile()
     optimizer = torch.optim.Adam(model.dense_parameters(), lr=DENSE_LR, fused=True, capturable=captured)
