@@ -185,6 +185,22 @@ def evaluate(settings: Settings, tag: str, day: date) -> dict[str, Any]:
 # Train, promote, rollback
 
 
+def _shared_holdout_days(parent_metadata: dict, config, first_day: date, parent_end: date, available: set,
+                         new_days: list[date]) -> list[date]:
+    """The serving model's days whose held-out rows it never trained on, to join a warm start's calibration holdout.
+
+    Only when both held out the same pseudo-random fraction of every day (calibration_days 0, the same
+    fraction and seed): then those rows are unseen by either model (training/ranker/train.py, train_ranker).
+    """
+    parent_config = parent_metadata.get("train_config") or {}
+    same_draw = (config.calibration_days == 0 and parent_config.get("calibration_days") == 0
+                 and parent_config.get("holdout_fraction") == config.holdout_fraction
+                 and parent_config.get("seed") == config.seed)
+    if not same_draw:
+        return []
+    return [d for d in _days(first_day, parent_end) if d in available and d not in new_days]
+
+
 def train(
     settings: Settings,
     start: date,
@@ -204,7 +220,7 @@ def train(
     from training.ranker.checkpoint import load_checkpoint, save_checkpoint
     from training.ranker.model import RankerConfig
     from training.ranker.report import write_training_report
-    from training.ranker.train import TrainConfig, train_ranker
+    from training.ranker.train import quality_config, train_ranker
 
     if end < start:
         raise ValueError(f"ranker train: end {end} is before start {start}")
@@ -214,10 +230,10 @@ def train(
     missing = [d for d in _days(start, end) if d not in available]
     if missing:
         raise FileNotFoundError(f"{training_set}: no training-set partition for {', '.join(map(str, missing))}")
-    train_config = train_config or TrainConfig()
+    train_config = train_config or quality_config()
 
     parent = serving_tag(settings) if warm_start else None
-    warm_model, days, first_day = None, _days(start, end), start
+    warm_model, days, first_day, holdout_days = None, _days(start, end), start, []
     if parent is not None:
         stored = model_store(settings).get(parent)
         warm_model = load_checkpoint(Path(stored.path))
@@ -227,8 +243,12 @@ def train(
         if warm_model.config != RankerConfig.from_spec(spec, **_architecture(warm_model.config, model_overrides)):
             log.warning("serving model %s does not match the training-set spec: full retrain", parent)
             warm_model, parent, days, first_day = None, None, _days(start, end), start
+        else:
+            holdout_days = _shared_holdout_days(stored.info.metadata, train_config, first_day, parent_end,
+                                                available, days)
     model_config = RankerConfig.from_spec(spec, **(model_overrides or {})) if warm_model is None else None
-    result = train_ranker(training_set, days, model_config, train_config, warm_model, on_step=on_step)
+    result = train_ranker(training_set, days, model_config, train_config, warm_model, on_step=on_step,
+                          holdout_days=holdout_days)
 
     eval_range = [end + timedelta(days=i + 1) for i in range(eval_days)]
     eval_range = [d for d in eval_range if d in available]

@@ -45,3 +45,21 @@ def test_promotion_refuses_a_worse_model_and_keeps_the_serving_one(tmp_path):
     assert history == [good["tag"]]
     assert stage.rollback(settings)["tag"] == good["tag"] and stage.serving_tag(settings) == good["tag"]
     assert stage.evaluate(settings, good["tag"], days(4)[3])["auc"] == pytest.approx(good["metrics"]["auc"])
+
+
+def test_warm_start_calibrates_on_the_serving_models_held_out_rows_only_when_they_are_the_same_draw():
+    from dataclasses import asdict, replace
+
+    from training.ranker.train import quality_config
+
+    config = quality_config()
+    parent = {"train_config": asdict(config)}
+    first, last = days(4)[0], days(4)[2]
+    available = set(days(4))
+    assert stage._shared_holdout_days(parent, config, first, last, available, [days(4)[3]]) == days(3)
+    assert stage._shared_holdout_days(parent, config, first, last, available - {days(4)[1]}, [days(4)[3]]) == [
+        days(4)[0], days(4)[2]]
+    # Another draw (seed, fraction, or a holdout of the newest days only): those rows may have been trained on.
+    for other in (replace(config, seed=1), replace(config, holdout_fraction=0.2), replace(config, calibration_days=1)):
+        assert stage._shared_holdout_days({"train_config": asdict(other)}, config, first, last, available, []) == []
+    assert stage._shared_holdout_days({}, config, first, last, available, []) == []
