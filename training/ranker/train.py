@@ -48,8 +48,8 @@ from kernels.bce import bce_with_logits
 class TrainConfig:
     """Optimisation settings; the defaults train the demo-size ranker on CPU in about a minute.
 
-    benchmarks/ranker_quality.py uses `quality_config` instead (tuned on the demo marketplace); these
-    defaults stay the small-data ones the unit tests and `rankflow demo` were measured with.
+    `quality_config` (tuned on the demo marketplace) is what benchmarks/ranker_quality.py, the ranker stage
+    (`rankflow train`, `rankflow demo`) use; these defaults stay the small-data ones of the unit tests.
     """
 
     epochs: int = 2
