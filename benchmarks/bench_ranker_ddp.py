@@ -1,0 +1,98 @@
+"""One GPU against `torchrun --nproc_per_node=2`: the same training script, data and settings (issue 6, line 4).
+
+    PYTHONPATH=. python3 benchmarks/bench_ranker_ddp.py --training-set data/features/training_set \
+        --first-day 2026-01-01 --last-day 2026-01-09 [--epochs 2] [--batch-size 2048] [--runs 2]
+
+Runs `python -m training.ranker.train` once in one process and once under torchrun with two processes
+(NCCL on GPUs, gloo on CPU), `--runs` times each, alternating; the first pair also pays Triton's
+compilation, so the table keeps every run. Both log the loss at every step (the global batch: under DDP
+each process takes half of it and the gradients are averaged), and the table compares the two curves
+step by step. Throughput = training rows / training seconds as the script reports it. The table is
+printed and written to benchmarks/results/ranker-ddp-<machine>.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import REPO_ROOT, describe_machine, write_result  # noqa: E402
+
+
+def train(args: argparse.Namespace, processes: int, out: Path) -> dict:
+    common = ["--training-set", str(args.training_set), "--first-day", args.first_day, "--last-day", args.last_day,
+              "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--log-every", "1",
+              "--device", args.device, "--out", str(out)]
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += ["-m", "torch.distributed.run", f"--nproc_per_node={processes}", "--master_port=29541"]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    done = subprocess.run([*launcher, "-m", "training.ranker.train", *common], env=env, capture_output=True,
+                          text=True, timeout=args.timeout)
+    if done.returncode != 0:
+        raise SystemExit(f"{processes} process(es) failed:\n{done.stderr[-3000:]}")
+    return json.loads((out / "history.json").read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--training-set", type=Path, required=True)
+    parser.add_argument("--first-day", required=True)
+    parser.add_argument("--last-day", required=True)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=2048)
+    parser.add_argument("--device", default="cuda", help="cuda (NCCL) or cpu (gloo)")
+    parser.add_argument("--runs", type=int, default=2, help="pairs of runs (one process, then two)")
+    parser.add_argument("--timeout", type=int, default=1200)
+    parser.add_argument("--out-dir", type=Path, default=None, help="also copy the result file here")
+    args = parser.parse_args()
+
+    machine = describe_machine()
+    rows, curves = [], None
+    with tempfile.TemporaryDirectory(prefix="rankflow-ddp-") as scratch:
+        for run in range(args.runs):
+            one = train(args, 1, Path(scratch) / f"one-{run}")
+            two = train(args, 2, Path(scratch) / f"two-{run}")
+            losses_one = [h["loss"] for h in one["history"]]
+            losses_two = [h["loss"] for h in two["history"]]
+            if len(losses_one) != len(losses_two):
+                raise SystemExit(f"the curves have {len(losses_one)} and {len(losses_two)} steps")
+            diff = max(abs(a - b) for a, b in zip(losses_one, losses_two))
+            tail = min(10, len(losses_one))
+            rows.append((run + 1, one["rows"], two["rows"], len(losses_one), diff,
+                         sum(losses_one[-tail:]) / tail, sum(losses_two[-tail:]) / tail,
+                         one["samples_per_second"], two["samples_per_second"]))
+            print("run {}: rows {:,} / {:,}, {} steps, max |loss diff| {:.2e}, last-10 loss {:.4f} / {:.4f}, "
+                  "samples/s {:,.0f} / {:,.0f}".format(*rows[-1]), flush=True)
+            curves = (losses_one, losses_two)
+
+    table = "\n".join([
+        f"Training set {args.training_set.name}, days {args.first_day}..{args.last_day}, {args.epochs} epoch(s), "
+        f"global batch {args.batch_size}, device {args.device}; `python -m training.ranker.train` in one process "
+        "against `torchrun --nproc_per_node=2` (each process half of every global batch, gradients averaged). "
+        "Run 1 includes Triton's compilation in both.",
+        "",
+        "| run | rows, 1 process | rows, 2 processes | logged steps | max abs loss difference | mean loss last 10, "
+        "1 / 2 | samples/s, 1 process | samples/s, 2 processes |",
+        "| ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
+        *("| {} | {:,} | {:,} | {} | {:.2e} | {:.4f} / {:.4f} | {:,.0f} | {:,.0f} |".format(*r) for r in rows),
+        "",
+        "Loss every 20 steps (last run), 1 process / 2 processes: "
+        + ", ".join(f"{a:.4f}/{b:.4f}" for a, b in list(zip(*curves))[::20]),
+    ])
+    target = write_result("ranker-ddp", table, machine)
+    print(table)
+    print(f"wrote {target}")
+    if args.out_dir is not None:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        (args.out_dir / target.name).write_text(target.read_text())
+
+
+if __name__ == "__main__":
+    main()
