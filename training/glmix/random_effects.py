@@ -399,7 +399,8 @@ def _newton_chunk(features, labels, weights, offsets, segments, prior_mean, prio
 def _newton_dual(x, y, w, o, prior_mean, prior_precision, config: RandomEffectConfig):
     """The same update for B entities of exactly c events each, in the dual form (module docstring).
 
-    x (B, c, d), y / w / o (B, c), prior (B, d) and (B, d, d). Returns what `_newton_chunk` returns.
+    x (B, c, d), y / w / o (B, c), prior (B, d) and (B, d, d). Returns what `_newton_chunk` returns; the
+    prior precision tensor is overwritten with (and returned as) the posterior precision.
     """
     b_count, c, _ = x.shape
     device = x.device
@@ -449,7 +450,7 @@ def _newton_dual(x, y, w, o, prior_mean, prior_precision, config: RandomEffectCo
     mean = prior_mean + (z_t @ out_a.unsqueeze(-1)).squeeze(-1)
     p = torch.sigmoid(base_offset + (kernel @ out_a.unsqueeze(-1)).squeeze(-1))
     gradient = (x.mT @ (out_a + w * (p - y)).unsqueeze(-1)).squeeze(-1)
-    precision = prior_precision + x.mT @ (x * (w * p * (1 - p)).unsqueeze(2))
+    precision = prior_precision.baddbmm_(x.mT, x * (w * p * (1 - p)).unsqueeze(2))  # the prior is ours: in place
     return mean, precision, out_steps, gradient.norm(dim=-1), out_unconverged
 
 
