@@ -77,7 +77,7 @@ def test_batched_update_equals_per_entity_reference(covariance, forgetting, dual
     state, events = _problem(rng, dim, EVENT_COUNTS + list(rng.integers(1, 60, size=40)), covariance)
     config = RandomEffectConfig(dim=dim, covariance=covariance, forgetting=forgetting, prior_variance=2.0,
                                 chunk_elements=20_000,  # several chunks, to test the chunking too
-                                dual_below=dual_below)
+                                dual_below=dual_below, dual_min_batch=1)  # dual even for a single entity
     updated, summary = update_random_effects(state, events, config)
     reference = _reference(state, events, config)
     assert summary.entities_updated == len(reference)
@@ -95,7 +95,7 @@ def test_batched_update_equals_per_entity_reference(covariance, forgetting, dual
 def test_two_workers_give_the_same_state_as_one():
     rng = np.random.default_rng(4)
     state, events = _problem(rng, 5, EVENT_COUNTS + list(rng.integers(1, 60, size=40)), "full")
-    config = RandomEffectConfig(dim=5, forgetting=0.9, chunk_elements=5_000)  # many pieces of work
+    config = RandomEffectConfig(dim=5, forgetting=0.9, chunk_elements=5_000, dual_min_batch=1)  # many pieces
     one, one_summary = update_random_effects(state, events, config)
     two, two_summary = update_random_effects(state, events, RandomEffectConfig(**{**config.__dict__, "workers": 2}))
     assert torch.equal(one.entity_ids, two.entity_ids)
@@ -180,9 +180,10 @@ def _one_entity_day(x, y, w=None, offsets=None, entity=7):
 
 
 @pytest.mark.parametrize("covariance", ["full", "diagonal"])
-def test_bad_inputs_stay_finite_and_bounded_by_the_prior(covariance):
+@pytest.mark.parametrize("dual_min_batch", [1, 256])  # the small entities in the dual form, and all primal
+def test_bad_inputs_stay_finite_and_bounded_by_the_prior(covariance, dual_min_batch):
     """Acceptance 4: only positives / only negatives / one event / duplicates / NaN, inf / empty day."""
-    config = RandomEffectConfig(dim=3, covariance=covariance, prior_variance=1.0)
+    config = RandomEffectConfig(dim=3, covariance=covariance, prior_variance=1.0, dual_min_batch=dual_min_batch)
     empty = RandomEffectState.empty(config, torch.float64)
     ones = np.ones((400, 3))
     cases = {

@@ -82,6 +82,9 @@ class RandomEffectConfig:
     # CPU (measured faster there for every c < d), 0 on CUDA (there the per-step cost is launches, and the
     # primal form runs fewer of them). 0: never.
     dual_below: int | None = None
+    # ... and only where at least this many entities share the event count: each count is its own batch of
+    # Newton passes, whose fixed cost (tens of small ops) the primal chunk pays once for all counts.
+    dual_min_batch: int = 256
     # CPU threads that solve independent batches of entities at once (each op then runs on its thread; set
     # torch's own intra-op threads to 1 when using more than one worker). CUDA: always 1.
     workers: int = 1
@@ -511,6 +514,9 @@ def update_random_effects(state: RandomEffectState, events: EntityEvents, config
     # Independent pieces of work: a batch of entities each, solved in one form; run by `workers` threads.
     tasks: list[tuple[torch.Tensor, Callable[[], tuple]]] = []
     dual = counts < config.dual_limit(device)
+    if bool(dual.any()):  # a handful of entities of one count is cheaper in the primal batch than in its own
+        per_count = torch.bincount(counts[dual])
+        dual &= per_count.index_select(0, counts.clamp(max=per_count.numel() - 1)) >= config.dual_min_batch
     primal = (~dual).nonzero().squeeze(1)
     if primal.numel() < entities.numel():  # the primal entities' events, still sorted, segments renumbered
         renumber = torch.full_like(counts, -1)
