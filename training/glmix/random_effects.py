@@ -244,8 +244,9 @@ def _forgotten_prior(state: RandomEffectState, rows: torch.Tensor, found: torch.
         return pop_mean.expand(n, d).clone(), torch.diag_embed(pop_precision.expand(n, d)).clone()
     lam = config.forgetting
     # index_select / index_copy_: several times faster than [] on (n, d, d) CPU tensors (measured).
-    mean_prev = state.mean.index_select(0, rows.index_select(0, seen))
-    precision_prev = state.precision.index_select(0, rows.index_select(0, seen))
+    seen_rows = rows.index_select(0, seen)
+    mean_prev = state.mean.index_select(0, seen_rows)
+    precision_prev = state.precision.index_select(0, seen_rows)
     if state.covariance == "diagonal":
         precision_prev = torch.diag_embed(precision_prev)
     if lam == 1.0:
