@@ -102,11 +102,17 @@ def machine_markdown(machine: dict) -> str:
     ])
 
 
-def write_result(name: str, table_markdown: str, machine: dict) -> Path:
-    """Write `# name`, the machine and the table to benchmarks/results/<name>-<slug>.md; return its path."""
+def write_result(name: str, table_markdown: str, machine: dict, copy_to: Path | None = None) -> Path:
+    """Write `# name`, the machine and the table to benchmarks/results/<name>-<slug>.md; return its path.
+
+    copy_to: also write the same file into this folder (a GPU run's $OUT, which comes back to the caller).
+    """
     target = RESULTS_DIR / f"{name}-{machine['slug']}.md"
     text = f"# {name}\n\n{machine_markdown(machine)}\n\n{table_markdown.rstrip()}\n"
     from rankflow.paths import atomic_write_bytes
 
     atomic_write_bytes(target, text.encode())
+    if copy_to is not None:
+        copy_to.mkdir(parents=True, exist_ok=True)
+        (copy_to / target.name).write_text(text)
     return target

@@ -182,12 +182,9 @@ def main() -> None:
     ])
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     table = f"Hessian outer sums: {args.outer}. Load average at the end (1/5/15 min): {load}.\n\n" + table
-    target = write_result("glmix" if args.outer == "auto" else "glmix-bucketed", table, machine)
+    target = write_result("glmix" if args.outer == "auto" else "glmix-bucketed", table, machine, copy_to=args.out_dir)
     print(table)
     print(f"wrote {target}")
-    if args.out_dir is not None:
-        args.out_dir.mkdir(parents=True, exist_ok=True)
-        (args.out_dir / target.name).write_text(target.read_text())
 
 
 if __name__ == "__main__":

@@ -164,11 +164,8 @@ def main() -> None:
         f"Meta-training outer step (median of {args.order_steps - 1} steps after the first), support cap 64, "
         "query cap 32, k = 5:", "", *order_rows])
     print(table)
-    target = write_result("meta", table, machine)
+    target = write_result("meta", table, machine, copy_to=args.out)
     print(f"wrote {target}")
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / target.name).write_text(target.read_text())
 
 
 if __name__ == "__main__":

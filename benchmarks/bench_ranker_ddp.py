@@ -86,12 +86,9 @@ def main() -> None:
         "Loss every 20 steps (last run), 1 process / 2 processes: "
         + ", ".join(f"{a:.4f}/{b:.4f}" for a, b in list(zip(*curves))[::20]),
     ])
-    target = write_result("ranker-ddp", table, machine)
+    target = write_result("ranker-ddp", table, machine, copy_to=args.out_dir)
     print(table)
     print(f"wrote {target}")
-    if args.out_dir is not None:
-        args.out_dir.mkdir(parents=True, exist_ok=True)
-        (args.out_dir / target.name).write_text(target.read_text())
 
 
 if __name__ == "__main__":
