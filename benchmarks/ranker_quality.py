@@ -14,6 +14,9 @@ The data directory holds a generated marketplace whose training set was built by
 - the same two models trained without the position ("position-blind"), for comparison;
 - warm start: a "serving" ranker trained on d_1..d_{n-2}, continued on d_{n-1} only, vs the full retrain
   (its calibration fitted on the held-out rows of d_1..d_{n-1}, which neither model trained on);
+- the served score: the ranker's calibrated logit + GLMix member and job random effects updated day by day
+  over d_1..d_{n-1} (`served_with_random_effects`), as serving.scoring combines them; with the effects
+  fitted against the fixed effect or against the daily ranker, and GLMix alone;
 - oracle: the AUC / log loss / ECE of the generator's true probabilities on d_n;
 - position-blind oracle: the true logit without the position term -a log(p): the best a model that does
   not see the position could do;
@@ -65,6 +68,7 @@ class QualityRun:
     bound: dict[str, Any] = field(default_factory=dict)
     blind: dict[str, Any] = field(default_factory=dict)          # position-blind ranker and logistic
     position_curve: dict[str, Any] = field(default_factory=dict)  # learned beta_p - beta_1 vs the truth
+    served: dict[str, float] = field(default_factory=dict)       # AUC of ranker + GLMix random effects
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,6 +181,82 @@ def learnable_bound(paths, train_days: list[date], eval_day: date, newton_steps:
 
 
 # ---------------------------------------------------------------------------------------------
+# The score the service computes: ranker + GLMix random effects
+
+
+SERVED_VARIANTS = ("glmix alone", "ranker + effects on the fixed effect", "ranker + effects on the daily ranker")
+
+
+def served_with_random_effects(settings, model, model_config, train_config, train_days: list[date], eval_day: date,
+                               log=print) -> dict[str, Any]:
+    """Next-day AUC of sigmoid(ranker logit + beta_m . phi(j) + gamma_j . phi(m)), as serving.scoring combines them.
+
+    The random effects come from the personalise stage's own pieces (rankflow.stages.personalise: basis,
+    GLMix settings, training events, the ranker's calibrated logit as the offset), updated day by day over
+    the training days, with one of two global parts:
+    - the fixed-effect logistic regression (what the stage uses before any ranker serves; `rankflow demo`
+      personalises before it trains its ranker, so its service adds these effects to the ranker);
+    - the daily ranker: on day d_k the ranker trained on d_1..d_{k-1} (a full train on d_1, then one warm
+      start per day, as a daily pipeline promotes them; the stage never uses a ranker trained on d_k itself).
+      Day d_1 has no ranker yet and uses the fixed effect, as the stage does.
+    On the evaluation day every score uses `model` (the full retrain the table reports) for the ranker part.
+    "glmix alone" is the fixed effect + its random effects, no ranker.
+    """
+    import torch
+
+    from rankflow.stages.personalise import (
+        PersonaliseConfig,
+        basis_from_raw,
+        glmix_config_for,
+        ranker_offsets,
+        read_training_set,
+        training_events,
+    )
+    from training.glmix.model import GLMixState, random_effect_logit, update_day
+    from training.ranker.evaluate import auc
+    from training.ranker.train import train_ranker
+
+    training_set = settings.paths.feature_table("training_set")
+    config = PersonaliseConfig()
+    basis = basis_from_raw(settings, train_days[0], config.basis_attributes)
+    glmix_config = glmix_config_for(config, basis, basis)
+    states = {name: (GLMixState.empty(glmix_config, torch.float64), None) for name in ("fixed effect", "daily ranker")}
+    daily, started = None, time.perf_counter()
+    for index, day in enumerate(train_days):
+        frame, spec = read_training_set(settings, day)
+        dense_names = list(spec.get("dense", []))
+        dense = frame[dense_names].to_numpy(dtype=np.float64)
+        offsets = {"fixed effect": None,
+                   "daily ranker": None if daily is None else ranker_offsets(settings, daily, day, frame)}
+        for name, (state, fixed_effect) in states.items():
+            events = training_events(frame, spec, basis, basis, offsets[name])
+            state, fixed_effect, _ = update_day(state, events, glmix_config, dense, dense_names, fixed_effect)
+            states[name] = (state, fixed_effect)
+        if index + 1 < len(train_days):
+            daily = train_ranker(training_set, [day], model_config if daily is None else None, train_config,
+                                 warm_start=daily, holdout_days=train_days[:index]).model
+    log(f"  random effects over {len(train_days)} days, both global parts ({time.perf_counter() - started:.1f}s)")
+
+    frame, spec = read_training_set(settings, eval_day)
+    events = training_events(frame, spec, basis, basis, None)
+    labels = events.labels.numpy()
+    weights = None if events.weights is None else events.weights.numpy()
+
+    def effects(name: str) -> np.ndarray:
+        return random_effect_logit(states[name][0], glmix_config, events.member_ids, events.item_ids,
+                                   events.member_design, events.job_design).numpy()
+
+    ranker = ranker_offsets(settings, model, eval_day, frame)
+    fixed_effect = states["fixed effect"][1]
+    dense = frame[list(spec.get("dense", []))].to_numpy(dtype=np.float64)
+    scores = {"ranker alone": ranker,
+              "glmix alone": fixed_effect.logit(dense) + effects("fixed effect"),
+              "ranker + effects on the fixed effect": ranker + effects("fixed effect"),
+              "ranker + effects on the daily ranker": ranker + effects("daily ranker")}
+    return {name: auc(score, labels, weights) for name, score in scores.items()}
+
+
+# ---------------------------------------------------------------------------------------------
 # The models
 
 
@@ -191,7 +271,7 @@ def _evaluate(settings, model, eval_day: date, train_days: list[date]) -> dict[s
 
 def measure(settings, train_config=None, model_overrides: dict[str, Any] | None = None,
             logistic_config=None, with_bound: bool = True, log=print, validation: bool = False,
-            with_blind: bool = True) -> QualityRun:
+            with_blind: bool = True, with_served: bool = True) -> QualityRun:
     """Train and evaluate everything in the module docstring on the newest day of `settings`' data.
 
     validation: leave the newest day out entirely and evaluate on the day before it (where settings are
@@ -250,6 +330,12 @@ def measure(settings, train_config=None, model_overrides: dict[str, Any] | None 
     warm_eval = _evaluate(settings, warm.model, eval_day, train_days)
     log(f"  warm AUC {warm_eval['auc']:.4f} ({warm.seconds:.1f}s) vs full {ranker['auc']:.4f} ({full.seconds:.1f}s)")
 
+    served = {}
+    if with_served:
+        log("ranker + GLMix random effects, as the service scores")
+        served = served_with_random_effects(settings, full.model, model_config, train_config, train_days, eval_day, log)
+        log("  " + ", ".join(f"{name} {value:.4f}" for name, value in served.items()))
+
     oracle = oracle_metrics(settings.paths, eval_day)
     bound = learnable_bound(settings.paths, train_days, eval_day) if with_bound else {}
     rows_train = int(sum(data.read_column(data.day_files(training_set, [d]), "label").size for d in train_days))
@@ -261,7 +347,7 @@ def measure(settings, train_config=None, model_overrides: dict[str, Any] | None 
         warm={"auc": warm_eval["auc"], "ece": warm_eval["ece"], "seconds": warm.seconds, "rows": warm.rows,
               "serving_auc": serving_auc},
         full_seconds=full.seconds, train_config=asdict(train_config), model=torch_model, bound=bound,
-        blind=blind, position_curve=curve,
+        blind=blind, position_curve=curve, served=served,
     )
 
 
@@ -280,7 +366,7 @@ def repeat_seeds(settings, train_config, logistic_config, seeds: list[int], vali
     for seed in seeds:
         log(f"seed {seed}")
         runs.append(measure(settings, replace(train_config, seed=seed), logistic_config=replace(logistic_config, seed=seed),
-                            with_bound=False, log=log, validation=validation, with_blind=False))
+                            with_bound=False, log=log, validation=validation, with_blind=False, with_served=False))
     return runs
 
 
@@ -316,6 +402,15 @@ def table(run: QualityRun) -> str:
              f"{blind['ranker']['auc']:.4f} / {blind['logistic']['auc']:.4f}"),
             ("position-blind oracle - position-blind ranker AUC", f"{o['auc_position_blind'] - blind['ranker']['auc']:.4f}"),
             ("position-blind ranker ECE, calibrated", f"{blind['ranker']['ece']:.4f}"),
+        ]
+    if run.served:
+        v = run.served
+        rows += [
+            ("ranker + GLMix random effects AUC (as served; effects on the daily ranker's residuals)",
+             f"{v['ranker + effects on the daily ranker']:.4f}"),
+            ("ranker + random effects fitted on the fixed effect's residuals", f"{v['ranker + effects on the fixed effect']:.4f}"),
+            ("GLMix alone AUC (fixed effect + random effects)", f"{v['glmix alone']:.4f}"),
+            ("ranker alone through the same scoring path (calibrated logit)", f"{v['ranker alone']:.4f}"),
         ]
     rows += [
         ("ranker log loss / oracle log loss", f"{r['log_loss']:.4f} / {o['log_loss']:.4f}"),

@@ -104,13 +104,8 @@ def ranker_logit(settings: Settings, day: date, frame) -> GlobalPart:
     is not used (its logit has seen D's labels, so the random effects would learn almost nothing from D):
     the fixed effect is fitted instead, and the reason is recorded.
     """
-    import torch
-
     from rankflow.stages.ranker import model_info, serving_tag
     from serving.models import load_ranker
-    from serving.scoring import global_logit
-    from training.ranker import data
-    from training.ranker.train import predict_logits
 
     tag = serving_tag(settings)
     if tag is None:
@@ -120,6 +115,21 @@ def ranker_logit(settings: Settings, day: date, frame) -> GlobalPart:
         return GlobalPart(None, tag, f"serving ranker {tag} was trained on days up to {train_end}, "
                                      f"not strictly before {day}")
     model, _, tag = load_ranker(settings, tag)
+    return GlobalPart(ranker_offsets(settings, model, day, frame), tag, f"serving ranker {tag} (trained up to {train_end})")
+
+
+def ranker_offsets(settings: Settings, model, day: date, frame) -> np.ndarray:
+    """logit of `model`'s calibrated, clipped probability (serving.scoring.global_logit) per row of `frame`.
+
+    `frame` is `day`'s training-set partition as read_training_set gives it; the ranker's own reader must
+    give the same rows in the same order (checked by member id), or the offsets would land on other rows.
+    """
+    import torch
+
+    from serving.scoring import global_logit
+    from training.ranker import data
+    from training.ranker.train import predict_logits
+
     training_set = settings.paths.feature_table("training_set")
     files = data.day_files(training_set, [day])
     rows = data.load_rows(files, data.read_spec(training_set), model.config)
@@ -129,10 +139,10 @@ def ranker_logit(settings: Settings, day: date, frame) -> GlobalPart:
                            f"the {len(frame)} rows read for GLMix")
     with torch.inference_mode():
         probabilities = model.calibration(predict_logits(model, rows)).double().numpy()
-    return GlobalPart(global_logit(probabilities), tag, f"serving ranker {tag} (trained up to {train_end})")
+    return global_logit(probabilities)
 
 
-def _basis_from_raw(settings: Settings, day: date, attributes: tuple[str, ...]):
+def basis_from_raw(settings: Settings, day: date, attributes: tuple[str, ...]):
     """Vocabulary of the attributes over every member and job that arrived up to `day` (raw zone).
 
     Members and jobs share it (a member's industry and a job's industry are one vocabulary), so a value
@@ -160,7 +170,7 @@ def _design(frame, prefix: str, basis) -> np.ndarray:
                          for attribute, _ in basis.columns})
 
 
-def _read_training_set(settings: Settings, day: date):
+def read_training_set(settings: Settings, day: date):
     from features.training_set import TABLE, read_spec
     from features.store import read_offline_partition
 
@@ -276,14 +286,14 @@ def update_random_effects(settings: Settings, day: date, config: PersonaliseConf
     from training.glmix.state import encode_state
     from validation import check_personalisation
 
-    frame, spec = _read_training_set(settings, day)
+    frame, spec = read_training_set(settings, day)
     previous = prior_day(settings, day)
     if previous is not None:
         prior, fixed_effect, prior_meta = load_state(settings, previous)
         member_basis = _basis_json(prior_meta["member_basis"])
         job_basis = _basis_json(prior_meta["job_basis"])
     else:
-        member_basis = job_basis = _basis_from_raw(settings, day, config.basis_attributes)
+        member_basis = job_basis = basis_from_raw(settings, day, config.basis_attributes)
         prior, fixed_effect = None, None
     glmix_config = glmix_config_for(config, member_basis, job_basis)
     if prior is None:

@@ -75,3 +75,11 @@ def test_calibrated_probabilities_match_observed_rates(quality):
 def test_warm_start_matches_the_full_retrain_in_a_fraction_of_the_time(quality):
     assert quality.warm["auc"] > quality.ranker["auc"] - 0.01
     assert quality.warm["seconds"] < 0.5 * quality.full_seconds
+
+
+def test_served_score_adds_random_effects_to_the_evaluated_ranker(quality):
+    """The served-score rows (ranker + GLMix random effects) score the evaluated ranker through serving's path."""
+    served = quality.served
+    assert abs(served["ranker alone"] - quality.ranker["auc"]) < 0.002  # calibrated logit: ties move it slightly
+    assert served["glmix alone"] > 0.68
+    assert min(served.values()) > 0.68

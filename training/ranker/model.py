@@ -2,7 +2,7 @@
 
     tokens = [E(member), E(job), E(company), ..., mean-bag(skills), ...]        (embeddings.py)
     tokens = FeatureTransformer(tokens)                                         (optional, transformer.py)
-    x_0    = tokens.flatten() ++ standardise(dense ++ GLMix score ++ meta embedding)   (normalization.py)
+    x_0    = tokens.flatten() ++ standardise(dense ++ meta embedding)            (normalization.py)
     x_L    = ResidualCross(x_0)                                                 (cross.py)
     s      = w^T GatedMLP(x_L) + b + s_wide + beta_pos - beta_1                 (gate.py, wide.py, position.py; the logit)
     p      = IsotonicCalibration(s)                                             (calibration.py)
@@ -14,6 +14,12 @@ regression learns, the ranker then learns too. Without a position (serving: the 
 decides the order, so none is known) the logit is the one at position 1, and the calibration, fitted
 on held-out rows at their logged positions, maps it to the probability of an apply *if the job is
 shown first*: the number the service reports, the same for offline and online scoring.
+
+The GLMix score is not an input: GLMix stacks on this ranker instead (GAME). The daily random-effect
+update takes the serving ranker's calibrated logit as its offset (rankflow.stages.personalise), and the
+service scores sigmoid(that logit + beta_m . phi(j) + gamma_j . phi(m)) (serving.scoring), so the effects
+learn the ranker's residual day by day between its retrains. benchmarks/ranker_quality.py measures that
+served score next to the ranker alone.
 
 `RankerConfig` is the one typed description of a ranker; it is saved next to the weights so a
 checkpoint rebuilds exactly (checkpoint.py). Every field has a default that runs.
