@@ -54,6 +54,9 @@ def train(
         oracle = f"  oracle AUC {metrics['oracle_auc']:.4f}" if metrics.get("oracle_auc") else ""
         console.print(f"eval {', '.join(result['eval_days'])}: AUC {metrics['auc']:.4f}  log loss {metrics['log_loss']:.4f}  "
                       f"ECE {metrics['ece']:.4f}  NE {metrics['normalized_entropy']:.4f}{oracle}")
+        if metrics.get("served_auc") is not None:
+            console.print(f"as served, with the GLMix random effects of {', '.join(metrics['served_glmix_states'])}: "
+                          f"AUC {metrics['served_auc']:.4f}")
     console.print(f"report: {result['report']}")
     if promote_after:
         console.print(stage.promote(settings, result["tag"]))

@@ -149,5 +149,6 @@ def rank_once(settings: Settings, console: Console) -> dict:
 
 def _describe_training(result: dict | None) -> str:
     metrics = (result or {}).get("metrics", {})
-    parts = [f"{name} {metrics[name]:.4f}" for name in ("auc", "oracle_auc", "log_loss", "ece") if name in metrics]
+    parts = [f"{name} {metrics[name]:.4f}" for name in ("auc", "oracle_auc", "log_loss", "ece", "served_auc")
+             if metrics.get(name) is not None]
     return ", ".join(parts) or "trained"

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -138,7 +138,8 @@ def ranker_offsets(settings: Settings, model, day: date, frame) -> np.ndarray:
         raise RuntimeError(f"{files[0].parent}: the ranker's reader gave {len(rows)} rows in another order than "
                            f"the {len(frame)} rows read for GLMix")
     with torch.inference_mode():
-        probabilities = model.calibration(predict_logits(model, rows)).double().numpy()
+        logits = predict_logits(model, rows).to(model.calibration.knots.device)
+        probabilities = model.calibration(logits).double().cpu().numpy()
     return global_logit(probabilities)
 
 
@@ -365,3 +366,33 @@ def _basis_json(data: dict):
     from training.glmix.design import CategoricalBasis
 
     return CategoricalBasis.from_json(data)
+
+
+def _stored_config(meta: dict) -> PersonaliseConfig:
+    """The PersonaliseConfig a state was made with (fields this version does not know are ignored)."""
+    known = {f.name for f in fields(PersonaliseConfig)}
+    values = {k: v for k, v in meta.get("config", {}).items() if k in known}
+    if "basis_attributes" in values:
+        values["basis_attributes"] = tuple(values["basis_attributes"])
+    return PersonaliseConfig(**values)
+
+
+def served_random_effects(settings: Settings, day: date, frame, spec: dict) -> tuple[np.ndarray, date] | None:
+    """beta_m . phi(j) + gamma_j . phi(m) per row of `day`'s training-set `frame`, and the state's day.
+
+    The state is the newest one before `day` (prior_day): what the online store held while `day`'s events
+    were served, never `day`'s own posterior, which has seen their labels. None when there is no such state.
+    Ids the state has not seen get the population mean, as in serving.
+    """
+    from training.glmix.model import random_effect_logit
+
+    previous = prior_day(settings, day)
+    if previous is None:
+        return None
+    state, _, meta = load_state(settings, previous)
+    member_basis, job_basis = _basis_json(meta["member_basis"]), _basis_json(meta["job_basis"])
+    config = glmix_config_for(_stored_config(meta), member_basis, job_basis)
+    events = training_events(frame, spec, member_basis, job_basis, None)
+    effects = random_effect_logit(state, config, events.member_ids, events.item_ids, events.member_design,
+                                  events.job_design)
+    return effects.cpu().numpy(), previous

@@ -160,6 +160,33 @@ def evaluate_model(settings: Settings, model, days: list[date], train_days: list
     )
 
 
+def served_auc(settings: Settings, model, days: list[date]) -> dict[str, Any]:
+    """AUC on `days` of the score the service computes: the ranker's calibrated logit + GLMix random effects.
+
+    Each day's effects come from the newest GLMix state before it (personalise.served_random_effects), as
+    serving.scoring adds them online. Empty when a day has no earlier state (personalisation has not run):
+    the ranker's own AUC is then the served one.
+    """
+    import numpy as np
+
+    from rankflow.stages.personalise import ranker_offsets, read_training_set, served_random_effects
+    from training.ranker.evaluate import auc
+
+    scores, labels, weights, states = [], [], [], []
+    for day in days:
+        frame, spec = read_training_set(settings, day)
+        effects = served_random_effects(settings, day, frame, spec)
+        if effects is None:
+            return {}
+        scores.append(ranker_offsets(settings, model, day, frame) + effects[0])
+        labels.append(frame[spec.get("label", "label")].to_numpy(np.float64))
+        weight = spec.get("weight", "weight")
+        weights.append(frame[weight].to_numpy(np.float64) if weight in frame else np.ones(len(frame)))
+        states.append(effects[1].isoformat())
+    return {"served_auc": auc(np.concatenate(scores), np.concatenate(labels), np.concatenate(weights)),
+            "served_glmix_states": states}
+
+
 def _row_count(path: Path) -> int:
     import pyarrow.parquet as pq
 
@@ -178,7 +205,7 @@ def evaluate(settings: Settings, tag: str, day: date) -> dict[str, Any]:
     """Metrics of the stored model `tag` on the training-set rows of `day`."""
     model, stored = _load_model(settings, tag)
     result = evaluate_model(settings, model, [day], _train_days(stored.info.metadata))
-    return {"tag": str(stored.tag), "day": day.isoformat(), **result.summary()}
+    return {"tag": str(stored.tag), "day": day.isoformat(), **result.summary(), **served_auc(settings, model, [day])}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,7 +283,7 @@ def train(
     metrics, by_day, evaluation = {}, {}, None
     if eval_range:
         evaluation = evaluate_model(settings, result.model, eval_range, all_train_days)
-        metrics = evaluation.summary()
+        metrics = {**evaluation.summary(), **served_auc(settings, result.model, eval_range)}
         for day in eval_range:
             by_day[day.isoformat()] = evaluate_model(settings, result.model, [day], all_train_days).auc
     else:

@@ -164,6 +164,46 @@ def test_the_serving_ranker_logit_is_the_global_offset(stage_data, tmp_path):
     assert fixed_effect.to_json() == prior_fixed.to_json()
 
 
+def test_served_auc_adds_the_random_effects_of_the_day_before_to_the_ranker(stage_data, tmp_path):
+    """The ranker stage's `served_auc`: the ranker's calibrated logit + the effects online before the eval day."""
+    from serving.models import load_ranker
+    from serving.scoring import global_logit, ranker_probabilities
+    from training.glmix.design import CategoricalBasis
+    from training.glmix.model import random_effect_logit
+    from training.ranker.evaluate import auc
+    from training.ranker.train import TrainConfig
+
+    settings = load_settings(shutil.copytree(stage_data, tmp_path / "data"))
+    small = {"cross_layers": 1, "cross_rank": 8, "mlp_widths": (32, 16), "embedding_dim": 8}
+    before = ranker_stage.train(settings, DAYS[0], DAYS[1], eval_days=1, warm_start=False,
+                                train_config=TrainConfig(epochs=1), model_overrides=small)
+    assert "served_auc" not in before["metrics"]  # no GLMix state yet: the ranker's AUC is the served one
+
+    for day in DAYS:  # day 3's own posterior exists too, and must not be used to score day 3
+        update_random_effects(settings, day, write_online=False)
+    result = ranker_stage.evaluate(settings, before["tag"], DAYS[2])
+    assert result["served_glmix_states"] == [DAYS[1].isoformat()]
+
+    frame = pd.read_parquet(settings.paths.feature_partition("training_set", DAYS[2]) / "part-0.parquet")
+    model, spec, _ = load_ranker(settings, before["tag"])
+    state, _, meta = load_state(settings, DAYS[1])
+    member_basis, job_basis = CategoricalBasis.from_json(meta["member_basis"]), CategoricalBasis.from_json(meta["job_basis"])
+    training_spec = json.loads((settings.paths.feature_table("training_set") / "spec.json").read_text())
+    events = training_events(frame, training_spec, member_basis, job_basis, None)
+    effects = random_effect_logit(state, glmix_config_for(PersonaliseConfig(), member_basis, job_basis),
+                                  events.member_ids, events.item_ids, events.member_design, events.job_design).numpy()
+    assert np.abs(effects).max() > 0.1  # real, row-dependent effects
+    score = global_logit(ranker_probabilities(model, spec, frame)) + effects
+    expected = auc(score, frame["label"].to_numpy(), frame["weight"].to_numpy())
+    assert result["served_auc"] == pytest.approx(expected, abs=1e-6)
+    assert result["served_auc"] != pytest.approx(result["auc"], abs=1e-4)
+
+    trained = ranker_stage.train(settings, DAYS[0], DAYS[1], eval_days=1, warm_start=False,
+                                 train_config=TrainConfig(epochs=1), model_overrides=small)
+    assert trained["metrics"]["served_glmix_states"] == [DAYS[1].isoformat()]
+    assert 0.5 < trained["metrics"]["served_auc"] < 1.0
+
+
 def test_missing_training_set_names_the_partition(tiny_data_dir, tmp_path):
     settings = load_settings(shutil.copytree(tiny_data_dir, tmp_path / "data"))
     with pytest.raises(FileNotFoundError, match="training_set"):
