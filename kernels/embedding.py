@@ -146,17 +146,16 @@ if triton is not None:
 
     @triton.jit
     def _rowwise_adagrad_chunk_kernel(
-        sorted_rows_ptr, order_ptr, bag_of_position_ptr, offsets_ptr, grad_ptr, weight_ptr, momentum_ptr,
+        sorted_rows_ptr, sorted_bags_ptr, offsets_ptr, grad_ptr, weight_ptr, momentum_ptr,
         head_partial_ptr, tail_partial_ptr, n_positions, dim, lr, eps,
-        MEAN: tl.constexpr, SINGLE: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
+        MEAN: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
         # CHUNK sorted positions per program: their contributions g[bag(p)] are gathered at once and summed
         # per run of equal rows by a segmented scan (a fixed order: deterministic). A run that starts and
         # ends in the chunk is applied here. Of a run that crosses a chunk edge, this chunk writes its
         # share: the chunk's first segment when the run began earlier (head partial), its last segment
         # when the run began here and goes on (tail partial); _rowwise_adagrad_spill_kernel adds them up.
-        # Sorted position p holds indices[order[p]], of bag bag_of_position[order[p]] (order[p] itself for
-        # bags of one).
+        # Sorted position p holds row sorted_rows[p] of bag sorted_bags[p].
         chunk = tl.program_id(0)
         local = tl.arange(0, CHUNK)
         positions = chunk.to(tl.int64) * CHUNK + local
@@ -169,11 +168,7 @@ if triton is not None:
         segment_start = run_head | (local == 0)
         cols = tl.arange(0, BLOCK_D)
         col_mask = cols < dim
-        source = tl.load(order_ptr + positions, mask=valid, other=0)
-        if SINGLE:
-            bag = source.to(tl.int64)
-        else:
-            bag = tl.load(bag_of_position_ptr + source, mask=valid, other=0).to(tl.int64)
+        bag = tl.load(sorted_bags_ptr + positions, mask=valid, other=0).to(tl.int64)
         values = tl.load(grad_ptr + bag[:, None] * dim + cols[None, :], mask=valid[:, None] & col_mask[None, :],
                          other=0.0).to(tl.float32)
         if MEAN:
@@ -255,16 +250,19 @@ def _embedding_bag_triton(weight, indices, offsets, mode, single=False):
     mean_length = max(1, indices.numel() // n_bags)
     block_l = min(16, next_power_of_2(mean_length))
     block_d = min(256, max(16, next_power_of_2(dim)))
-    block_b = max(1, 4096 // (block_l * block_d))  # ~4096 row values in flight per program
+    # Row values in flight per program, two warps: the best of 2048-16384 values x 2-16 warps on an H200
+    # (26 one-hot x 65536: 221 us where 4096 x 8 warps took 240; 8192 bags of 20: 18.6 us where it took 31.6).
+    values = 2048 if block_l == 1 else 4096
+    block_b = max(1, values // (block_l * block_d))
     grid = (triton.cdiv(n_bags, block_b), triton.cdiv(dim, block_d))
     _bag_forward_kernel[grid](weight, indices, offsets, out, n_bags, dim, MEAN=mode == "mean", BLOCK_B=block_b,
-                              BLOCK_L=block_l, BLOCK_D=block_d, num_warps=8)
+                              BLOCK_L=block_l, BLOCK_D=block_d, num_warps=2)
     return out
 
 
-# Contribution values gathered per program of the backward (chunk of sorted positions x padded dim).
-_CHUNK_VALUES = 8192
-_CHUNK_WARPS = 4
+# Contribution values gathered per program of the backward (chunk of sorted positions x padded dim), on
+# one warp per 2048 values: on an H200, 2048 x 1 warp took 313 us at 26 one-hot x 65536 where 8192 x 4 took 465.
+_CHUNK_VALUES = 2048
 # Following chunks' head partials a spill program adds per step (BLOCK_C x padded dim values).
 _SPILL_CHUNKS = 32
 
@@ -276,7 +274,7 @@ def _rowwise_adagrad_triton(weight, momentum, indices, offsets, grad_output, mod
     keys = indices.to(torch.int32) if weight.shape[0] < 2**31 else indices  # 32-bit keys: half the radix passes
     sorted_rows, order = torch.sort(keys, stable=True)
     if single:  # bags of one: position p is bag p
-        bag_of_position = order  # unread
+        sorted_bags = order
     else:  # a map written once (a search of offsets per position, or repeat_interleave, was far slower)
         n_bags = offsets.numel() - 1
         bag_dtype = torch.int32 if n_bags < 2**31 else torch.int64
@@ -285,6 +283,9 @@ def _rowwise_adagrad_triton(weight, momentum, indices, offsets, grad_output, mod
         block_b = max(1, 2048 // block_l)
         _bag_of_position_kernel[(triton.cdiv(n_bags, block_b),)](offsets, bag_of_position, n_bags, BLOCK_B=block_b,
                                                                  BLOCK_L=block_l, num_warps=4)
+        # Bags in sorted order, gathered once: the update kernel then reads them in order instead of through
+        # order (one dependent load less per position: 313 -> 276 us at 26 one-hot x 65536 on an H200).
+        sorted_bags = bag_of_position[order]
     block_d = max(16, next_power_of_2(dim))
     chunk = max(16, _CHUNK_VALUES // block_d)
     n_chunks = triton.cdiv(n_positions, chunk)
@@ -292,9 +293,9 @@ def _rowwise_adagrad_triton(weight, momentum, indices, offsets, grad_output, mod
     tail_partial = torch.empty((n_chunks, dim), dtype=torch.float32, device=weight.device)
     grad = grad_output.contiguous()
     _rowwise_adagrad_chunk_kernel[(n_chunks,)](
-        sorted_rows, order, bag_of_position, offsets, grad, weight, momentum, head_partial, tail_partial,
-        n_positions, dim, float(lr), float(eps), MEAN=mode == "mean", SINGLE=single, CHUNK=chunk, BLOCK_D=block_d,
-        num_warps=_CHUNK_WARPS,
+        sorted_rows, sorted_bags, offsets, grad, weight, momentum, head_partial, tail_partial,
+        n_positions, dim, float(lr), float(eps), MEAN=mode == "mean", CHUNK=chunk, BLOCK_D=block_d,
+        num_warps=max(1, chunk * block_d // 2048),
     )
     if n_chunks > 1:
         _rowwise_adagrad_spill_kernel[(n_chunks - 1,)](
