@@ -408,8 +408,9 @@ def _newton_dual(x, y, w, o, prior_mean, prior_precision, config: RandomEffectCo
     """
     b_count, c, _ = x.shape
     device = x.device
-    z_t = _solve(_factor(prior_precision), x.mT)  # (B, d, c) = P0^-1 X^T
-    kernel = x @ z_t
+    factor = _factor(prior_precision)  # P0 = L L^T
+    y_t = torch.linalg.solve_triangular(factor, x.mT, upper=False)  # (B, d, c) = L^-1 X^T: Z = L^-T Y^T, one solve
+    kernel = y_t.mT @ y_t
     kernel = 0.5 * (kernel + kernel.mT)  # (B, c, c) = X P0^-1 X^T, exactly symmetric
     base_offset = o + (x @ prior_mean.unsqueeze(-1)).squeeze(-1)
     eye = torch.eye(c, dtype=x.dtype, device=device)
@@ -450,8 +451,8 @@ def _newton_dual(x, y, w, o, prior_mean, prior_precision, config: RandomEffectCo
             newton.keep(keep)
     write_out(torch.arange(entity.numel(), device=device))
 
-    # Back to coefficients: theta = m0 + Z a, with g and H at that point.
-    mean = prior_mean + (z_t @ out_a.unsqueeze(-1)).squeeze(-1)
+    # Back to coefficients: theta = m0 + Z a = m0 + L^-T (Y^T a), with g and H at that point.
+    mean = prior_mean + torch.linalg.solve_triangular(factor.mT, y_t @ out_a.unsqueeze(-1), upper=True).squeeze(-1)
     p = torch.sigmoid(base_offset + (kernel @ out_a.unsqueeze(-1)).squeeze(-1))
     gradient = (x.mT @ (out_a + w * (p - y)).unsqueeze(-1)).squeeze(-1)
     precision = prior_precision.baddbmm_(x.mT, x * (w * p * (1 - p)).unsqueeze(2))  # the prior is ours: in place
