@@ -144,10 +144,7 @@ def bench_bce(rows):
             ceiling = 100 * bytes_moved / two_pass
             reference_row.note = f"w read twice (sum, then gradient): {ceiling:.0f}% is the ceiling"
         # A few launches and autograd bookkeeping on the host cost about as much as these kernels run.
-        with dispatch.backend("triton"):
-            graph_ms = median_ms(graphed(fwd_bwd(bce_with_logits, (z, y, w), grad)))
-        rows.append(Row("bce_with_logits", label + ", CUDA graph", reference_row.dtype, bytes_moved, graph_ms,
-                        reference_row.eager_ms, reference_row.compiled_ms, "ours replayed as a CUDA graph (GPU time)"))
+        add_graph_row(rows, bce_with_logits, (z, y, w), grad)
         if weighted:
             # The data loader knows the batch's sum(w): passed in, w is read once (one pass over z, y, w).
             weight_sum = w.sum()

@@ -184,9 +184,6 @@ def learnable_bound(paths, train_days: list[date], eval_day: date, newton_steps:
 # The score the service computes: ranker + GLMix random effects
 
 
-SERVED_VARIANTS = ("glmix alone", "ranker + effects on the fixed effect", "ranker + effects on the daily ranker")
-
-
 def served_with_random_effects(settings, model, model_config, train_config, train_days: list[date], eval_day: date,
                                log=print) -> dict[str, Any]:
     """Next-day AUC of sigmoid(ranker logit + beta_m . phi(j) + gamma_j . phi(m)), as serving.scoring combines them.
