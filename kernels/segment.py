@@ -18,8 +18,11 @@ Gradients: d values_i = G_{ids_i};  d x_i = w_i (G_s + G_s^T) x_i;  d w_i = x_i^
 sum's backward walks the forward's sorted layout, so each G_s is read once (not once per row).
 
 One program per segment (and output tile) accumulates the d x d tile in registers over the segment's
-rows and stores it once, so [S, d, d] is written once and G read once. (Programs that own a run of
-several segments, looping over them, measured no faster on an H200: benchmarks/bench_kernels.py.)
+rows and stores it once, so [S, d, d] is written once and G read once. One exception: the float32
+backward with sorted ids, d of 16 or 32 and short segments (tens of rows) runs persistent programs,
+each over a run of consecutive segments, reading G_s and the segment's first rows through tensor
+descriptors (TMA) in a software-pipelined loop, so the next segments' loads wait in shared memory while
+this one is multiplied; rows past the first BLOCK_R of a longer segment follow in a second loop.
 Ids out of [0, S) fall outside every segment of the sorted layout (the kernels never index with
 them) and are refused after the kernels are queued, from the layout itself (one host read of two
 numbers); while a CUDA graph is being captured no host read is possible, and the check is skipped.
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._launch import check_float, next_power_of_2
+from kernels._launch import check_float, multiprocessor_count, next_power_of_2
 from kernels.dispatch import use_triton
 
 
@@ -268,8 +271,89 @@ if triton is not None:
                      (0.5 * tl.sum(x_i * xh, axis=1)).to(dweights_ptr.dtype.element_ty), mask=row_mask)
             first += BLOCK_R
 
+    @triton.jit
+    def _rows_through_descriptor(features_desc, first, end, BLOCK_R: tl.constexpr):
+        """The rows at sorted positions first .. first + BLOCK_R - 1 through a tensor descriptor (rows past N
+        read as 0): positions, mask (before end), and the float32 tile with the rows from end on zeroed."""
+        positions = first + tl.arange(0, BLOCK_R)
+        row_mask = positions < end
+        tile = features_desc.load([first.to(tl.int32), 0]).to(tl.float32)
+        return positions, row_mask, tl.where(row_mask[:, None], tile, 0.0)
+
+    @triton.jit
+    def _outer_backward_rows(features_desc, weights_ptr, dfeatures_ptr, dweights_ptr, h_tile, first, end,
+                             BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
+        # d x = w (x H) and d w = 1/2 x^T H x for the (up to BLOCK_R) rows first .. end - 1.
+        rows, row_mask, x = _rows_through_descriptor(features_desc, first, end, BLOCK_R)
+        w = tl.load(weights_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
+        xh = tl.dot(x, h_tile, input_precision=PRECISION)
+        cols = tl.arange(0, BLOCK_D)
+        tl.store(dfeatures_ptr + rows.to(tl.int64)[:, None] * BLOCK_D + cols[None, :],
+                 (w[:, None] * xh).to(dfeatures_ptr.dtype.element_ty), mask=row_mask[:, None])
+        tl.store(dweights_ptr + rows, (0.5 * tl.sum(x * xh, axis=1)).to(dweights_ptr.dtype.element_ty), mask=row_mask)
+
+    @triton.jit
+    def _outer_backward_first_rows(grad_desc, features_desc, weights_ptr, starts_ptr, dfeatures_ptr, dweights_ptr,
+                                   segment, num_segments, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+                                   PRECISION: tl.constexpr):
+        # A segment past S (the last program's run may pass it) reads starts[S] twice: no rows, no stores.
+        first = tl.load(starts_ptr + tl.minimum(segment, num_segments))
+        end = tl.load(starts_ptr + tl.minimum(segment + 1, num_segments))
+        g = grad_desc.load([segment * BLOCK_D, 0]).to(tl.float32)
+        _outer_backward_rows(features_desc, weights_ptr, dfeatures_ptr, dweights_ptr, g + tl.trans(g), first, end,
+                             BLOCK_R, BLOCK_D, PRECISION)
+
+    @triton.jit
+    def _segment_outer_backward_pipelined_kernel(
+        grad_desc, features_desc, weights_ptr, starts_ptr, dfeatures_ptr, dweights_ptr, num_segments, run_length,
+        BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, STAGES: tl.constexpr,
+        PIPELINED: tl.constexpr, SCAN: tl.constexpr,
+    ):
+        # The backward above, for sorted rows and d = BLOCK_D, over segments first_segment .. + run_length - 1:
+        # first each segment's first BLOCK_R rows in a pipelined loop (G_s and the rows through TMA into shared
+        # memory, STAGES - 1 segments ahead), then the rows past BLOCK_R of longer segments.
+        first_segment = tl.program_id(0) * run_length
+        if PIPELINED:
+            for i in tl.range(0, run_length, num_stages=STAGES):
+                _outer_backward_first_rows(grad_desc, features_desc, weights_ptr, starts_ptr, dfeatures_ptr,
+                                           dweights_ptr, first_segment + i, num_segments, BLOCK_R, BLOCK_D, PRECISION)
+        else:  # Triton's interpreter cannot take a run-time scalar as a range bound
+            i = 0
+            while i < run_length:
+                _outer_backward_first_rows(grad_desc, features_desc, weights_ptr, starts_ptr, dfeatures_ptr,
+                                           dweights_ptr, first_segment + i, num_segments, BLOCK_R, BLOCK_D, PRECISION)
+                i += 1
+        # Longer segments: their lengths read SCAN at a time, and only a block holding one walks its segments.
+        last_segment = tl.minimum(first_segment + run_length, num_segments)
+        block = first_segment
+        while block < last_segment:
+            segments = block + tl.arange(0, SCAN)
+            in_run = segments < last_segment
+            lengths = (tl.load(starts_ptr + segments + 1, mask=in_run, other=0)
+                       - tl.load(starts_ptr + segments, mask=in_run, other=0))
+            segment = block
+            block += SCAN
+            while (segment < tl.minimum(block, last_segment)) & (tl.max(lengths, axis=0) > BLOCK_R):
+                first = tl.load(starts_ptr + segment) + BLOCK_R
+                end = tl.load(starts_ptr + segment + 1)
+                if first < end:
+                    g = grad_desc.load([segment * BLOCK_D, 0]).to(tl.float32)
+                    h_tile = g + tl.trans(g)
+                    while first < end:
+                        _outer_backward_rows(features_desc, weights_ptr, dfeatures_ptr, dweights_ptr, h_tile, first,
+                                             end, BLOCK_R, BLOCK_D, PRECISION)
+                        first += BLOCK_R
+                segment += 1
+
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
 
 _STARTS_BLOCK = 1024
+# The pipelined float32 backward (H200 sweep, N = 1M, d = 32, S = 100k, 2026-11-30): 16-row first chunks,
+# 3 stages, one warp; 168 registers and 16.5 KB of shared memory per program leave room for 12 programs on
+# a multiprocessor, and one wave of exactly that many ran best (203 us; 8 per SM 220, 13 per SM 275: a
+# second wave; the one-segment-per-program kernel 254).
+_PIPELINED_ROWS, _PIPELINED_STAGES, _PIPELINED_PROGRAMS_PER_SM = 16, 3, 12
 
 
 def _outer_block_rows(n_rows: int, num_segments: int) -> int:
@@ -286,15 +370,16 @@ def _outer_launch(n_rows: int, n_cols: int, num_segments: int, float32: bool, ba
 
     One program per segment: segments are short (tens of rows), so many small programs must be resident
     to keep enough independent loads in flight. An H200 sweep at the benchmark's shapes (d = 32 float32,
-    d = 16 bfloat16; 1 / 2 / 4 warps, 16 / 32 / 64-row steps, IEEE / tf32x3 products) chose one warp, except
-    two for the float32 forward (165 us vs 168 at one, 178 at four); tf32x3 in the float32 backward (255 us
+    d = 16 bfloat16; 1 / 2 / 4 warps, 16 / 32 / 64-row steps, IEEE / tf32x3 products) chose one warp (the
+    float32 forward with a register cap, below); tf32x3 in the float32 backward (255 us
     at one warp, where IEEE took 302 at its best, two warps; 2e-7 relative from IEEE), IEEE in the float32
     forward (tf32x3: 225 us). Tiles wider than 32 were not swept and keep two warps and IEEE. 16-bit
     inputs: one tf32 product on tensor cores (their values are exact in tf32, only w x rounds, to 2^-11);
     tf32 alone would cost ~1e-3 on a float32 Hessian. Also tried on the H200 and not kept: programs that
     own 2-8 segments as one batched 3-D product (slower), and persistent programs that load the next
     segment while summing this one (Triton 3.6 failed to compile them for float32 d = 32; no faster for
-    bfloat16 d = 16).
+    bfloat16 d = 16). The pipelined TMA programs of the float32 backward (_use_pipelined_backward) were
+    slower for bfloat16 d = 16 (segments of ~100 rows: 39 us against 33) and as a forward (177 us at best).
     """
     block_d = _block_d(n_cols, 64)
     narrow = block_d <= 32
@@ -302,8 +387,21 @@ def _outer_launch(n_rows: int, n_cols: int, num_segments: int, float32: bool, ba
         precision = "tf32"
     else:
         precision = "tf32x3" if backward and narrow else "ieee"
-    warps = 1 if narrow and (backward or not float32) else 2
-    return triton.cdiv(n_cols, block_d), block_d, _outer_block_rows(n_rows, num_segments), precision, warps
+    warps = 1 if narrow else 2
+    # The float32 forward on one warp needs 160 registers (12 programs a multiprocessor); capped at 80 (25
+    # programs, some values spilled to L1) it took 159 us where two warps took 166 (72: 182, 88-104: 161).
+    registers = {"maxnreg": 80} if narrow and float32 and not backward else {}
+    return triton.cdiv(n_cols, block_d), block_d, _outer_block_rows(n_rows, num_segments), precision, warps, registers
+
+
+def _use_pipelined_backward(features: torch.Tensor, grad: torch.Tensor, has_order: bool) -> bool:
+    """The pipelined backward: sorted float32 rows, d of 16 or 32, segments of about BLOCK_R rows or fewer
+    on average (the shape it was measured at), and what tensor descriptors need (16-byte aligned bases,
+    int32 coordinates)."""
+    (n_rows, n_cols), num_segments = features.shape, grad.shape[0]
+    return (not has_order and features.dtype == grad.dtype == torch.float32 and n_cols in (16, 32) and n_rows < 2**31
+            and n_rows <= _PIPELINED_ROWS * num_segments and num_segments * n_cols < 2**31
+            and features.data_ptr() % 16 == 0 and grad.data_ptr() % 16 == 0)
 
 
 class _SegmentSum(torch.autograd.Function):
@@ -333,12 +431,13 @@ class _SegmentOuterSum(torch.autograd.Function):
         (n_rows, n_cols), num_segments = features_c.shape, starts.numel() - 1
         out = torch.empty((num_segments, n_cols, n_cols), dtype=features.dtype, device=features.device)
         float32 = torch.float32 in (features.dtype, weights.dtype)
-        n_blocks, block_d, block_rows, precision, warps = _outer_launch(n_rows, n_cols, num_segments, float32,
-                                                                        backward=False)
+        n_blocks, block_d, block_rows, precision, warps, registers = _outer_launch(n_rows, n_cols, num_segments,
+                                                                                   float32, backward=False)
         order_arg = order if order is not None else starts  # never read when HAS_ORDER is False
         _segment_outer_kernel[(num_segments, n_blocks, n_blocks)](
             features_c, weights_c, order_arg, starts, out, n_cols, HAS_ORDER=order is not None,
             ONE_BLOCK=n_blocks == 1, BLOCK_R=block_rows, BLOCK_D=block_d, PRECISION=precision, num_warps=warps,
+            **registers,
         )
         # The backward reuses the sorted layout: no second sort.
         ctx.save_for_backward(features_c, weights_c, order_arg, starts)
@@ -352,17 +451,26 @@ class _SegmentOuterSum(torch.autograd.Function):
         (n_rows, n_cols), num_segments = features.shape, starts.numel() - 1
         grad = grad_out.contiguous()
         float32 = torch.float32 in (features.dtype, weights.dtype, grad.dtype)
-        n_blocks, block_d, block_rows, precision, warps = _outer_launch(n_rows, n_cols, num_segments, float32,
-                                                                        backward=True)
+        n_blocks, block_d, block_rows, precision, warps, registers = _outer_launch(n_rows, n_cols, num_segments,
+                                                                                   float32, backward=True)
         dfeatures = torch.empty_like(features)
         # One column block writes d w directly; several write float32 shares, summed below in a fixed order.
         dweights = torch.empty((n_blocks, n_rows), device=features.device,
                                dtype=ctx.weights_dtype if n_blocks == 1 else torch.float32)
-        if n_rows:
+        if n_rows and _use_pipelined_backward(features, grad, ctx.has_order):
+            programs = min(num_segments, _PIPELINED_PROGRAMS_PER_SM * multiprocessor_count(features.device))
+            run_length = triton.cdiv(num_segments, programs)
+            _segment_outer_backward_pipelined_kernel[(triton.cdiv(num_segments, run_length),)](
+                TensorDescriptor.from_tensor(grad.view(num_segments * n_cols, n_cols), [n_cols, n_cols]),
+                TensorDescriptor.from_tensor(features, [_PIPELINED_ROWS, n_cols]), weights, starts, dfeatures,
+                dweights, num_segments, run_length, BLOCK_R=_PIPELINED_ROWS, BLOCK_D=n_cols, PRECISION=precision,
+                STAGES=_PIPELINED_STAGES, PIPELINED=features.is_cuda, SCAN=64, num_warps=1,
+            )
+        elif n_rows:
             _segment_outer_backward_kernel[(num_segments, n_blocks)](
                 grad, features, weights, order, starts, dfeatures, dweights, n_rows, n_cols,
                 HAS_ORDER=ctx.has_order, ONE_BLOCK=n_blocks == 1, BLOCK_R=block_rows, BLOCK_D=block_d,
-                PRECISION=precision, num_warps=warps,
+                PRECISION=precision, num_warps=warps, **registers,
             )
         dweights = dweights[0] if n_blocks == 1 else dweights.sum(dim=0).to(ctx.weights_dtype)
         return dfeatures, dweights, None, None

@@ -6,8 +6,10 @@ from kernel_testing import HAS_CUDA, TOLERANCE, relative_error, sizes
 
 from kernels.segment import segment_outer_sum, segment_outer_sum_reference, segment_sum, segment_sum_reference
 
-# (rows, features, segments): odd sizes, a feature count over one 64-wide tile, empty segments.
-CASES = sizes(cpu=[(301, 7, 23), (97, 70, 5)], gpu=[(100_003, 33, 5_001), (20_011, 130, 301)])
+# (rows, features, segments): odd sizes, a feature count over one 64-wide tile, empty segments, and d = 32
+# with ~10 rows a segment (float32 sorted ids take the pipelined backward there).
+CASES = sizes(cpu=[(301, 7, 23), (97, 70, 5), (400, 32, 37)],
+              gpu=[(100_003, 33, 5_001), (20_011, 130, 301), (200_003, 32, 20_011)])
 
 
 def _ids(n, num_segments, device, ids_sorted):
@@ -126,3 +128,25 @@ def test_layout_starts_match_searchsorted(ids_sorted, device, triton_backend):
         _, starts = _segment_layout(kept, num_segments, ids_sorted)
         boundaries = torch.arange(num_segments + 1, device=device)
         assert torch.equal(starts, torch.searchsorted(kept.sort().values, boundaries))
+
+
+@pytest.mark.parametrize("d", [16, 32])
+def test_pipelined_backward_covers_segments_longer_than_its_first_chunk(d, device, triton_backend):
+    # Short segments around one of 40 rows (two and a half 16-row chunks) and one of 17: the pipelined float32
+    # backward takes each segment's first 16 rows in its loop and the rest afterwards.
+    from kernels.segment import _use_pipelined_backward
+
+    lengths = torch.tensor([3, 0, 9, 40, 1, 12, 17, 5, 0, 8, 16, 2])
+    ids = torch.repeat_interleave(torch.arange(lengths.numel()), lengths).to(device)
+    n, num_segments = ids.numel(), lengths.numel()
+    features = torch.randn(n, d, device=device, requires_grad=True)
+    weights = torch.rand(n, device=device, requires_grad=True)
+    grad = torch.randn(num_segments, d, d, device=device)
+    assert _use_pipelined_backward(features.detach(), grad, has_order=False)
+    out = segment_outer_sum(features, weights, ids, num_segments, ids_sorted=True)
+    features_ref, weights_ref = (t.detach().clone().requires_grad_() for t in (features, weights))
+    expected = segment_outer_sum_reference(features_ref, weights_ref, ids, num_segments)
+    out.backward(grad)
+    expected.backward(grad)
+    assert relative_error(features.grad, features_ref.grad) < TOLERANCE[torch.float32]
+    assert relative_error(weights.grad, weights_ref.grad) < TOLERANCE[torch.float32]
