@@ -11,6 +11,7 @@ from training.glmix.random_effects import (
     EntityEvents,
     RandomEffectConfig,
     RandomEffectState,
+    _finite_rows,
     update_random_effects,
 )
 
@@ -234,6 +235,15 @@ def test_bad_inputs_stay_finite_and_bounded_by_the_prior(covariance, dual_min_ba
                            torch.zeros(0, dtype=torch.float64))
     same, summary = update_random_effects(clean, nothing, config)
     assert same is clean and summary.entities_updated == 0
+
+
+def test_finite_rows_are_exact_where_the_row_sum_overflows():
+    """The cheap row-sum check never drops a finite row (its sum may overflow) nor keeps a NaN or inf one."""
+    inf, nan = float("inf"), float("nan")
+    rows = torch.tensor([[1.0, -2.0, 0.5], [1.0, nan, 0.0], [inf, 0.0, 0.0], [0.0, 0.0, -inf], [inf, -inf, 1.0],
+                         [3e38, 3e38, 0.0], [-3e38, -3e38, nan]], dtype=torch.float32)
+    assert _finite_rows(rows).tolist() == [True, False, False, False, False, True, False]
+    assert _finite_rows(rows).tolist() == torch.isfinite(rows).all(dim=1).tolist()
 
 
 def test_float32_matches_float64():
