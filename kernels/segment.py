@@ -397,11 +397,12 @@ def _outer_launch(n_rows: int, n_cols: int, num_segments: int, float32: bool, ba
 def _use_pipelined_backward(features: torch.Tensor, grad: torch.Tensor, has_order: bool) -> bool:
     """The pipelined backward: sorted float32 rows, d of 16 or 32, segments of about BLOCK_R rows or fewer
     on average (the shape it was measured at), and what tensor descriptors need (16-byte aligned bases,
-    int32 coordinates)."""
+    int32 coordinates). On a CUDA device, only Hopper or newer (sm_90+: the TMA copies it was built for)."""
     (n_rows, n_cols), num_segments = features.shape, grad.shape[0]
     return (not has_order and features.dtype == grad.dtype == torch.float32 and n_cols in (16, 32) and n_rows < 2**31
             and n_rows <= _PIPELINED_ROWS * num_segments and num_segments * n_cols < 2**31
-            and features.data_ptr() % 16 == 0 and grad.data_ptr() % 16 == 0)
+            and features.data_ptr() % 16 == 0 and grad.data_ptr() % 16 == 0
+            and (not features.is_cuda or torch.cuda.get_device_capability(features.device) >= (9, 0)))
 
 
 class _SegmentSum(torch.autograd.Function):
