@@ -252,17 +252,21 @@ def _embedding_bag_triton(weight, indices, offsets, mode, single=False):
     block_d = min(256, max(16, next_power_of_2(dim)))
     # Row values in flight per program, two warps: the best of 2048-16384 values x 2-16 warps on an H200
     # (26 one-hot x 65536: 221 us where 4096 x 8 warps took 240; 8192 bags of 20: 18.6 us where it took 31.6).
-    values = 2048 if block_l == 1 else 4096
+    # Bags of ~1 on one warp: 215 us where two warps took 221 (4096 values on one warp: 275).
+    values, warps = (2048, 1) if block_l == 1 else (4096, 2)
     block_b = max(1, values // (block_l * block_d))
     grid = (triton.cdiv(n_bags, block_b), triton.cdiv(dim, block_d))
     _bag_forward_kernel[grid](weight, indices, offsets, out, n_bags, dim, MEAN=mode == "mean", BLOCK_B=block_b,
-                              BLOCK_L=block_l, BLOCK_D=block_d, num_warps=2)
+                              BLOCK_L=block_l, BLOCK_D=block_d, num_warps=warps)
     return out
 
 
 # Contribution values gathered per program of the backward (chunk of sorted positions x padded dim), on
 # one warp per 2048 values: on an H200, 2048 x 1 warp took 313 us at 26 one-hot x 65536 where 8192 x 4 took 465.
 _CHUNK_VALUES = 2048
+# The update's one warp needs 209 registers uncapped (9 programs per multiprocessor); capped at 160 (a few values
+# spill), 12 fit: 276 -> 257 us at 26 one-hot x 65536 on an H200 (capped at 128, 96, 80: 321, 536, 703 us).
+_UPDATE_REGISTERS = 160
 # Following chunks' head partials a spill program adds per step (BLOCK_C x padded dim values).
 _SPILL_CHUNKS = 32
 
@@ -295,7 +299,7 @@ def _rowwise_adagrad_triton(weight, momentum, indices, offsets, grad_output, mod
     _rowwise_adagrad_chunk_kernel[(n_chunks,)](
         sorted_rows, sorted_bags, offsets, grad, weight, momentum, head_partial, tail_partial,
         n_positions, dim, float(lr), float(eps), MEAN=mode == "mean", CHUNK=chunk, BLOCK_D=block_d,
-        num_warps=max(1, chunk * block_d // 2048),
+        num_warps=max(1, chunk * block_d // 2048), maxnreg=_UPDATE_REGISTERS,
     )
     if n_chunks > 1:
         _rowwise_adagrad_spill_kernel[(n_chunks - 1,)](

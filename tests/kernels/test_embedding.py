@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from kernel_testing import TOLERANCE, relative_error, sizes
+from kernel_testing import HAS_CUDA, TOLERANCE, relative_error, sizes
 
 from kernels import dispatch
 from kernels.embedding import FusedEmbeddingBag, embedding_bag_reference, rowwise_adagrad_reference
@@ -142,3 +142,23 @@ def test_runs_longer_than_a_chunk_are_summed_across_chunks(mode, spill_chunks, d
     rowwise_adagrad_reference(weight_ref, momentum_ref, indices, offsets, grad, mode, LR, EPS)
     assert relative_error(module.momentum, momentum_ref) < 1e-5
     assert relative_error(module.weight - weight_before, weight_ref - weight_before) < 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+def test_step_captured_in_a_cuda_graph_equals_the_eager_step():
+    # kernels.captured_step replays the training step as a CUDA graph: a replay must update exactly as an
+    # eager step does (bitwise: the order of the sums is fixed), register-capped update kernel included.
+    indices, offsets = _batch(100_003, 8_191, 7, "cuda")
+    grad = torch.randn(8_191, 64, device="cuda")
+    eager, captured = (_module(100_003, 64, "sum", torch.float32, "cuda", "triton") for _ in range(2))
+    with dispatch.backend("triton"):
+        for _ in range(2):
+            eager(indices, offsets).backward(grad)
+        captured(indices, offsets).backward(grad)  # warm-up (compiles the kernels), then capture one step
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured(indices, offsets).backward(grad)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(captured.weight, eager.weight) and torch.equal(captured.momentum, eager.momentum)
