@@ -129,6 +129,10 @@ def feature_store(settings: Settings):
     """The data dir's `feast.FeatureStore`, rendered and applied when the declarations changed."""
     from feast import FeatureStore
 
+    from features import dask_tokens
+
+    dask_tokens.install()  # Feast's file offline store runs on dask: fast hashes of our list columns
+
     key = (str(settings.data_dir.resolve()), settings.online_store, settings.offline_store)
     repo = render_repo(settings)
     fingerprint = _fingerprint(settings)

@@ -1,0 +1,122 @@
+"""Fast content hashes (dask tokens) for the object arrays of feature rows.
+
+Feast's file offline store runs `get_historical_features` on dask, which persists its frames about a dozen
+times per feature view; each persist makes dask hash (tokenize) every in-memory partition. dask hashes a
+numpy object array by pickling it up to three times (and unpickling it in between) unless every element is
+a str, and feature rows hold lists (skills) and nulls: on day 10 of the demo, the training set's
+point-in-time join spent 91 of its 100 s there, and the cost grows with every day stored, since each join
+reads every stored partition.
+
+`install()` registers, once per process, a normaliser for object arrays whose columns (the rows of a 2-D
+pandas block) each hold str and nulls (None, NaN), or 1-D lists / arrays and nulls, the lists all of str
+(and nulls) or all numeric arrays of one dtype (the meta embeddings). A column's token hashes the element
+lengths (nulls as negative lengths) and the joined UTF-8 text or the packed numbers, so equal content gives
+equal tokens, and the lengths keep the joined text unambiguous. Any other array goes to dask's own
+normaliser, as before.
+"""
+
+from __future__ import annotations
+
+import threading
+from itertools import chain
+
+import numpy as np
+
+_LOCK = threading.Lock()
+_INSTALLED = False
+_NONE, _NAN = -1, -2  # the lengths that stand for None and for a float NaN
+_NONE_TYPE = type(None)
+_OBJECT = np.dtype(object).str
+
+
+def _hash(data: bytes | np.ndarray) -> str:
+    from dask.tokenize import hash_buffer_hex
+
+    return hash_buffer_hex(data)
+
+
+def _null_lengths(values: list) -> np.ndarray | None:
+    """Per value: its length, -1 for None, -2 for a float NaN; None if a float other than NaN is there."""
+    lengths = np.empty(len(values), dtype=np.int64)
+    for index, value in enumerate(values):
+        if value is None:
+            lengths[index] = _NONE
+        elif type(value) is float:
+            if value == value:
+                return None
+            lengths[index] = _NAN
+        else:
+            lengths[index] = len(value)
+    return lengths
+
+
+def _strings_token(values: list) -> tuple | None:
+    """(lengths hash, text hash) of str values and nulls (negative lengths); None if another type is there."""
+    kinds = set(map(type, values))
+    if kinds == {str}:
+        lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+    elif kinds <= {str, _NONE_TYPE, float}:
+        lengths = _null_lengths(values)
+        if lengths is None:
+            return None
+        values = [value for value in values if type(value) is str]
+    else:
+        return None
+    return _hash(lengths), _hash("".join(values).encode("utf-8", errors="surrogatepass"))
+
+
+def _column_token(column: np.ndarray) -> tuple | None:
+    """The token of one object column, or None when it holds anything but the kinds the module names."""
+    values = column.tolist()
+    strings = _strings_token(values)
+    if strings is not None:
+        return ("str", *strings)
+    # Lists: every element a 1-D array or list (or a null), all of str, or all numeric of one dtype.
+    if not set(map(type, values)) <= {np.ndarray, list, _NONE_TYPE, float}:
+        return None
+    present = [value for value in values if value is not None and type(value) is not float]
+    kinds = {(value.ndim, value.dtype.str) if type(value) is np.ndarray else (1, _OBJECT) for value in present}
+    lengths = _null_lengths(values)
+    if lengths is None or any(ndim != 1 for ndim, _ in kinds):
+        return None
+    if any(dtype != _OBJECT for _, dtype in kinds):
+        if len(kinds) > 1:
+            return None
+        packed = np.ascontiguousarray(np.concatenate(present))
+        return ("arrays", packed.dtype.str, _hash(lengths), _hash(packed.view(np.uint8)))
+    strings = _strings_token(list(chain.from_iterable(present)))
+    return None if strings is None else ("lists", _hash(lengths), *strings)
+
+
+def _object_array_token(x: np.ndarray) -> tuple | None:
+    if x.ndim not in (1, 2):
+        return None
+    tokens = []
+    for column in (x,) if x.ndim == 1 else x:
+        token = _column_token(column)
+        if token is None:
+            return None
+        tokens.append(token)
+    return ("rankflow-object-array", x.dtype.str, x.shape, tuple(tokens))
+
+
+def install() -> None:
+    """Register the normaliser with dask (idempotent; dask's own handles every other array)."""
+    global _INSTALLED
+    with _LOCK:
+        if _INSTALLED:
+            return
+        from dask.tokenize import normalize_token
+
+        normalize_token(np.empty(2))  # dask registers its numpy normalisers lazily: have it do so first
+        dask_normalize_array = normalize_token.dispatch(np.ndarray)
+
+        def normalize_array(x: np.ndarray):
+            if x.dtype.hasobject and x.size:
+                token = _object_array_token(x)
+                if token is not None:
+                    return token
+            return dask_normalize_array(x)
+
+        normalize_token.register(np.ndarray, normalize_array)
+        _INSTALLED = True
