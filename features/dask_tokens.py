@@ -76,8 +76,10 @@ def _column_token(column: np.ndarray) -> tuple | None:
         return None
     present = [value for value in values if value is not None and type(value) is not float]
     kinds = {(value.ndim, value.dtype.str) if type(value) is np.ndarray else (1, _OBJECT) for value in present}
+    if any(ndim != 1 for ndim, _ in kinds):
+        return None
     lengths = _null_lengths(values)
-    if lengths is None or any(ndim != 1 for ndim, _ in kinds):
+    if lengths is None:
         return None
     if any(dtype != _OBJECT for _, dtype in kinds):
         if len(kinds) > 1:
