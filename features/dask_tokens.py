@@ -21,18 +21,13 @@ import threading
 from itertools import chain
 
 import numpy as np
+from dask.tokenize import hash_buffer_hex
 
 _LOCK = threading.Lock()
 _INSTALLED = False
 _NONE, _NAN = -1, -2  # the lengths that stand for None and for a float NaN
 _NONE_TYPE = type(None)
 _OBJECT = np.dtype(object).str
-
-
-def _hash(data: bytes | np.ndarray) -> str:
-    from dask.tokenize import hash_buffer_hex
-
-    return hash_buffer_hex(data)
 
 
 def _null_lengths(values: list) -> np.ndarray | None:
@@ -50,9 +45,10 @@ def _null_lengths(values: list) -> np.ndarray | None:
     return lengths
 
 
-def _strings_token(values: list) -> tuple | None:
-    """(lengths hash, text hash) of str values and nulls (negative lengths); None if another type is there."""
-    kinds = set(map(type, values))
+def _strings_token(values: list, kinds: set | None = None) -> tuple | None:
+    """(lengths hash, text hash) of str values and nulls (negative lengths); None if another type is there.
+    kinds: the set of the values' types, when the caller has it."""
+    kinds = set(map(type, values)) if kinds is None else kinds
     if kinds == {str}:
         lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
     elif kinds <= {str, _NONE_TYPE, float}:
@@ -62,17 +58,18 @@ def _strings_token(values: list) -> tuple | None:
         values = [value for value in values if type(value) is str]
     else:
         return None
-    return _hash(lengths), _hash("".join(values).encode("utf-8", errors="surrogatepass"))
+    return hash_buffer_hex(lengths), hash_buffer_hex("".join(values).encode("utf-8", errors="surrogatepass"))
 
 
 def _column_token(column: np.ndarray) -> tuple | None:
     """The token of one object column, or None when it holds anything but the kinds the module names."""
     values = column.tolist()
-    strings = _strings_token(values)
+    types = set(map(type, values))
+    strings = _strings_token(values, types)
     if strings is not None:
         return ("str", *strings)
     # Lists: every element a 1-D array or list (or a null), all of str, or all numeric of one dtype.
-    if not set(map(type, values)) <= {np.ndarray, list, _NONE_TYPE, float}:
+    if not types <= {np.ndarray, list, _NONE_TYPE, float}:
         return None
     present = [value for value in values if value is not None and type(value) is not float]
     kinds = {(value.ndim, value.dtype.str) if type(value) is np.ndarray else (1, _OBJECT) for value in present}
@@ -85,9 +82,9 @@ def _column_token(column: np.ndarray) -> tuple | None:
         if len(kinds) > 1:
             return None
         packed = np.ascontiguousarray(np.concatenate(present))
-        return ("arrays", packed.dtype.str, _hash(lengths), _hash(packed.view(np.uint8)))
+        return ("arrays", packed.dtype.str, hash_buffer_hex(lengths), hash_buffer_hex(packed.view(np.uint8)))
     strings = _strings_token(list(chain.from_iterable(present)))
-    return None if strings is None else ("lists", _hash(lengths), *strings)
+    return None if strings is None else ("lists", hash_buffer_hex(lengths), *strings)
 
 
 def _object_array_token(x: np.ndarray) -> tuple | None:
