@@ -111,8 +111,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1,
                         help="RandomEffectConfig.workers: threads over independent batches of entities (CPU)")
     parser.add_argument("--repeats", type=int, default=None,
-                        help="timed runs of the batched update per row, the median is reported "
-                             "(default 1 on CPU, 3 on CUDA, where the first large call also pays allocator growth)")
+                        help="timed runs of the batched update per row, the median is reported beside the "
+                             "first (default 3: the first large call also pays the allocator's growth, on this VM "
+                             "mostly the kernel faulting in fresh pages)")
     parser.add_argument("--primal-too", action="store_true",
                         help="CPU: also time the primal form alone (dual_below=0) on the same problem")
     parser.add_argument("--out-dir", type=Path, default=None, help="also copy the result file here")
@@ -138,7 +139,7 @@ def main() -> None:
             events = problem[0].size
             if args.device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            repeats = args.repeats or (3 if args.device == "cuda" else 1)
+            repeats = args.repeats or 3
             times = []
             for _ in range(repeats):
                 updated = None  # free the previous run's state first: the peak is one run's
@@ -159,11 +160,11 @@ def main() -> None:
             diff = float(np.max(np.abs(batched - np.stack([reference[i] for i in sorted(reference)]))))
             reference_seconds = per_entity * entities
             row = (entities, dim, events, seconds, events / seconds, reference_seconds, events / reference_seconds,
-                   reference_seconds / seconds, per_entity * 1e6, slowest * 1e6, diff, summary.newton_iterations_max,
+                   reference_seconds / seconds, times[0], reference_seconds / times[0], per_entity * 1e6, slowest * 1e6, diff, summary.newton_iterations_max,
                    summary.not_converged, peak, primal_seconds)
             rows.append(row)
             print("entities={} d={} events={} batched {:.3f}s ({:.3g} ev/s)  reference~{:.1f}s ({:.3g} ev/s)  "
-                  "speed-up {:.0f}x  reference {:.0f}-{:.0f} us/entity  max|dmean| {:.1e}  newton<= {}  "
+                  "speed-up {:.0f}x  first call {:.3f}s ({:.0f}x)  reference {:.0f}-{:.0f} us/entity  max|dmean| {:.1e}  newton<= {}  "
                   "unconverged {}  peak {:.1f} GiB  "
                   "primal form only {:.3f}s".format(*row),
                   flush=True)
@@ -173,20 +174,23 @@ def main() -> None:
 
     threads = (f"{args.threads} torch threads, {args.workers} worker thread(s)" if args.device == "cpu"
                else "float32 on the GPU")
+    thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "unset")
     table = "\n".join([
         f"One daily update (`update_random_effects`, full precision, float32, {threads}; median of "
-        f"{args.repeats or (3 if args.device == 'cuda' else 1)} timed run(s)); every entity in "
+        f"{args.repeats or 3} timed runs in one process, the first of them also shown); every entity in "
         "yesterday's state; events per entity log-normal, mean "
         f"{args.events_per_entity:g}. Reference = per-entity numpy/scipy loop (float64), timed on "
         f"{args.reference_sample} random entities and extrapolated per entity to all (not run in full); "
         f"the fastest of {max(1, args.reference_passes)} passes over that sample is used, the slowest is shown beside it. "
-        "max|dmean| = largest difference of posterior means between the two on that sample (float32 vs float64).",
+        "max|dmean| = largest difference of posterior means between the two on that sample (float32 vs float64). "
+        f"torch's THP_MEM_ALLOC_ENABLE (huge pages for CPU tensors of 2 MB or more): {thp}.",
         "",
         "| entities | d | events | batched s | batched events/s | reference s (extrapolated) | reference events/s "
-        "| speed-up | reference us/entity (fastest pass) | slowest pass | max abs diff of means | Newton steps (max) "
+        "| speed-up | first call s | speed-up, first call | reference us/entity (fastest pass) | slowest pass | max abs diff of means | Newton steps (max) "
         "| not converged | peak GPU GiB | batched s, primal form only |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        *("| {:,} | {} | {:,} | {:.3f} | {:,.0f} | {:.1f} | {:,.0f} | {:.0f}x | {:.0f} | {:.0f} | {:.1e} | {} | {} "
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: |",
+        *("| {:,} | {} | {:,} | {:.3f} | {:,.0f} | {:.1f} | {:,.0f} | {:.0f}x | {:.3f} | {:.0f}x | {:.0f} | {:.0f} | {:.1e} | {} | {} "
           "| {:.1f} "
           "| {:.3f} |".format(*r)
           for r in rows),
