@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.meta.tasks import PAD, Interactions, TaskConfig, query_day_tasks, support_sets
+from training.meta.tasks import PAD, Interactions, TaskConfig, _grouped_order, query_day_tasks, support_sets
 
 
 def _interactions(member_id, day, time=None):
@@ -45,3 +45,24 @@ def test_query_day_tasks_split_support_before_query_day() -> None:
     assert sorted(tasks.support[0][tasks.support[0] != PAD].tolist()) == [0, 1]
     assert tasks.query[0][tasks.query[0] != PAD].tolist() == [2]
     assert (tasks.support[1] == PAD).all() and sorted(tasks.query[1][tasks.query[1] != PAD]) == [3, 4]
+
+
+def test_grouped_order_is_lexsorts_order_with_ties_and_negative_keys() -> None:
+    rng = np.random.default_rng(3)
+    group = rng.integers(0, 50, 5_000)
+    for key in (rng.integers(-20, 20, 5_000),                 # many ties: broken by position, as lexsort does
+                -rng.integers(0, 1 << 50, 5_000),             # negated epoch-like times
+                rng.random(5_000)):                            # float priorities
+        assert np.array_equal(_grouped_order(group, key), np.lexsort((key, group)))
+    assert _grouped_order(np.zeros(0, np.int64), np.zeros(0, np.int64)).size == 0
+
+
+def test_sets_of_shuffled_events_with_unknown_members_and_equal_times() -> None:
+    """Rows in any order, members outside the list ignored, equal timestamps kept in row order."""
+    member = np.array([5, 3, 5, 8, 3, 5, 5, 3])
+    time = np.array([40, 10, 20, 99, 10, 20, 30, 5])
+    tasks = support_sets(_interactions(member, np.full(8, 100), time), np.array([3, 5, 6]), until_day=100,
+                         config=TaskConfig(recent_events=2, sampled_events=0))
+    # Member 3: newest two are rows 1 and 4 (time 10, tie: row order), oldest first.
+    # Member 5: newest two are rows 0 (40) and 6 (30). Member 6 has none; member 8 is not asked for.
+    assert tasks.support.tolist() == [[1, 4], [6, 0], [PAD, PAD]]

@@ -101,6 +101,17 @@ def _rank_within_member(members: np.ndarray) -> np.ndarray:
     return np.arange(members.size) - start_pos
 
 
+def _grouped_order(group: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """The order of np.lexsort((key, group)): by group, then key, then position.
+
+    Two stable radix passes of torch.sort (key, then group), about 4x faster than lexsort's merge sorts at
+    20M rows (2 CPU cores: 2.5 s against 10.9 s).
+    """
+    by_key = torch.sort(torch.from_numpy(key), stable=True).indices
+    by_group = torch.sort(torch.from_numpy(group).index_select(0, by_key), stable=True).indices
+    return by_key.index_select(0, by_group).numpy()
+
+
 def padded_sets(
     member_id: np.ndarray,
     time: np.ndarray,
@@ -113,21 +124,30 @@ def padded_sets(
     """For each id in `members` (sorted, unique), up to `recent` newest eligible rows plus `sampled` random
     older ones, as an [M, recent + sampled] matrix of row indices (oldest first, PAD after)."""
     rows = np.flatnonzero(eligible)
-    rows = rows[np.isin(member_id[rows], members)]
+    out = np.full((members.size, recent + sampled), PAD, dtype=np.int64)
+    if rows.size == 0 or members.size == 0:
+        return out
+    # Each row's member as its index in `members` (the output row); rows of other members are dropped.
+    slot_of = np.minimum(np.searchsorted(members, member_id[rows]), members.size - 1)
+    known = members[slot_of] == member_id[rows]
+    rows, slot_of = rows[known], slot_of[known]
     # Newest first within each member.
-    rows = rows[np.lexsort((-time[rows], member_id[rows]))]
-    rank = _rank_within_member(member_id[rows])
-    chosen = [rows[rank < recent]]
-    older = rows[rank >= recent]
+    order = _grouped_order(slot_of, -time[rows])
+    rows, slot_of = rows[order], slot_of[order]
+    rank = _rank_within_member(slot_of)
+    chosen, chosen_slot = [rows[rank < recent]], [slot_of[rank < recent]]
+    older, older_slot = rows[rank >= recent], slot_of[rank >= recent]
     if sampled > 0 and older.size:
         priority = rng.random(older.size)
-        older = older[np.lexsort((priority, member_id[older]))]
-        chosen.append(older[_rank_within_member(member_id[older]) < sampled])
-    picked = np.concatenate(chosen)
-    picked = picked[np.lexsort((time[picked], member_id[picked]))]  # oldest first: reads like a history
-    slot = _rank_within_member(member_id[picked])
-    out = np.full((members.size, recent + sampled), PAD, dtype=np.int64)
-    out[np.searchsorted(members, member_id[picked]), slot] = picked
+        order = _grouped_order(older_slot, priority)
+        older, older_slot = older[order], older_slot[order]
+        keep = _rank_within_member(older_slot) < sampled
+        chosen.append(older[keep])
+        chosen_slot.append(older_slot[keep])
+    picked, picked_slot = np.concatenate(chosen), np.concatenate(chosen_slot)
+    order = _grouped_order(picked_slot, time[picked])  # oldest first: reads like a history
+    picked, picked_slot = picked[order], picked_slot[order]
+    out[picked_slot, _rank_within_member(picked_slot)] = picked
     return out
 
 
