@@ -16,7 +16,8 @@ from training.ranker import data
 from training.ranker.evaluate import auc
 from training.ranker.logistic import LogisticRegression
 from training.ranker.model import RankerConfig
-from training.ranker.train import TrainConfig, predict_logits, train_ranker
+from training.ranker.model import Ranker
+from training.ranker.train import TrainConfig, bag_capacities, fixed_shape, predict_logits, train_ranker, weighted_bce
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -111,3 +112,67 @@ def test_days_written_before_the_meta_embedding_existed_read_it_as_zeros(tmp_pat
     assert torch.equal(both.dense[:200, -width:], torch.zeros(200, width))
     assert torch.equal(both.dense[200:], second.dense)
     assert second.dense[:, -width:].abs().sum() > 0
+
+
+def test_padding_to_a_fixed_shape_changes_neither_the_loss_nor_the_step(tmp_path):
+    """fixed_shape (the CUDA-graph path's batches): zero-weight rows and a padding bag leave one optimisation
+    step (weighted loss, Adam on the dense parameters, the fused row-wise Adagrad inside the backward) as it is."""
+    import copy
+
+    training_set = write_training_set(tmp_path, days=1, rows_per_day=600, position_bias=0.5)
+    spec = data.read_spec(training_set)
+    config = _config(training_set)
+    batch = data.load_rows(data.day_files(training_set, days(1)), spec, config).take(torch.arange(300))
+    assert batch.bag_values and batch.position is not None
+    torch.manual_seed(0)
+    base = Ranker(config, sparse_gradients=False)
+    base.normalizer.fit(batch.dense)
+    capacities = bag_capacities(batch, 512)
+    assert all(c >= max(v.numel(), 512) and c & (c - 1) == 0 for c, v in zip(capacities, batch.bag_values))
+    padded = fixed_shape(batch, 512, capacities)
+    assert len(padded) == 513 and float(padded.weight[300:].abs().sum()) == 0.0
+    assert [v.numel() for v in padded.bag_values] == capacities
+
+    def one_step(rows):
+        model = copy.deepcopy(base).train()
+        for table in model.modules():
+            if hasattr(table, "enable_fused_optimizer"):
+                table.enable_fused_optimizer(0.1)
+        optimizer = torch.optim.AdamW(model.dense_parameters(), lr=1e-2)
+        loss = weighted_bce(model(*rows.inputs), rows.label, rows.weight)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach()), model.state_dict()
+
+    loss, state = one_step(batch)
+    padded_loss, padded_state = one_step(padded)
+    assert abs(loss - padded_loss) < 1e-6
+    for name, value in state.items():
+        assert torch.allclose(value.float(), padded_state[name].float(), rtol=1e-5, atol=1e-7), name
+    with pytest.raises(ValueError, match="does not fit"):
+        fixed_shape(batch, 299, capacities)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_training_follows_the_eager_loss_curve(training_set):
+    """On a GPU the default loop replays its steps as CUDA graphs; the loss curve stays the eager loop's.
+
+    Weights are not compared one by one: capturable Adam rounds differently from the eager fused Adam, and
+    row-wise Adagrad turns a relative change of a tiny row gradient into a step of about lr (its first
+    step is lr * g / |g|). The model's quality is compared instead (next-day AUC), and the padding itself is
+    checked exactly on the CPU (test_padding_to_a_fixed_shape_changes_neither_the_loss_nor_the_step).
+    """
+    def run(graphed: bool, epochs: int, batch_size: int):
+        config = TrainConfig(seed=1, log_every=1, device="cuda", cuda_graph=graphed, early_stopping=False,
+                             epochs=epochs, batch_size=batch_size)
+        return train_ranker(training_set, days(1) if epochs == 1 else days(3), _config(training_set), config)
+
+    for epochs, batch_size in ((1, 128), (2, 512)):
+        eager, graph = run(False, epochs, batch_size), run(True, epochs, batch_size)
+        assert eager.graphed_steps == 0 and graph.graphed_steps >= len(graph.history) - 8 > 10
+        assert eager.rows == graph.rows
+        losses = torch.tensor([h["loss"] for h in eager.history])
+        torch.testing.assert_close(torch.tensor([h["loss"] for h in graph.history]), losses, rtol=2e-3, atol=2e-3)
+        assert losses[-10:].mean() < losses[:10].mean()
+        assert abs(_next_day_auc(graph.model, training_set) - _next_day_auc(eager.model, training_set)) < 0.01

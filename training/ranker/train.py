@@ -12,6 +12,10 @@
   batch and DDP averages gradients, so N processes follow the single-process loss curve. The
   embedding tables then produce dense gradients (DDP all-reduces dense tensors); row-wise Adagrad
   updates the same rows either way.
+- CUDA graphs: on one GPU with the fused embedding optimiser, every step after a few eager warm-up steps is
+  a replayed CUDA graph. Graphs replay fixed shapes, so each batch is padded to `batch_size` + 1 rows with
+  zero-weight rows and its bag values to a power-of-two capacity held by the last row (`fixed_shape`): the
+  weighted loss, the dense gradients and the tables' updates are those of the unpadded batch.
 - Calibration: a pseudo-random `holdout_fraction` of the rows of the newest `calibration_days` days is
   never trained on (data.split_holdout); early stopping scores it, and the isotonic layer is fitted on
   it after training.
@@ -85,6 +89,10 @@ class TrainConfig:
     # "rowwise": row gradients + optim.RowWiseAdagrad (always used under DDP, where gradients are all-reduced).
     embedding_optimizer: str = "fused"
     log_every: int = 10                  # steps between loss records (1 = every step)
+    # One CUDA GPU, fused embedding optimiser, one process: replay each training step as a CUDA graph
+    # (kernels.captured_step). The eager step is host-bound there (16 ms of Python and launches per step
+    # against 0.75 ms of GPU work, demo data on an H200); batches are padded to one shape with zero-weight rows.
+    cuda_graph: bool = True
     chunk_rows: int = 1 << 18
     normalizer_rows: int = 1 << 16
 
@@ -133,6 +141,7 @@ class TrainResult:
     holdout: list = field(default_factory=list)                      # data.RowRange of the calibration rows
     holdout_losses: list[float] = field(default_factory=list)        # per epoch, with early stopping
     best_epoch: int | None = None                                    # the epoch whose weights were kept
+    graphed_steps: int = 0                                           # steps replayed as CUDA graphs
 
     @property
     def samples_per_second(self) -> float:
@@ -167,6 +176,39 @@ def weighted_bce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tens
 def _proximal_penalty(model: nn.Module, prior: dict[str, torch.Tensor]) -> torch.Tensor:
     terms = [(p - prior[name]).pow(2).sum() for name, p in model.named_parameters() if name in prior]
     return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+def fixed_shape(batch: data.Batch, rows: int, capacities: list[int]) -> data.Batch:
+    """`batch` (at most `rows` rows) padded to `rows` + 1 rows and bag i's values to `capacities[i]`.
+
+    Padding rows have weight 0, label 0, sparse ids 0, dense 0 and position 0 (read as 1); the last row's
+    bags hold every padding value. A weight-0 row adds nothing to the weighted loss, so its logit's
+    gradient is exactly 0, and so are its contributions to the dense gradients and to the rows its bags
+    touch (the row-wise Adagrad update of a zero gradient leaves a row as it is). The model has no
+    operation across rows, so the real rows' outputs are unchanged.
+    """
+    n, pad = len(batch), rows + 1 - len(batch)
+    if pad < 1:
+        raise ValueError(f"fixed_shape: batch of {n} rows does not fit {rows} rows plus the padding row")
+
+    def padded(tensor: torch.Tensor, value: float = 0) -> torch.Tensor:
+        return torch.cat([tensor, tensor.new_full((pad, *tensor.shape[1:]), value)])
+
+    values, offsets = [], []
+    for bag_values, bag_offsets, capacity in zip(batch.bag_values, batch.bag_offsets, capacities):
+        if bag_values.numel() > capacity:
+            raise ValueError(f"fixed_shape: {bag_values.numel()} bag values exceed the capacity {capacity}")
+        values.append(torch.cat([bag_values, bag_values.new_zeros(capacity - bag_values.numel())]))
+        offsets.append(padded(bag_offsets, bag_values.numel()))  # empty bags, then the last row's padding bag
+    return data.Batch(padded(batch.sparse), padded(batch.dense), values, offsets, padded(batch.label),
+                      padded(batch.weight), padded(batch.member_id, -1),
+                      None if batch.event_id is None else padded(batch.event_id, -1),
+                      None if batch.position is None else padded(batch.position))
+
+
+def bag_capacities(batch: data.Batch, rows: int) -> list[int]:
+    """Per bag feature, the power of two >= max(its values, rows): few distinct shapes, so few graphs."""
+    return [1 << (max(int(v.numel()), rows, 1) - 1).bit_length() for v in batch.bag_values]
 
 
 def train_model(
@@ -206,8 +248,10 @@ def train_model(
     groups = [{"params": [p for p in dense_params if id(p) not in position_ids]}]
     if position_ids:
         groups.append({"params": list(position.parameters()), "lr": config.position_lr, "weight_decay": 0.0})
+    graphed = (config.cuda_graph and device.type == "cuda" and fused_embeddings and dense_params
+               and not context.enabled)
     dense_opt = torch.optim.AdamW(groups, lr=config.dense_lr, weight_decay=config.dense_weight_decay,
-                                  fused=device.type == "cuda") if dense_params else None
+                                  fused=device.type == "cuda", capturable=graphed) if dense_params else None
     sparse_opt = None if fused_embeddings else RowWiseAdagrad(
         sparse_params, lr=config.embedding_lr, weight_decay=config.embedding_weight_decay,
         accumulators=adagrad_accumulators(model))
@@ -221,7 +265,27 @@ def train_model(
         # Only the dense tower: the embedding lookups run the fused-optimiser kernels eagerly.
         model.tower.compile()
     forward = network
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    # No weight cache under autocast: a CUDA graph must not keep casts made at capture (and every weight is
+    # cast once per step anyway).
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if device.type == "cuda"
+                else torch.autocast("cpu", enabled=False))
+
+    def train_step(sparse, dense, label, weight, position, *bags):
+        """One optimisation step on one batch; returns the loss (no host synchronisation)."""
+        with autocast:
+            logits = forward(sparse, dense, list(bags[:len(bags) // 2]), list(bags[len(bags) // 2:]), position)
+        loss = weighted_bce(logits, label, weight)
+        objective = loss + prior_weight * _proximal_penalty(model, prior) if prior is not None else loss
+        for optimizer in (dense_opt, sparse_opt):
+            if optimizer is not None:
+                optimizer.zero_grad(set_to_none=True)
+        objective.backward()  # with fused embeddings, this also steps the tables
+        for optimizer in (dense_opt, sparse_opt):
+            if optimizer is not None:
+                optimizer.step()
+        return loss.detach()
+
+    graphs: dict[tuple[int, ...], Any] = {}  # one CapturedStep per bag-capacity shape
     stream = data.StreamConfig(
         batch_size=config.batch_size, chunk_rows=config.chunk_rows, seed=config.seed,
         rank=context.rank, world_size=context.world_size, pin_memory=device.type == "cuda",
@@ -235,20 +299,24 @@ def train_model(
     for epoch in range(epochs):
         model.train()
         for batch in data.stream_batches(rows, spec, model.config, stream, epoch=epoch):
+            real_rows = len(batch)
+            step_fn = train_step
+            if graphed:
+                capacities = bag_capacities(batch, config.batch_size)
+                batch = fixed_shape(batch, config.batch_size, capacities)
+                if tuple(capacities) not in graphs:
+                    from kernels.captured_step import CapturedStep
+
+                    graphs[tuple(capacities)] = CapturedStep(train_step, [dense_opt])
+                step_fn = graphs[tuple(capacities)]
             batch = batch.to(device, non_blocking=True)
-            with autocast:
-                logits = forward(*batch.inputs)
-            loss = weighted_bce(logits, batch.label, batch.weight)
-            objective = loss + prior_weight * _proximal_penalty(model, prior) if prior is not None else loss
-            for optimizer in (dense_opt, sparse_opt):
-                if optimizer is not None:
-                    optimizer.zero_grad(set_to_none=True)
-            objective.backward()  # with fused embeddings, this also steps the tables
-            for optimizer in (dense_opt, sparse_opt):
-                if optimizer is not None:
-                    optimizer.step()
+            position = batch.position
+            if graphed and position is None:  # a graph's inputs are tensors
+                position = torch.zeros_like(batch.label, dtype=torch.int64)
+            loss = step_fn(batch.sparse, batch.dense, batch.label, batch.weight, position, *batch.bag_values,
+                           *batch.bag_offsets)
             step += 1
-            result.rows += len(batch) * context.world_size
+            result.rows += real_rows * context.world_size
             if step % config.log_every == 0 or step == 1:
                 value = loss.detach()
                 if context.enabled:
@@ -272,6 +340,7 @@ def train_model(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     result.seconds = time.perf_counter() - started
+    result.graphed_steps = sum(max(0, g.calls - g.warmup_steps) for g in graphs.values() if g.captured)
     for table in tables:
         table._fused = []  # the fused tables alias storage; drop them
     model.eval()
