@@ -16,6 +16,7 @@ benchmarks/results/ranker-train-<machine>.md.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import warnings
 from datetime import date, timedelta
@@ -41,6 +42,8 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[512, 4096])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument("--embedding-weight-decay", type=float, nargs="+", default=[0.0, 1e-3],
+                        help="L2 on embedding rows (quality_config, what `rankflow train` uses, has 1e-3)")
     parser.add_argument("--out-dir", type=Path, default=None, help="also copy the result file here")
     args = parser.parse_args()
 
@@ -60,28 +63,27 @@ def main() -> None:
     model_config = RankerConfig.from_spec(spec)
     eval_rows = data.load_rows(data.day_files(args.training_set, [date.fromisoformat(args.eval_day)]), spec, model_config)
     lines = []
-    for batch_size in args.batch_sizes:
-        for _ in range(args.repeats):
-            for graphed in (False, True):
-                config = TrainConfig(epochs=2, early_stopping=False, batch_size=batch_size, cuda_graph=graphed,
-                                     log_every=args.log_every)
-                result = train_ranker(args.training_set, days, model_config, config)
-                losses = [record["loss"] for record in result.history]
-                score = auc(predict_logits(result.model, eval_rows).numpy(), eval_rows.label.numpy())
-                line = (f"| {batch_size} | {'CUDA graphs' if graphed else 'eager'} | {result.rows:,} | {result.seconds:.2f} "
-                        f"| {result.samples_per_second:,.0f} | {second_epoch_rows_per_second(result.history):,.0f} "
-                        f"| {result.graphed_steps} of {result.history[-1]['step']} | {sum(losses[-50:]) / len(losses[-50:]):.4f} "
-                        f"| {score:.4f} |")
-                print(line, flush=True)
-                lines.append(line)
+    runs = itertools.product(args.embedding_weight_decay, args.batch_sizes, range(args.repeats), (False, True))
+    for decay, batch_size, _, graphed in runs:
+        config = TrainConfig(epochs=2, early_stopping=False, batch_size=batch_size, cuda_graph=graphed,
+                             log_every=args.log_every, embedding_weight_decay=decay)
+        result = train_ranker(args.training_set, days, model_config, config)
+        losses = [record["loss"] for record in result.history]
+        score = auc(predict_logits(result.model, eval_rows).numpy(), eval_rows.label.numpy())
+        line = (f"| {decay:g} | {batch_size} | {'CUDA graphs' if graphed else 'eager'} | {result.rows:,} "
+                f"| {result.seconds:.2f} | {result.samples_per_second:,.0f} "
+                f"| {second_epoch_rows_per_second(result.history):,.0f} | {result.graphed_steps} of "
+                f"{result.history[-1]['step']} | {sum(losses[-50:]) / len(losses[-50:]):.4f} | {score:.4f} |")
+        print(line, flush=True)
+        lines.append(line)
     table = "\n".join([
         f"Training set {args.training_set.name}, days {args.first_day}..{args.last_day}, evaluation day {args.eval_day}; "
-        f"`train_ranker` with `TrainConfig(epochs=2, early_stopping=False, batch_size=B, cuda_graph=...)`, fused "
-        f"embedding optimiser, bf16 autocast, loss read back every {args.log_every} steps; runs alternate eager / graphs.",
+        f"`train_ranker` with `TrainConfig(epochs=2, early_stopping=False, batch_size=B, cuda_graph=..., "
+        f"embedding_weight_decay=L2)`, fused embedding optimiser, bf16 autocast, loss read back every {args.log_every} steps; runs alternate eager / graphs.",
         "",
-        "| batch | steps | training rows | seconds | rows/s, whole run | rows/s, second epoch | graphed steps "
+        "| embedding L2 | batch | steps | training rows | seconds | rows/s, whole run | rows/s, second epoch | graphed steps "
         "| mean loss, last 50 records | next-day AUC (uncalibrated) |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         *lines,
     ])
     target = write_result("ranker-train", table, describe_machine(), copy_to=args.out_dir)

@@ -8,7 +8,7 @@ Forward, for bag b holding positions offsets[b] .. offsets[b+1]-1 of `indices`:
 Backward never materialises dW. For each row r that occurs in the batch (duplicates, within a
 bag or across bags, are accumulated first, in a fixed order, so the update is deterministic):
 
-    g_r  = sum_{p: indices[p] = r} scale_{bag(p)} * grad_out[bag(p)]
+    g_r  = sum_{p: indices[p] = r} scale_{bag(p)} * grad_out[bag(p)]  [+ lambda W[r]: optional L2, touched rows only]
     m_r += mean_k g_r[k]^2                               (one float32 accumulator per row)
     W[r] -= lr * g_r / (sqrt(m_r) + eps)
 
@@ -60,7 +60,7 @@ def _bag_scale(offsets: torch.Tensor, mode: str) -> torch.Tensor:
 
 def rowwise_adagrad_reference(
     weight: torch.Tensor, momentum: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor,
-    grad_output: torch.Tensor, mode: str, lr: float, eps: float,
+    grad_output: torch.Tensor, mode: str, lr: float, eps: float, weight_decay: float = 0.0,
 ) -> None:
     """Plain PyTorch row-wise Adagrad step on the rows in the batch, in place (see module docstring)."""
     bag = _bag_of_positions(offsets, indices.numel())
@@ -68,6 +68,8 @@ def rowwise_adagrad_reference(
     rows, inverse = torch.unique(indices.long(), return_inverse=True)
     row_grad = torch.zeros((rows.numel(), weight.shape[1]), dtype=torch.float32, device=weight.device)
     row_grad.index_add_(0, inverse, contributions)
+    if weight_decay:
+        row_grad += weight_decay * weight[rows].float()
     row_momentum = momentum[rows] + row_grad.pow(2).mean(dim=1)
     momentum[rows] = row_momentum
     step = lr * row_grad / (row_momentum.sqrt() + eps)[:, None]
@@ -147,8 +149,8 @@ if triton is not None:
     @triton.jit
     def _rowwise_adagrad_chunk_kernel(
         sorted_rows_ptr, sorted_bags_ptr, offsets_ptr, grad_ptr, weight_ptr, momentum_ptr,
-        head_partial_ptr, tail_partial_ptr, n_positions, dim, lr, eps,
-        MEAN: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
+        head_partial_ptr, tail_partial_ptr, n_positions, dim, lr, eps, weight_decay,
+        MEAN: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, DECAY: tl.constexpr,
     ):
         # CHUNK sorted positions per program: their contributions g[bag(p)] are gathered at once and summed
         # per run of equal rows by a segmented scan (a fixed order: deterministic). A run that starts and
@@ -182,11 +184,15 @@ if triton is not None:
         began_here = ~in_first_segment | chunk_starts_run
         last_lane = valid & ((local == CHUNK - 1) | (positions == n_positions - 1))
         complete = run_end & began_here
-        momentum = tl.load(momentum_ptr + row, mask=complete, other=0.0) + tl.sum(sums * sums, axis=1) / dim
-        tl.store(momentum_ptr + row, momentum, mask=complete)
         weight_offsets = row.to(tl.int64)[:, None] * dim + cols[None, :]
         update = complete[:, None] & col_mask[None, :]
-        weight = tl.load(weight_ptr + weight_offsets, mask=update, other=0.0).to(tl.float32)
+        if DECAY:  # the complete runs' rows (0 elsewhere: the partials stay pure gradient sums)
+            weight = tl.load(weight_ptr + weight_offsets, mask=update, other=0.0).to(tl.float32)
+            sums += weight_decay * weight
+        momentum = tl.load(momentum_ptr + row, mask=complete, other=0.0) + tl.sum(sums * sums, axis=1) / dim
+        tl.store(momentum_ptr + row, momentum, mask=complete)
+        if not DECAY:
+            weight = tl.load(weight_ptr + weight_offsets, mask=update, other=0.0).to(tl.float32)
         weight -= lr * sums / (tl.sqrt(momentum) + eps)[:, None]
         tl.store(weight_ptr + weight_offsets, weight.to(weight_ptr.dtype.element_ty), mask=update)
         partial_offsets = chunk.to(tl.int64) * dim + cols[None, :]
@@ -200,7 +206,7 @@ if triton is not None:
     @triton.jit
     def _rowwise_adagrad_spill_kernel(
         sorted_rows_ptr, weight_ptr, momentum_ptr, head_partial_ptr, tail_partial_ptr, n_positions, dim, lr, eps,
-        CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
+        weight_decay, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, DECAY: tl.constexpr,
     ):
         # Chunk c owns the run that begins in it and goes past its end: its tail partial, plus the head
         # partial of every following chunk the run reaches, BLOCK_C chunks per step: a hot row spans
@@ -228,10 +234,14 @@ if triton is not None:
                     row_grad += tl.sum(heads, axis=0)
                     goes_on = tl.sum(reached.to(tl.int32), axis=0) == BLOCK_C
                     following += BLOCK_C
+                weight_offsets = row.to(tl.int64) * dim + cols
+                if DECAY:
+                    weight = tl.load(weight_ptr + weight_offsets, mask=col_mask, other=0.0).to(tl.float32)
+                    row_grad += weight_decay * weight
                 momentum = tl.load(momentum_ptr + row) + tl.sum(row_grad * row_grad, axis=0) / dim
                 tl.store(momentum_ptr + row, momentum)
-                weight_offsets = row.to(tl.int64) * dim + cols
-                weight = tl.load(weight_ptr + weight_offsets, mask=col_mask, other=0.0).to(tl.float32)
+                if not DECAY:
+                    weight = tl.load(weight_ptr + weight_offsets, mask=col_mask, other=0.0).to(tl.float32)
                 weight -= lr * row_grad / (tl.sqrt(momentum) + eps)
                 tl.store(weight_ptr + weight_offsets, weight.to(weight_ptr.dtype.element_ty), mask=col_mask)
 
@@ -271,7 +281,8 @@ _UPDATE_REGISTERS = 160
 _SPILL_CHUNKS = 32
 
 
-def _rowwise_adagrad_triton(weight, momentum, indices, offsets, grad_output, mode, lr, eps, single=False):
+def _rowwise_adagrad_triton(weight, momentum, indices, offsets, grad_output, mode, lr, eps, single=False,
+                            weight_decay=0.0):
     n_positions, dim = indices.numel(), weight.shape[1]
     if n_positions == 0:
         return
@@ -298,26 +309,28 @@ def _rowwise_adagrad_triton(weight, momentum, indices, offsets, grad_output, mod
     grad = grad_output.contiguous()
     _rowwise_adagrad_chunk_kernel[(n_chunks,)](
         sorted_rows, sorted_bags, offsets, grad, weight, momentum, head_partial, tail_partial,
-        n_positions, dim, float(lr), float(eps), MEAN=mode == "mean", CHUNK=chunk, BLOCK_D=block_d,
-        num_warps=max(1, chunk * block_d // 2048), maxnreg=_UPDATE_REGISTERS,
+        n_positions, dim, float(lr), float(eps), float(weight_decay), MEAN=mode == "mean", CHUNK=chunk,
+        BLOCK_D=block_d, DECAY=weight_decay != 0, num_warps=max(1, chunk * block_d // 2048),
+        maxnreg=_UPDATE_REGISTERS,
     )
     if n_chunks > 1:
         _rowwise_adagrad_spill_kernel[(n_chunks - 1,)](
             sorted_rows, weight, momentum, head_partial, tail_partial, n_positions, dim, float(lr), float(eps),
-            CHUNK=chunk, BLOCK_D=block_d, BLOCK_C=_SPILL_CHUNKS, num_warps=1,
+            float(weight_decay), CHUNK=chunk, BLOCK_D=block_d, BLOCK_C=_SPILL_CHUNKS, DECAY=weight_decay != 0,
+            num_warps=1,
         )
 
 
 class _FusedEmbeddingBagFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, anchor, weight, momentum, indices, offsets, mode, lr, eps, single):
+    def forward(ctx, anchor, weight, momentum, indices, offsets, mode, lr, eps, single, weight_decay):
         ctx.triton = use_triton(weight, indices, offsets)
         if ctx.triton:
             out = _embedding_bag_triton(weight, indices, offsets, mode, single)
         else:
             out = embedding_bag_reference(weight, indices, offsets, mode)
         ctx.save_for_backward(weight, momentum, indices, offsets)
-        ctx.mode, ctx.lr, ctx.eps, ctx.single = mode, lr, eps, single
+        ctx.mode, ctx.lr, ctx.eps, ctx.single, ctx.weight_decay = mode, lr, eps, single, weight_decay
         return out
 
     @staticmethod
@@ -327,23 +340,28 @@ class _FusedEmbeddingBagFunction(torch.autograd.Function):
         with torch.no_grad():
             if ctx.triton:
                 _rowwise_adagrad_triton(weight, momentum, indices, offsets, grad_output, ctx.mode, ctx.lr, ctx.eps,
-                                        ctx.single)
+                                        ctx.single, ctx.weight_decay)
             else:
-                rowwise_adagrad_reference(weight, momentum, indices, offsets, grad_output, ctx.mode, ctx.lr, ctx.eps)
-        return (None,) * 9
+                rowwise_adagrad_reference(weight, momentum, indices, offsets, grad_output, ctx.mode, ctx.lr, ctx.eps,
+                                          ctx.weight_decay)
+        return (None,) * 10
 
 
 class FusedEmbeddingBag(nn.Module):
     """Embedding bag (sum | mean) trained by row-wise Adagrad inside its own backward (see module doc)."""
 
     def __init__(self, num_embeddings: int, dim: int, mode: str = "sum", lr: float = 0.01, eps: float = 1e-8,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
+                 weight_decay: float = 0.0) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"FusedEmbeddingBag mode must be one of {MODES}, got {mode!r}")
         if num_embeddings <= 0 or dim <= 0:
             raise ValueError(f"FusedEmbeddingBag needs num_embeddings > 0 and dim > 0, got {num_embeddings}, {dim}")
+        if weight_decay < 0:
+            raise ValueError(f"FusedEmbeddingBag weight_decay must be >= 0, got {weight_decay}")
         self.num_embeddings, self.dim, self.mode, self.lr, self.eps = num_embeddings, dim, mode, lr, eps
+        self.weight_decay = weight_decay
         # Buffers, not Parameters: the dense optimiser must never see (or zero, or step) these rows.
         self.register_buffer("weight", torch.empty((num_embeddings, dim), dtype=dtype, device=device))
         self.register_buffer("momentum", torch.zeros(num_embeddings, dtype=torch.float32, device=device))
@@ -373,7 +391,8 @@ class FusedEmbeddingBag(nn.Module):
         # A zero-size tensor that requires grad makes autograd call our backward (TBE's placeholder).
         anchor = torch.empty(0, device=self.weight.device, requires_grad=True)
         return _FusedEmbeddingBagFunction.apply(anchor, self.weight, self.momentum, indices, offsets,
-                                                self.mode, self.lr, self.eps, single)
+                                                self.mode, self.lr, self.eps, single, self.weight_decay)
 
     def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.dim}, mode={self.mode!r}, lr={self.lr}, eps={self.eps}"
+        return (f"{self.num_embeddings}, {self.dim}, mode={self.mode!r}, lr={self.lr}, eps={self.eps}, "
+                f"weight_decay={self.weight_decay}")

@@ -122,7 +122,8 @@ def test_bags_of_one_without_offsets_gather_rows_and_update_like_csr_bags(dtype,
 
 @pytest.mark.parametrize("mode", ["sum", "mean"])
 @pytest.mark.parametrize("spill_chunks", [2, 32])
-def test_runs_longer_than_a_chunk_are_summed_across_chunks(mode, spill_chunks, device, monkeypatch):
+@pytest.mark.parametrize("weight_decay", [0.0, 0.3])
+def test_runs_longer_than_a_chunk_are_summed_across_chunks(mode, spill_chunks, weight_decay, device, monkeypatch):
     # 16 sorted positions per backward program and three hot rows: runs cross several chunk edges; with
     # 2 following chunks per spill step, a run's partials take several steps to add up.
     from kernels import embedding
@@ -134,14 +135,43 @@ def test_runs_longer_than_a_chunk_are_summed_across_chunks(mode, spill_chunks, d
     offsets = torch.cat([torch.zeros(1, dtype=torch.long, device=device), lengths.cumsum(0)])
     indices = torch.randint(2, 5, (int(offsets[-1]),), device=device)
     module = _module(num_rows, dim, mode, torch.float32, device, "triton")
+    module.weight_decay = weight_decay  # the decay is added once per row, crossing runs included
     weight_before, momentum_ref = module.weight.clone(), module.momentum.clone()
     weight_ref = weight_before.clone()
     grad = torch.randn(n_bags, dim, device=device)
     with dispatch.backend("triton"):
         module(indices, offsets).backward(grad)
-    rowwise_adagrad_reference(weight_ref, momentum_ref, indices, offsets, grad, mode, LR, EPS)
+    rowwise_adagrad_reference(weight_ref, momentum_ref, indices, offsets, grad, mode, LR, EPS, weight_decay)
     assert relative_error(module.momentum, momentum_ref) < 1e-5
     assert relative_error(module.weight - weight_before, weight_ref - weight_before) < 1e-5
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+def test_weight_decay_adds_lambda_w_to_the_touched_rows_only(case, mode, device):
+    num_rows, dim, n_bags, max_len = case
+    indices, offsets = _batch(num_rows, n_bags, max_len, device)
+    ours = _module(num_rows, dim, mode, torch.float32, device, "triton")
+    ours.weight_decay = 0.1
+    weight_ref, momentum_ref = ours.weight.clone(), ours.momentum.clone()
+    weight_before, momentum_before = weight_ref.clone(), momentum_ref.clone()
+    grad = torch.randn(n_bags, dim, device=device)
+    with dispatch.backend("triton"):
+        ours(indices, offsets).backward(grad)
+    rowwise_adagrad_reference(weight_ref, momentum_ref, indices, offsets, grad, mode, LR, EPS, 0.1)
+    undecayed_weight, undecayed_momentum = weight_before.clone(), momentum_before.clone()
+    rowwise_adagrad_reference(undecayed_weight, undecayed_momentum, indices, offsets, grad, mode, LR, EPS)
+    touched = torch.unique(indices)
+    untouched = torch.ones(num_rows, dtype=torch.bool, device=device)
+    untouched[touched] = False
+    assert relative_error(ours.momentum[touched], momentum_ref[touched]) < TOLERANCE[torch.float32]
+    step, step_ref = ours.weight - weight_before, weight_ref - weight_before
+    assert relative_error(step[touched], step_ref[touched]) < TOLERANCE[torch.float32]
+    assert relative_error(step_ref[touched], (undecayed_weight - weight_before)[touched]) > 1e-3  # it decays
+    assert torch.equal(ours.weight[untouched], weight_before[untouched])
+    assert torch.equal(ours.momentum[untouched], momentum_before[untouched])
+    with pytest.raises(ValueError, match="weight_decay"):
+        FusedEmbeddingBag(4, 3, weight_decay=-1.0)
 
 
 @pytest.mark.gpu

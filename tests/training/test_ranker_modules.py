@@ -67,19 +67,36 @@ def test_hashed_embeddings_use_one_block_per_feature_and_bags_average():
     assert torch.equal(pooled[2, 0], torch.zeros(3))
 
 
-def test_fused_table_update_equals_rowwise_adagrad():
+@pytest.mark.parametrize("weight_decay", [0.0, 0.5])
+def test_fused_table_update_equals_rowwise_adagrad(weight_decay):
     torch.manual_seed(0)
     ids = torch.tensor([[1, 0], [1, 2], [3, 2]])
     upstream = torch.randn(3, 2, 4)
     fused, plain = HashedEmbeddings([5, 5], 4), HashedEmbeddings([5, 5], 4)
     plain.weight.data.copy_(fused.weight.data)
-    fused.enable_fused_optimizer(lr=0.1)
+    before = fused.weight.data.clone()
+    fused.enable_fused_optimizer(lr=0.1, weight_decay=weight_decay)
     (fused(ids) * upstream).sum().backward()
-    optimizer = RowWiseAdagrad([plain.weight], lr=0.1)
+    optimizer = RowWiseAdagrad([plain.weight], lr=0.1, weight_decay=weight_decay)
     (plain(ids) * upstream).sum().backward()
     optimizer.step()
     torch.testing.assert_close(fused.weight.data, plain.weight.data)
     assert not torch.equal(fused.weight.data[1], HashedEmbeddings([5, 5], 4).weight.data[1])
+    assert torch.equal(fused.weight.data[4], before[4])  # untouched rows do not decay
+
+
+def test_bag_tables_fused_with_decay_equal_rowwise_adagrad():
+    torch.manual_seed(0)
+    values, offsets = [torch.tensor([1, 2, 2, 4, 0])], [torch.tensor([0, 2, 2])]
+    upstream = torch.randn(3, 1, 4)
+    fused, plain = EmbeddingBags([6], 4), EmbeddingBags([6], 4)
+    plain.load_state_dict(fused.state_dict())
+    fused.enable_fused_optimizer(lr=0.2, weight_decay=0.3)
+    (fused(values, offsets) * upstream).sum().backward()
+    optimizer = RowWiseAdagrad([plain.tables[0].weight], lr=0.2, weight_decay=0.3)
+    (plain(values, offsets) * upstream).sum().backward()
+    optimizer.step()
+    torch.testing.assert_close(fused.tables[0].weight.data, plain.tables[0].weight.data)
 
 
 def test_rowwise_adagrad_dense_and_sparse_gradients_agree():

@@ -13,8 +13,8 @@ Hashing itself happens in `training.ranker.data` (deterministic across processes
 only sees row ids. The tables are trained by row-wise Adagrad, separate from the dense optimiser,
 in one of two ways (training.ranker.train chooses):
 - fused (one process): `enable_fused_optimizer` routes training lookups through
-  `kernels.embedding.FusedEmbeddingBag`, which applies the row-wise Adagrad step inside the
-  backward on the same storage; no gradient tensor for the table is ever built;
+  `kernels.embedding.FusedEmbeddingBag`, which applies the row-wise Adagrad step (with the optional L2 on
+  the touched rows) inside the backward on the same storage; no gradient tensor for the table is ever built;
 - row gradients (`sparse=True`, or dense under DDP) consumed by `optim.RowWiseAdagrad`.
 Either way the parameter is `weight`, so checkpoints do not depend on how a model was trained.
 
@@ -34,9 +34,11 @@ from torch.nn import functional as F
 from kernels.embedding import FusedEmbeddingBag
 
 
-def _fused_table(weight: nn.Parameter, accumulator: torch.Tensor, mode: str, lr: float) -> FusedEmbeddingBag:
+def _fused_table(weight: nn.Parameter, accumulator: torch.Tensor, mode: str, lr: float,
+                 weight_decay: float = 0.0) -> FusedEmbeddingBag:
     """A FusedEmbeddingBag whose weight and accumulator ARE the table's (updated in place by backward)."""
-    fused = FusedEmbeddingBag(1, weight.shape[1], mode=mode, lr=lr, dtype=weight.dtype, device=weight.device)
+    fused = FusedEmbeddingBag(1, weight.shape[1], mode=mode, lr=lr, dtype=weight.dtype, device=weight.device,
+                              weight_decay=weight_decay)
     fused._buffers["weight"] = weight.data
     fused._buffers["momentum"] = accumulator
     fused.num_embeddings = weight.shape[0]
@@ -58,9 +60,9 @@ class HashedEmbeddings(nn.Module):
         self.register_buffer("accumulator", torch.zeros(int(sum(buckets))))   # row-wise Adagrad's a_i
         self._fused: list[FusedEmbeddingBag] = []   # a list keeps it out of state_dict and .to()
 
-    def enable_fused_optimizer(self, lr: float) -> None:
+    def enable_fused_optimizer(self, lr: float, weight_decay: float = 0.0) -> None:
         """Train by kernels.embedding's fused row-wise Adagrad (call after moving to the device)."""
-        self._fused = [_fused_table(self.weight, self.accumulator, "sum", lr)]
+        self._fused = [_fused_table(self.weight, self.accumulator, "sum", lr, weight_decay)]
 
     @property
     def fused(self) -> bool:
@@ -88,8 +90,9 @@ class EmbeddingBags(nn.Module):
             self.tables.append(bag)
         self._fused: list[FusedEmbeddingBag] = []
 
-    def enable_fused_optimizer(self, lr: float) -> None:
-        self._fused = [_fused_table(table.weight, table.accumulator, "mean", lr) for table in self.tables]
+    def enable_fused_optimizer(self, lr: float, weight_decay: float = 0.0) -> None:
+        self._fused = [_fused_table(table.weight, table.accumulator, "mean", lr, weight_decay)
+                       for table in self.tables]
 
     def forward(self, values: list[torch.Tensor], offsets: list[torch.Tensor]) -> torch.Tensor:
         """values[i] [N_i] row ids, offsets[i] [B] start of each row's bag -> [B, n_bags, d]."""

@@ -73,8 +73,9 @@ class TrainConfig:
     # gradient: a tower fitted on many days should move only a little on one more.
     warm_start_dense_lr_scale: float = 1.0
     dense_weight_decay: float = 0.0      # AdamW decoupled decay of the dense parameters
-    # L2 on embedding rows, applied to the rows a batch touches (lambda * E_i added to g_i). It needs the
-    # "rowwise" optimiser (the fused kernel has no decay), which is then used instead of "fused".
+    # L2 on embedding rows, applied to the rows a batch touches (lambda * E_i added to g_i). On a GPU the fused
+    # kernel applies it; on the CPU the "rowwise" optimiser does (there the fused path is a PyTorch reference,
+    # and this keeps CPU training, and the CPU results recorded with it, as they were).
     embedding_weight_decay: float = 0.0
     # Keep the epoch whose weights give the lowest weighted log loss on the calibration holdout
     # (scored after every epoch); later epochs that only fit noise are discarded.
@@ -237,11 +238,11 @@ def train_model(
     if config.embedding_optimizer not in ("fused", "rowwise"):
         raise ValueError(f"embedding_optimizer must be 'fused' or 'rowwise', got {config.embedding_optimizer!r}")
     fused_embeddings = (config.embedding_optimizer == "fused" and not context.enabled
-                        and config.embedding_weight_decay == 0)
+                        and (config.embedding_weight_decay == 0 or device.type == "cuda"))
     tables = [m for m in model.modules() if isinstance(m, (HashedEmbeddings, EmbeddingBags))]
     if fused_embeddings:
         for table in tables:  # the deep embeddings and the wide part's scalars alike
-            table.enable_fused_optimizer(config.embedding_lr)
+            table.enable_fused_optimizer(config.embedding_lr, config.embedding_weight_decay)
     dense_params, sparse_params = model.dense_parameters(), model.embedding_parameters()
     position = getattr(model, "position", None)
     position_ids = {id(p) for p in position.parameters()} if position is not None else set()
