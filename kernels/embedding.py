@@ -186,6 +186,8 @@ if triton is not None:
         complete = run_end & began_here
         weight_offsets = row.to(tl.int64)[:, None] * dim + cols[None, :]
         update = complete[:, None] & col_mask[None, :]
+        # With DECAY the weight is loaded before the momentum (g + lambda W feeds both); without it the load
+        # stays where it was measured, after the momentum store.
         if DECAY:  # the complete runs' rows (0 elsewhere: the partials stay pure gradient sums)
             weight = tl.load(weight_ptr + weight_offsets, mask=update, other=0.0).to(tl.float32)
             sums += weight_decay * weight

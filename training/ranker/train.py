@@ -46,6 +46,7 @@ from training.ranker.model import Ranker, RankerConfig
 from training.ranker.optim import RowWiseAdagrad
 
 from kernels.bce import bce_with_logits
+from kernels.captured_step import CapturedStep
 
 
 @dataclass(frozen=True)
@@ -286,7 +287,7 @@ def train_model(
                 optimizer.step()
         return loss.detach()
 
-    graphs: dict[tuple[int, ...], Any] = {}  # one CapturedStep per bag-capacity shape
+    graphs: dict[tuple[int, ...], CapturedStep] = {}  # one per bag-capacity shape
     stream = data.StreamConfig(
         batch_size=config.batch_size, chunk_rows=config.chunk_rows, seed=config.seed,
         rank=context.rank, world_size=context.world_size, pin_memory=device.type == "cuda",
@@ -306,8 +307,6 @@ def train_model(
                 capacities = bag_capacities(batch, config.batch_size)
                 batch = fixed_shape(batch, config.batch_size, capacities)
                 if tuple(capacities) not in graphs:
-                    from kernels.captured_step import CapturedStep
-
                     graphs[tuple(capacities)] = CapturedStep(train_step, [dense_opt])
                 step_fn = graphs[tuple(capacities)]
             batch = batch.to(device, non_blocking=True)
