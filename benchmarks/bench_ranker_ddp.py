@@ -29,6 +29,8 @@ def train(args: argparse.Namespace, processes: int, out: Path) -> dict:
     common = ["--training-set", str(args.training_set), "--first-day", args.first_day, "--last-day", args.last_day,
               "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--log-every", "1",
               "--device", args.device, "--out", str(out)]
+    if processes == 1:  # the torchrun processes run eager steps whatever this says (no CUDA graphs under DDP)
+        common += ["--cuda-graph", "true" if args.one_process_cuda_graph else "false"]
     launcher = [sys.executable]
     if processes > 1:
         launcher += ["-m", "torch.distributed.run", f"--nproc_per_node={processes}", "--master_port=29541"]
@@ -50,6 +52,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", help="cuda (NCCL) or cpu (gloo)")
     parser.add_argument("--runs", type=int, default=2, help="pairs of runs (one process, then two)")
     parser.add_argument("--timeout", type=int, default=1200)
+    parser.add_argument("--one-process-cuda-graph", action="store_true",
+                        help="the one-process run replays CUDA graphs (TrainConfig.cuda_graph); default eager, like "
+                             "the DDP processes, so the two curves differ only by the split of the batch")
     parser.add_argument("--out-dir", type=Path, default=None, help="also copy the result file here")
     args = parser.parse_args()
 
@@ -76,6 +81,7 @@ def main() -> None:
         f"Training set {args.training_set.name}, days {args.first_day}..{args.last_day}, {args.epochs} epoch(s), "
         f"global batch {args.batch_size}, device {args.device}; `python -m training.ranker.train` in one process "
         "against `torchrun --nproc_per_node=2` (each process half of every global batch, gradients averaged). "
+        f"One process: {'CUDA graphs' if args.one_process_cuda_graph else 'eager steps (--cuda-graph false)'}. "
         "Run 1 includes Triton's compilation in both.",
         "",
         "| run | rows, 1 process | rows, 2 processes | logged steps | max abs loss difference | mean loss last 10, "

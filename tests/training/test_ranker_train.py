@@ -158,9 +158,10 @@ def test_padding_to_a_fixed_shape_changes_neither_the_loss_nor_the_step(tmp_path
 def test_cuda_graph_training_follows_the_eager_loss_curve(training_set):
     """On a GPU the default loop replays its steps as CUDA graphs; the loss curve stays the eager loop's.
 
-    Weights are not compared one by one: capturable Adam rounds differently from the eager fused Adam, and
-    row-wise Adagrad turns a relative change of a tiny row gradient into a step of about lr (its first
-    step is lr * g / |g|). The model's quality is compared instead (next-day AUC), and the padding itself is
+    Weights are not compared one by one: the padded batch's forward rounds differently in bf16 (an eager run
+    on the padded batches repeats the graph run exactly; ranker-ddp-nvidia-h200-x2.md), and Adam and row-wise
+    Adagrad turn a rounding-level change of a tiny gradient into a step of about lr (their first steps go by
+    the gradient's sign). The model's quality is compared instead (next-day AUC), and the padding itself is
     checked exactly on the CPU (test_padding_to_a_fixed_shape_changes_neither_the_loss_nor_the_step).
     """
     def run(graphed: bool, epochs: int, batch_size: int, decay: float):
