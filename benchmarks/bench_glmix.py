@@ -160,8 +160,8 @@ def main() -> None:
             diff = float(np.max(np.abs(batched - np.stack([reference[i] for i in sorted(reference)]))))
             reference_seconds = per_entity * entities
             row = (entities, dim, events, seconds, events / seconds, reference_seconds, events / reference_seconds,
-                   reference_seconds / seconds, times[0], reference_seconds / times[0], per_entity * 1e6, slowest * 1e6, diff, summary.newton_iterations_max,
-                   summary.not_converged, peak, primal_seconds)
+                   reference_seconds / seconds, times[0], reference_seconds / times[0], per_entity * 1e6,
+                   slowest * 1e6, diff, summary.newton_iterations_max, summary.not_converged, peak, primal_seconds)
             rows.append(row)
             print("entities={} d={} events={} batched {:.3f}s ({:.3g} ev/s)  reference~{:.1f}s ({:.3g} ev/s)  "
                   "speed-up {:.0f}x  first call {:.3f}s ({:.0f}x)  reference {:.0f}-{:.0f} us/entity  max|dmean| {:.1e}  newton<= {}  "

@@ -290,7 +290,8 @@ def train_model(
     graphs: dict[tuple[int, ...], CapturedStep] = {}  # one per bag-capacity shape
     stream = data.StreamConfig(
         batch_size=config.batch_size, chunk_rows=config.chunk_rows, seed=config.seed,
-        rank=context.rank, world_size=context.world_size, pin_memory=device.type == "cuda",
+        # Graphed steps pin after padding (fixed_shape copies the rows): pinning the shard first would be wasted.
+        rank=context.rank, world_size=context.world_size, pin_memory=device.type == "cuda" and not graphed,
     )
 
     result = TrainResult(model=model, holdout=[])
@@ -305,7 +306,7 @@ def train_model(
             step_fn = train_step
             if graphed:
                 capacities = bag_capacities(batch, config.batch_size)
-                batch = fixed_shape(batch, config.batch_size, capacities)
+                batch = fixed_shape(batch, config.batch_size, capacities).pin_memory()
                 if tuple(capacities) not in graphs:
                     graphs[tuple(capacities)] = CapturedStep(train_step, [dense_opt])
                 step_fn = graphs[tuple(capacities)]
