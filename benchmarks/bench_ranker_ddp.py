@@ -4,11 +4,12 @@
         --first-day 2026-01-01 --last-day 2026-01-09 [--epochs 2] [--batch-size 2048] [--runs 2]
 
 Runs `python -m training.ranker.train` once in one process and once under torchrun with two processes
-(NCCL on GPUs, gloo on CPU), `--runs` times each, alternating; the first pair also pays Triton's
-compilation, so the table keeps every run. Both log the loss at every step (the global batch: under DDP
-each process takes half of it and the gradients are averaged), and the table compares the two curves
-step by step. Throughput = training rows / training seconds as the script reports it. The table is
-printed and written to benchmarks/results/ranker-ddp-<machine>.md.
+(NCCL on GPUs, gloo on CPU), `--runs` times each, alternating, for each of `--modes`: `graph` (both
+sides replay CUDA graphs, the default of the script on a GPU) and `eager` (`--cuda-graph false` on both).
+The first pair also pays Triton's compilation, so the table keeps every run. Both log the loss at every
+step (the global batch: under torchrun each process takes half of it and the gradients are averaged),
+and the table compares the two curves step by step. Throughput = training rows / training seconds as
+the script reports it. The tables are printed and written to benchmarks/results/ranker-ddp-<machine>.md.
 """
 
 from __future__ import annotations
@@ -25,12 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import REPO_ROOT, describe_machine, write_result  # noqa: E402
 
 
-def train(args: argparse.Namespace, processes: int, out: Path) -> dict:
+def train(args: argparse.Namespace, processes: int, graphs: bool, out: Path) -> dict:
     common = ["--training-set", str(args.training_set), "--first-day", args.first_day, "--last-day", args.last_day,
               "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--log-every", "1",
-              "--device", args.device, "--out", str(out)]
-    if processes == 1:  # the torchrun processes run eager steps whatever this says (no CUDA graphs under DDP)
-        common += ["--cuda-graph", "true" if args.one_process_cuda_graph else "false"]
+              "--device", args.device, "--out", str(out), "--cuda-graph", "true" if graphs else "false"]
     launcher = [sys.executable]
     if processes > 1:
         launcher += ["-m", "torch.distributed.run", f"--nproc_per_node={processes}", "--master_port=29541"]
@@ -40,6 +39,42 @@ def train(args: argparse.Namespace, processes: int, out: Path) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"{processes} process(es) failed:\n{done.stderr[-3000:]}")
     return json.loads((out / "history.json").read_text())
+
+
+def compare(args: argparse.Namespace, graphs: bool, scratch: Path) -> str:
+    """`--runs` pairs (one process, then two) in one mode; returns the mode's table."""
+    rows, curves = [], None
+    for run in range(args.runs):
+        one = train(args, 1, graphs, scratch / f"one-{run}")
+        two = train(args, 2, graphs, scratch / f"two-{run}")
+        losses_one = [h["loss"] for h in one["history"]]
+        losses_two = [h["loss"] for h in two["history"]]
+        if len(losses_one) != len(losses_two):
+            raise SystemExit(f"the curves have {len(losses_one)} and {len(losses_two)} steps")
+        diff = max(abs(a - b) for a, b in zip(losses_one, losses_two))
+        tail = min(10, len(losses_one))
+        rows.append((run + 1, one["rows"], two["rows"], len(losses_one), diff,
+                     sum(losses_one[-tail:]) / tail, sum(losses_two[-tail:]) / tail,
+                     one["samples_per_second"], two["samples_per_second"]))
+        print("{}: run {}: rows {:,} / {:,}, {} steps, max |loss diff| {:.2e}, last-10 loss {:.4f} / {:.4f}, "
+              "samples/s {:,.0f} / {:,.0f}".format("graphs" if graphs else "eager", *rows[-1]), flush=True)
+        curves = (losses_one, losses_two)
+    return "\n".join([
+        f"### {'CUDA graphs on both sides' if graphs else 'Eager steps on both sides (--cuda-graph false)'}",
+        "",
+        f"Training set {args.training_set.name}, days {args.first_day}..{args.last_day}, {args.epochs} epoch(s), "
+        f"global batch {args.batch_size}, device {args.device}; `python -m training.ranker.train` in one process "
+        "against `torchrun --nproc_per_node=2` (each process half of every global batch, gradients averaged, "
+        "embedding rows gathered). Run 1 includes Triton's compilation in both.",
+        "",
+        "| run | rows, 1 process | rows, 2 processes | logged steps | max abs loss difference | mean loss last 10, "
+        "1 / 2 | samples/s, 1 process | samples/s, 2 processes |",
+        "| ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
+        *("| {} | {:,} | {:,} | {} | {:.2e} | {:.4f} / {:.4f} | {:,.0f} | {:,.0f} |".format(*r) for r in rows),
+        "",
+        "Loss every 20 steps (last run), 1 process / 2 processes: "
+        + ", ".join(f"{a:.4f}/{b:.4f}" for a, b in list(zip(*curves))[::20]),
+    ])
 
 
 def main() -> None:
@@ -52,46 +87,19 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", help="cuda (NCCL) or cpu (gloo)")
     parser.add_argument("--runs", type=int, default=2, help="pairs of runs (one process, then two)")
     parser.add_argument("--timeout", type=int, default=1200)
-    parser.add_argument("--one-process-cuda-graph", action="store_true",
-                        help="the one-process run replays CUDA graphs (TrainConfig.cuda_graph); default eager, like "
-                             "the DDP processes, so the two curves differ only by the split of the batch")
+    parser.add_argument("--modes", default="graph,eager",
+                        help="comma-separated: graph (both sides replay CUDA graphs) and/or eager (both eager)")
     parser.add_argument("--out-dir", type=Path, default=None, help="also copy the result file here")
     args = parser.parse_args()
 
     machine = describe_machine()
-    rows, curves = [], None
+    tables = []
     with tempfile.TemporaryDirectory(prefix="rankflow-ddp-") as scratch:
-        for run in range(args.runs):
-            one = train(args, 1, Path(scratch) / f"one-{run}")
-            two = train(args, 2, Path(scratch) / f"two-{run}")
-            losses_one = [h["loss"] for h in one["history"]]
-            losses_two = [h["loss"] for h in two["history"]]
-            if len(losses_one) != len(losses_two):
-                raise SystemExit(f"the curves have {len(losses_one)} and {len(losses_two)} steps")
-            diff = max(abs(a - b) for a, b in zip(losses_one, losses_two))
-            tail = min(10, len(losses_one))
-            rows.append((run + 1, one["rows"], two["rows"], len(losses_one), diff,
-                         sum(losses_one[-tail:]) / tail, sum(losses_two[-tail:]) / tail,
-                         one["samples_per_second"], two["samples_per_second"]))
-            print("run {}: rows {:,} / {:,}, {} steps, max |loss diff| {:.2e}, last-10 loss {:.4f} / {:.4f}, "
-                  "samples/s {:,.0f} / {:,.0f}".format(*rows[-1]), flush=True)
-            curves = (losses_one, losses_two)
-
-    table = "\n".join([
-        f"Training set {args.training_set.name}, days {args.first_day}..{args.last_day}, {args.epochs} epoch(s), "
-        f"global batch {args.batch_size}, device {args.device}; `python -m training.ranker.train` in one process "
-        "against `torchrun --nproc_per_node=2` (each process half of every global batch, gradients averaged). "
-        f"One process: {'CUDA graphs' if args.one_process_cuda_graph else 'eager steps (--cuda-graph false)'}. "
-        "Run 1 includes Triton's compilation in both.",
-        "",
-        "| run | rows, 1 process | rows, 2 processes | logged steps | max abs loss difference | mean loss last 10, "
-        "1 / 2 | samples/s, 1 process | samples/s, 2 processes |",
-        "| ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
-        *("| {} | {:,} | {:,} | {} | {:.2e} | {:.4f} / {:.4f} | {:,.0f} | {:,.0f} |".format(*r) for r in rows),
-        "",
-        "Loss every 20 steps (last run), 1 process / 2 processes: "
-        + ", ".join(f"{a:.4f}/{b:.4f}" for a, b in list(zip(*curves))[::20]),
-    ])
+        for mode in args.modes.split(","):
+            if mode not in ("graph", "eager"):
+                raise SystemExit(f"--modes: unknown mode {mode!r} (graph, eager)")
+            tables.append(compare(args, mode == "graph", Path(scratch) / mode))
+    table = "\n\n".join(tables)
     target = write_result("ranker-ddp", table, machine, copy_to=args.out_dir)
     print(table)
     print(f"wrote {target}")

@@ -23,6 +23,13 @@ Offsets are CSR style: offsets has B + 1 entries, offsets[0] = 0 and offsets[B] 
 a bag of its own (single-valued features, out[b] = W[indices[b]]): the forward is then a plain
 row gather, many rows per program, instead of one program per bag. Several tables share one module
 by adding each table's row offset to its indices (as TBE does); rows of one bag may repeat.
+
+Data-parallel training (`process_group`): the tables are replicated, and every rank must apply the
+same update. The backward then gathers every rank's (indices, offsets, grad_out) over the group, in
+rank order, and applies the rule above once to the concatenated batch with grad_out / world_size,
+the mean over ranks, as the dense gradients are averaged. Every rank must pass the same shapes (pad
+with weight-0 rows and empty bags: their gradients are 0, so they change nothing); the gather is
+then fixed-size, with no host synchronisation, and can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -323,9 +331,28 @@ def _rowwise_adagrad_triton(weight, momentum, indices, offsets, grad_output, mod
         )
 
 
+def gather_bags(indices: torch.Tensor, offsets: torch.Tensor, grad_output: torch.Tensor,
+                group) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every rank's bags, concatenated in rank order: (indices, CSR offsets, grad_output / world_size).
+
+    Ranks must pass equal shapes (module doc). Rank r's offsets are shifted by r * len(indices).
+    """
+    world = dist.get_world_size(group)
+
+    def gather(tensor: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(tensor) for _ in range(world)]
+        dist.all_gather(parts, tensor.contiguous(), group=group)
+        return torch.cat(parts)
+
+    shift = torch.arange(world, device=offsets.device, dtype=offsets.dtype) * indices.numel()
+    starts = (gather(offsets[:-1]).view(world, -1) + shift.unsqueeze(1)).reshape(-1)
+    all_offsets = torch.cat([starts, offsets.new_full((1,), world * indices.numel())])
+    return gather(indices), all_offsets, gather(grad_output) / world
+
+
 class _FusedEmbeddingBagFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, anchor, weight, momentum, indices, offsets, mode, lr, eps, single, weight_decay):
+    def forward(ctx, anchor, weight, momentum, indices, offsets, mode, lr, eps, single, weight_decay, group):
         ctx.triton = use_triton(weight, indices, offsets)
         if ctx.triton:
             out = _embedding_bag_triton(weight, indices, offsets, mode, single)
@@ -333,12 +360,15 @@ class _FusedEmbeddingBagFunction(torch.autograd.Function):
             out = embedding_bag_reference(weight, indices, offsets, mode)
         ctx.save_for_backward(weight, momentum, indices, offsets)
         ctx.mode, ctx.lr, ctx.eps, ctx.single, ctx.weight_decay = mode, lr, eps, single, weight_decay
+        ctx.group = group
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
         weight, momentum, indices, offsets = ctx.saved_tensors
+        if ctx.group is not None:
+            indices, offsets, grad_output = gather_bags(indices, offsets, grad_output, ctx.group)
         with torch.no_grad():
             if ctx.triton:
                 _rowwise_adagrad_triton(weight, momentum, indices, offsets, grad_output, ctx.mode, ctx.lr, ctx.eps,
@@ -346,7 +376,7 @@ class _FusedEmbeddingBagFunction(torch.autograd.Function):
             else:
                 rowwise_adagrad_reference(weight, momentum, indices, offsets, grad_output, ctx.mode, ctx.lr, ctx.eps,
                                           ctx.weight_decay)
-        return (None,) * 10
+        return (None,) * 11
 
 
 class FusedEmbeddingBag(nn.Module):
@@ -354,7 +384,7 @@ class FusedEmbeddingBag(nn.Module):
 
     def __init__(self, num_embeddings: int, dim: int, mode: str = "sum", lr: float = 0.01, eps: float = 1e-8,
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
-                 weight_decay: float = 0.0) -> None:
+                 weight_decay: float = 0.0, process_group=None) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"FusedEmbeddingBag mode must be one of {MODES}, got {mode!r}")
@@ -364,6 +394,7 @@ class FusedEmbeddingBag(nn.Module):
             raise ValueError(f"FusedEmbeddingBag weight_decay must be >= 0, got {weight_decay}")
         self.num_embeddings, self.dim, self.mode, self.lr, self.eps = num_embeddings, dim, mode, lr, eps
         self.weight_decay = weight_decay
+        self.process_group = process_group  # None: one process; else the group whose updates are gathered
         # Buffers, not Parameters: the dense optimiser must never see (or zero, or step) these rows.
         self.register_buffer("weight", torch.empty((num_embeddings, dim), dtype=dtype, device=device))
         self.register_buffer("momentum", torch.zeros(num_embeddings, dtype=torch.float32, device=device))
@@ -393,7 +424,8 @@ class FusedEmbeddingBag(nn.Module):
         # A zero-size tensor that requires grad makes autograd call our backward (TBE's placeholder).
         anchor = torch.empty(0, device=self.weight.device, requires_grad=True)
         return _FusedEmbeddingBagFunction.apply(anchor, self.weight, self.momentum, indices, offsets,
-                                                self.mode, self.lr, self.eps, single, self.weight_decay)
+                                                self.mode, self.lr, self.eps, single, self.weight_decay,
+                                                self.process_group)
 
     def extra_repr(self) -> str:
         return (f"{self.num_embeddings}, {self.dim}, mode={self.mode!r}, lr={self.lr}, eps={self.eps}, "

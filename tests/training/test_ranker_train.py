@@ -89,8 +89,10 @@ def test_torchrun_two_processes_follow_the_single_process_loss_curve(training_se
     losses_one = torch.tensor([h["loss"] for h in one["history"]])
     losses_two = torch.tensor([h["loss"] for h in two["history"]])
     assert losses_one.shape == losses_two.shape
-    # Same global batches, gradients averaged over the two shards: the curves coincide up to float noise.
-    assert (losses_one - losses_two).abs().max() < 1e-3
+    # Same global batches, gradients averaged over the two shards and the embedding rows gathered (one
+    # row-wise Adagrad step on both shards): the curves coincide up to float32 summation order (1.2e-7
+    # measured). Without the gather each rank's tables drift apart: 1.7e-2 by step 20 on this data.
+    assert (losses_one - losses_two).abs().max() < 1e-5
 
 
 def test_days_written_before_the_meta_embedding_existed_read_it_as_zeros(tmp_path):

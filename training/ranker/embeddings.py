@@ -12,10 +12,11 @@ B = {v_1..v_n}; its embedding is the mean  e_B = (1/n) sum_i E_B[row(v_i)]  (zer
 Hashing itself happens in `training.ranker.data` (deterministic across processes); this module
 only sees row ids. The tables are trained by row-wise Adagrad, separate from the dense optimiser,
 in one of two ways (training.ranker.train chooses):
-- fused (one process): `enable_fused_optimizer` routes training lookups through
+- fused: `enable_fused_optimizer` routes training lookups through
   `kernels.embedding.FusedEmbeddingBag`, which applies the row-wise Adagrad step (with the optional L2 on
-  the touched rows) inside the backward on the same storage; no gradient tensor for the table is ever built;
-- row gradients (`sparse=True`, or dense under DDP) consumed by `optim.RowWiseAdagrad`.
+  the touched rows) inside the backward on the same storage; no gradient tensor for the table is ever built.
+  Under torchrun the backward gathers every rank's rows first, so the replicated tables stay equal;
+- row gradients (`sparse=True`, or dense under torchrun, averaged over ranks) consumed by `optim.RowWiseAdagrad`.
 Either way the parameter is `weight`, so checkpoints do not depend on how a model was trained.
 
 The optimiser's per-row accumulator a_i (optim.py) lives beside each table as the buffer `accumulator`,
@@ -35,10 +36,10 @@ from kernels.embedding import FusedEmbeddingBag
 
 
 def _fused_table(weight: nn.Parameter, accumulator: torch.Tensor, mode: str, lr: float,
-                 weight_decay: float = 0.0) -> FusedEmbeddingBag:
+                 weight_decay: float = 0.0, process_group=None) -> FusedEmbeddingBag:
     """A FusedEmbeddingBag whose weight and accumulator ARE the table's (updated in place by backward)."""
     fused = FusedEmbeddingBag(1, weight.shape[1], mode=mode, lr=lr, dtype=weight.dtype, device=weight.device,
-                              weight_decay=weight_decay)
+                              weight_decay=weight_decay, process_group=process_group)
     fused._buffers["weight"] = weight.data
     fused._buffers["momentum"] = accumulator
     fused.num_embeddings = weight.shape[0]
@@ -60,9 +61,10 @@ class HashedEmbeddings(nn.Module):
         self.register_buffer("accumulator", torch.zeros(int(sum(buckets))))   # row-wise Adagrad's a_i
         self._fused: list[FusedEmbeddingBag] = []   # a list keeps it out of state_dict and .to()
 
-    def enable_fused_optimizer(self, lr: float, weight_decay: float = 0.0) -> None:
-        """Train by kernels.embedding's fused row-wise Adagrad (call after moving to the device)."""
-        self._fused = [_fused_table(self.weight, self.accumulator, "sum", lr, weight_decay)]
+    def enable_fused_optimizer(self, lr: float, weight_decay: float = 0.0, process_group=None) -> None:
+        """Train by kernels.embedding's fused row-wise Adagrad (call after moving to the device); with a
+        `process_group`, every rank's rows are gathered and every rank applies the same update."""
+        self._fused = [_fused_table(self.weight, self.accumulator, "sum", lr, weight_decay, process_group)]
 
     @property
     def fused(self) -> bool:
@@ -90,8 +92,8 @@ class EmbeddingBags(nn.Module):
             self.tables.append(bag)
         self._fused: list[FusedEmbeddingBag] = []
 
-    def enable_fused_optimizer(self, lr: float, weight_decay: float = 0.0) -> None:
-        self._fused = [_fused_table(table.weight, table.accumulator, "mean", lr, weight_decay)
+    def enable_fused_optimizer(self, lr: float, weight_decay: float = 0.0, process_group=None) -> None:
+        self._fused = [_fused_table(table.weight, table.accumulator, "mean", lr, weight_decay, process_group)
                        for table in self.tables]
 
     def forward(self, values: list[torch.Tensor], offsets: list[torch.Tensor]) -> torch.Tensor:

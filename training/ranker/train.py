@@ -1,4 +1,4 @@
-"""Training loop of the ranker: one script for CPU, one GPU and several (torchrun + DDP).
+"""Training loop of the ranker: one script for CPU, one GPU and several (torchrun, data parallel).
 
     loss(theta) = sum_i w_i BCE(s_theta(x_i), y_i) / sum_i w_i   [+ lambda ||theta - theta_prev||^2 when warm]
 
@@ -8,14 +8,19 @@
 - Determinism: parameters and the row order come from `seed` only (data.stream_batches).
 - Incremental training (LiRank, "Incremental Training"): warm start from the serving checkpoint,
   train on the newest day(s) only, optionally pulled towards the previous weights by lambda.
-- Distributed: under `torchrun --nproc_per_node=N` each process takes rows rank::N of every global
-  batch and DDP averages gradients, so N processes follow the single-process loss curve. The
-  embedding tables then produce dense gradients (DDP all-reduces dense tensors); row-wise Adagrad
-  updates the same rows either way.
-- CUDA graphs: on one GPU with the fused embedding optimiser, every step after a few eager warm-up steps is
-  a replayed CUDA graph. Graphs replay fixed shapes, so each batch is padded to `batch_size` + 1 rows with
-  zero-weight rows and its bag values to a power-of-two capacity held by the last row (`fixed_shape`): the
-  weighted loss, the dense gradients and the tables' updates are those of the unpadded batch.
+- Distributed (data parallel): under `torchrun --nproc_per_node=N` each process takes rows rank::N of
+  every global batch, starts from rank 0's parameters and buffers, and averages its gradients with the
+  others' after every backward (one all-reduce of the flattened gradients: what DistributedDataParallel
+  computes, without its host-side bucket bookkeeping, which a CUDA graph cannot replay), so N processes
+  follow the single-process loss curve. With the fused embedding optimiser the replicated tables stay
+  equal because every backward gathers all ranks' rows first (kernels.embedding); the ranks then pad
+  their shards to one shape, with bag capacities agreed over a host-side group. Without it, the tables
+  produce dense gradients, averaged like the rest, for optim.RowWiseAdagrad.
+- CUDA graphs: on GPUs with the fused embedding optimiser (one process or several), every step after a few
+  eager warm-up steps is a replayed CUDA graph (under torchrun, the gathers and the all-reduce too). Graphs
+  replay fixed shapes, so each batch is padded to `batch_size` (its shard's share under torchrun) + 1 rows
+  with zero-weight rows and its bag values to a power-of-two capacity held by the last row (`fixed_shape`):
+  the weighted loss, the dense gradients and the tables' updates are those of the unpadded batch.
 - Calibration: a pseudo-random `holdout_fraction` of the rows of the newest `calibration_days` days is
   never trained on (data.split_holdout); early stopping scores it, and the isotonic layer is fitted on
   it after training.
@@ -213,6 +218,45 @@ def bag_capacities(batch: data.Batch, rows: int) -> list[int]:
     return [1 << (max(int(v.numel()), rows, 1) - 1).bit_length() for v in batch.bag_values]
 
 
+def _broadcast_from_rank_0(model: nn.Module) -> None:
+    """Every rank starts from rank 0's parameters and buffers (tables, accumulators, normaliser)."""
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(tensor.data, src=0)
+
+
+def _average_gradients(parameters: list[nn.Parameter], world_size: int) -> None:
+    """Replace every gradient by its mean over the ranks: one all-reduce of them all, flattened.
+
+    Every rank has gradients for the same parameters (same model, same step), so the layout agrees.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    if any(g.is_sparse for g in grads):
+        raise ValueError("distributed training needs dense gradients (build the model with sparse_gradients=False)")
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat.div_(world_size)
+    torch._foreach_copy_(grads, [part.view_as(g) for part, g in zip(flat.split([g.numel() for g in grads]), grads)])
+
+
+def _capacity_agreement(context: DistributedContext) -> Callable[[list[int]], list[int]]:
+    """Per bag feature, the largest capacity over the ranks (host-side: gloo, whatever the training backend)."""
+    if not context.enabled:
+        return lambda capacities: capacities
+    group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
+
+    def agree(capacities: list[int]) -> list[int]:
+        if not capacities:
+            return capacities
+        agreed = torch.tensor(capacities, dtype=torch.int64)
+        dist.all_reduce(agreed, op=dist.ReduceOp.MAX, group=group)
+        return agreed.tolist()
+
+    return agree
+
+
 def train_model(
     model: nn.Module,
     rows: list,
@@ -238,35 +282,36 @@ def train_model(
 
     if config.embedding_optimizer not in ("fused", "rowwise"):
         raise ValueError(f"embedding_optimizer must be 'fused' or 'rowwise', got {config.embedding_optimizer!r}")
-    fused_embeddings = (config.embedding_optimizer == "fused" and not context.enabled
+    fused_embeddings = (config.embedding_optimizer == "fused"
                         and (config.embedding_weight_decay == 0 or device.type == "cuda"))
     tables = [m for m in model.modules() if isinstance(m, (HashedEmbeddings, EmbeddingBags))]
+    if context.enabled:
+        _broadcast_from_rank_0(model)
+    exchange = dist.group.WORLD if context.enabled else None
     if fused_embeddings:
         for table in tables:  # the deep embeddings and the wide part's scalars alike
-            table.enable_fused_optimizer(config.embedding_lr, config.embedding_weight_decay)
+            table.enable_fused_optimizer(config.embedding_lr, config.embedding_weight_decay, exchange)
     dense_params, sparse_params = model.dense_parameters(), model.embedding_parameters()
     position = getattr(model, "position", None)
     position_ids = {id(p) for p in position.parameters()} if position is not None else set()
     groups = [{"params": [p for p in dense_params if id(p) not in position_ids]}]
     if position_ids:
         groups.append({"params": list(position.parameters()), "lr": config.position_lr, "weight_decay": 0.0})
-    graphed = (config.cuda_graph and device.type == "cuda" and fused_embeddings and dense_params
-               and not context.enabled)
+    graphed = bool(config.cuda_graph and device.type == "cuda" and fused_embeddings and dense_params)
+    # Every rank pads its shard to one shape when the tables' backward gathers (fixed-size collectives).
+    padded = graphed or (context.enabled and fused_embeddings)
+    shard_rows = -(-config.batch_size // context.world_size)
+    agree = _capacity_agreement(context)
     dense_opt = torch.optim.AdamW(groups, lr=config.dense_lr, weight_decay=config.dense_weight_decay,
                                   fused=device.type == "cuda", capturable=graphed) if dense_params else None
     sparse_opt = None if fused_embeddings else RowWiseAdagrad(
         sparse_params, lr=config.embedding_lr, weight_decay=config.embedding_weight_decay,
         accumulators=adagrad_accumulators(model))
 
-    network: nn.Module = model
-    if context.enabled:
-        network = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
-        )
     if config.compile:
         # Only the dense tower: the embedding lookups run the fused-optimiser kernels eagerly.
         model.tower.compile()
-    forward = network
+    trained = [p for p in model.parameters() if p.requires_grad]
     # No weight cache under autocast: a CUDA graph must not keep casts made at capture (and every weight is
     # cast once per step anyway).
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if device.type == "cuda"
@@ -275,13 +320,15 @@ def train_model(
     def train_step(sparse, dense, label, weight, position, *bags):
         """One optimisation step on one batch; returns the loss (no host synchronisation)."""
         with autocast:
-            logits = forward(sparse, dense, list(bags[:len(bags) // 2]), list(bags[len(bags) // 2:]), position)
+            logits = model(sparse, dense, list(bags[:len(bags) // 2]), list(bags[len(bags) // 2:]), position)
         loss = weighted_bce(logits, label, weight)
         objective = loss + prior_weight * _proximal_penalty(model, prior) if prior is not None else loss
         for optimizer in (dense_opt, sparse_opt):
             if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)
         objective.backward()  # with fused embeddings, this also steps the tables
+        if context.enabled:
+            _average_gradients(trained, context.world_size)
         for optimizer in (dense_opt, sparse_opt):
             if optimizer is not None:
                 optimizer.step()
@@ -299,14 +346,28 @@ def train_model(
     best_loss, best_state = float("inf"), None
     model.train()
     started, step = time.perf_counter(), 0
+    pending: list[dict[str, Any]] = []  # logged losses still on the device
+
+    def read_back() -> None:
+        """Records the pending losses as floats. Called one step later, so the read waits for that step
+        only, and the device already has the next one to run (no stall per logged step)."""
+        for record in pending:
+            record["loss"] = float(record["loss"])
+            result.history.append(record)
+            if on_step is not None:
+                on_step(record["step"], record["loss"])
+        pending.clear()
+
     for epoch in range(epochs):
         model.train()
         for batch in data.stream_batches(rows, spec, model.config, stream, epoch=epoch):
             real_rows = len(batch)
             step_fn = train_step
+            if padded:
+                capacities = agree(bag_capacities(batch, shard_rows))
+                batch = fixed_shape(batch, shard_rows, capacities)
             if graphed:
-                capacities = bag_capacities(batch, config.batch_size)
-                batch = fixed_shape(batch, config.batch_size, capacities).pin_memory()
+                batch = batch.pin_memory()
                 if tuple(capacities) not in graphs:
                     graphs[tuple(capacities)] = CapturedStep(train_step, [dense_opt])
                 step_fn = graphs[tuple(capacities)]
@@ -318,16 +379,15 @@ def train_model(
                            *batch.bag_offsets)
             step += 1
             result.rows += real_rows * context.world_size
+            read_back()  # the losses logged by earlier steps: this step is already queued behind them
             if step % config.log_every == 0 or step == 1:
                 value = loss.detach()
                 if context.enabled:
                     dist.all_reduce(value)
                     value = value / context.world_size
-                record = {"step": step, "epoch": epoch, "rows": result.rows, "loss": float(value),
-                          "seconds": time.perf_counter() - started}
-                result.history.append(record)
-                if on_step is not None:
-                    on_step(step, record["loss"])
+                pending.append({"step": step, "epoch": epoch, "rows": result.rows, "loss": value,
+                                "seconds": time.perf_counter() - started})
+        read_back()
         if held_out is not None:
             holdout_loss = holdout_log_loss(model, held_out)
             result.holdout_losses.append(holdout_loss)
