@@ -9,7 +9,8 @@ sides replay CUDA graphs, the default of the script on a GPU) and `eager` (`--cu
 The first pair also pays Triton's compilation, so the table keeps every run. Both log the loss at every
 step (the global batch: under torchrun each process takes half of it and the gradients are averaged),
 and the table compares the two curves step by step. Throughput = training rows / training seconds as
-the script reports it. The tables are printed and written to benchmarks/results/ranker-ddp-<machine>.md.
+the script reports it (start-up and the first epoch's warm-up steps and captures included), and
+rows / seconds over the last epoch's steps (the steady state). The tables are printed and written to benchmarks/results/ranker-ddp-<machine>.md.
 """
 
 from __future__ import annotations
@@ -41,6 +42,13 @@ def train(args: argparse.Namespace, processes: int, graphs: bool, out: Path) -> 
     return json.loads((out / "history.json").read_text())
 
 
+def last_epoch_rate(history: list[dict]) -> float:
+    """Rows per second over the last epoch's logged steps: the steady state, without start-up, Triton's
+    loading, the warm-up steps and graph captures of the first epoch."""
+    last = [h for h in history if h["epoch"] == history[-1]["epoch"]]
+    return (last[-1]["rows"] - last[0]["rows"]) / (last[-1]["seconds"] - last[0]["seconds"])
+
+
 def compare(args: argparse.Namespace, graphs: bool, scratch: Path) -> str:
     """`--runs` pairs (one process, then two) in one mode; returns the mode's table."""
     rows, curves = [], None
@@ -55,9 +63,11 @@ def compare(args: argparse.Namespace, graphs: bool, scratch: Path) -> str:
         tail = min(10, len(losses_one))
         rows.append((run + 1, one["rows"], two["rows"], len(losses_one), diff,
                      sum(losses_one[-tail:]) / tail, sum(losses_two[-tail:]) / tail,
-                     one["samples_per_second"], two["samples_per_second"]))
+                     one["samples_per_second"], two["samples_per_second"],
+                     last_epoch_rate(one["history"]), last_epoch_rate(two["history"])))
         print("{}: run {}: rows {:,} / {:,}, {} steps, max |loss diff| {:.2e}, last-10 loss {:.4f} / {:.4f}, "
-              "samples/s {:,.0f} / {:,.0f}".format("graphs" if graphs else "eager", *rows[-1]), flush=True)
+              "samples/s {:,.0f} / {:,.0f}, last epoch {:,.0f} / {:,.0f}".format("graphs" if graphs else "eager",
+                                                                                  *rows[-1]), flush=True)
         curves = (losses_one, losses_two)
     return "\n".join([
         f"### {'CUDA graphs on both sides' if graphs else 'Eager steps on both sides (--cuda-graph false)'}",
@@ -68,9 +78,10 @@ def compare(args: argparse.Namespace, graphs: bool, scratch: Path) -> str:
         "embedding rows gathered). Run 1 includes Triton's compilation in both.",
         "",
         "| run | rows, 1 process | rows, 2 processes | logged steps | max abs loss difference | mean loss last 10, "
-        "1 / 2 | samples/s, 1 process | samples/s, 2 processes |",
-        "| ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
-        *("| {} | {:,} | {:,} | {} | {:.2e} | {:.4f} / {:.4f} | {:,.0f} | {:,.0f} |".format(*r) for r in rows),
+        "1 / 2 | samples/s, 1 process | samples/s, 2 processes | last epoch, 1 process | last epoch, 2 processes |",
+        "| ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+        *("| {} | {:,} | {:,} | {} | {:.2e} | {:.4f} / {:.4f} | {:,.0f} | {:,.0f} | {:,.0f} | {:,.0f} |".format(*r)
+          for r in rows),
         "",
         "Loss every 20 steps (last run), 1 process / 2 processes: "
         + ", ".join(f"{a:.4f}/{b:.4f}" for a, b in list(zip(*curves))[::20]),

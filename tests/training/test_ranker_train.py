@@ -71,28 +71,45 @@ def test_warm_start_continues_from_the_previous_model(training_set):
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_follow_the_single_process_loss_curve(training_set, tmp_path):
+def _one_and_two_processes(training_set, out: Path, device: str, backend: str, batch_size: int = 256):
+    """The training script in one process and under torchrun with two, same flags: their history.json."""
     common = ["--training-set", str(training_set), "--first-day", days(2)[0].isoformat(), "--last-day", days(2)[1].isoformat(),
-              "--epochs", "1", "--batch-size", "256", "--log-every", "1", "--device", "cpu",
+              "--epochs", "1", "--batch-size", str(batch_size), "--log-every", "1", "--device", device,
               "--model-config", json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in SMALL.items()})]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    single = subprocess.run([sys.executable, "-m", "training.ranker.train", *common, "--out", str(tmp_path / "one")],
+    single = subprocess.run([sys.executable, "-m", "training.ranker.train", *common, "--out", str(out / "one")],
                             env=env, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-2000:]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533"]
-    double = subprocess.run([*torchrun, "-m", "training.ranker.train", *common, "--backend", "gloo",
-                             "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
+    double = subprocess.run([*torchrun, "-m", "training.ranker.train", *common, "--backend", backend,
+                             "--out", str(out / "two")], env=env, capture_output=True, text=True, timeout=300)
     assert double.returncode == 0, double.stderr[-2000:]
-    one = json.loads((tmp_path / "one" / "history.json").read_text())
-    two = json.loads((tmp_path / "two" / "history.json").read_text())
+    one = json.loads((out / "one" / "history.json").read_text())
+    two = json.loads((out / "two" / "history.json").read_text())
     assert two["world_size"] == 2 and one["rows"] == two["rows"]
     losses_one = torch.tensor([h["loss"] for h in one["history"]])
     losses_two = torch.tensor([h["loss"] for h in two["history"]])
     assert losses_one.shape == losses_two.shape
+    return one, two, losses_one, losses_two
+
+
+def test_torchrun_two_processes_follow_the_single_process_loss_curve(training_set, tmp_path):
+    _, _, losses_one, losses_two = _one_and_two_processes(training_set, tmp_path, "cpu", "gloo")
     # Same global batches, gradients averaged over the two shards and the embedding rows gathered (one
     # row-wise Adagrad step on both shards): the curves coincide up to float32 summation order (1.2e-7
     # measured). Without the gather each rank's tables drift apart: 1.7e-2 by step 20 on this data.
     assert (losses_one - losses_two).abs().max() < 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_torchrun_on_two_gpus_replays_cuda_graphs_and_follows_one_gpu(training_set, tmp_path):
+    """Two GPUs under torchrun (NCCL gathers and all-reduce captured in the graphs) against one GPU."""
+    one, two, losses_one, losses_two = _one_and_two_processes(training_set, tmp_path, "cuda", "nccl", 128)
+    assert one["graphed_steps"] >= len(losses_one) - 8 and two["graphed_steps"] >= len(losses_two) - 8 > 10
+    print("max |loss difference|", float((losses_one - losses_two).abs().max()))
+    torch.testing.assert_close(losses_two, losses_one, rtol=2e-2, atol=2e-2)
+    assert abs(float(losses_one[-10:].mean() - losses_two[-10:].mean())) < 5e-3
 
 
 def test_days_written_before_the_meta_embedding_existed_read_it_as_zeros(tmp_path):
@@ -180,3 +197,23 @@ def test_cuda_graph_training_follows_the_eager_loss_curve(training_set):
         torch.testing.assert_close(torch.tensor([h["loss"] for h in graph.history]), losses, rtol=2e-3, atol=2e-3)
         assert losses[-10:].mean() < losses[:10].mean()
         assert abs(_next_day_auc(graph.model, training_set) - _next_day_auc(eager.model, training_set)) < 0.01
+
+
+@pytest.mark.parametrize("max_rows", [1 << 21, 1000])
+def test_a_chunk_cache_gives_every_epoch_the_batches_streamed_from_the_files(training_set, max_rows):
+    """Epochs after the first shuffle the cached encoded rows: the same batches as reading the files again
+    (1000 rows: the cache overflows, empties itself, and every epoch streams)."""
+    spec = data.read_spec(training_set)
+    config = _config(training_set)
+    files = data.day_files(training_set, days(2))
+    stream = data.StreamConfig(batch_size=100, chunk_rows=2500, seed=5)
+    cache = data.ChunkCache(max_rows)
+    for epoch in range(3):
+        streamed = list(data.stream_batches(files, spec, config, stream, epoch=epoch))
+        cached = list(data.stream_batches(files, spec, config, stream, epoch=epoch, cache=cache))
+        assert len(cached) == len(streamed) > 10
+        for a, b in zip(streamed, cached):
+            assert torch.equal(a.event_id, b.event_id) and torch.equal(a.dense, b.dense)
+            assert all(torch.equal(x, y) for x, y in zip(a.bag_values + a.bag_offsets, b.bag_values + b.bag_offsets))
+        assert cache.complete == (max_rows > 1000) and cache.overflowed == (max_rows == 1000)
+    assert cache.rows == (sum(len(b) for b in streamed) if max_rows > 1000 else 0)

@@ -21,7 +21,7 @@ import json
 import queue
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any, Iterator
@@ -419,6 +419,7 @@ class StreamConfig:
     rank: int = 0
     world_size: int = 1
     prefetch: int = 2                  # chunks encoded ahead by a background thread
+    batches_ahead: int = 4             # shards gathered (and pinned) ahead by another one
     pin_memory: bool = False
 
 
@@ -483,16 +484,56 @@ def _prefetched(source: Iterator[Batch], depth: int) -> Iterator[Batch]:
         yield item
 
 
+@dataclass
+class ChunkCache:
+    """The encoded shuffle buffers of one epoch, kept for the next ones when they hold at most `max_rows`.
+
+    The first epoch reads and encodes the Parquet files as always and fills the cache on the way; later
+    epochs shuffle the same buffers in memory instead of decoding and hashing every row again (the same
+    batches: the buffers do not depend on the epoch, only their permutations do). Past `max_rows` the
+    cache empties itself and every epoch streams from the files.
+    """
+
+    max_rows: int
+    chunks: list[Batch] = field(default_factory=list)
+    rows: int = 0
+    complete: bool = False
+    overflowed: bool = False
+
+    def filling(self, source: Iterator[Batch]) -> Iterator[Batch]:
+        for chunk in source:
+            if not self.overflowed:
+                self.chunks.append(chunk)
+                self.rows += len(chunk)
+                if self.rows > self.max_rows:
+                    self.overflowed, self.chunks, self.rows = True, [], 0
+            yield chunk
+        self.complete = not self.overflowed
+
+
 def stream_batches(
-    files: list["Path | RowRange"], spec: dict[str, Any], config: RankerConfig, stream: StreamConfig, epoch: int = 0
+    files: list["Path | RowRange"], spec: dict[str, Any], config: RankerConfig, stream: StreamConfig, epoch: int = 0,
+    cache: ChunkCache | None = None,
 ) -> Iterator[Batch]:
     """Shuffled global batches of `stream.batch_size` rows, of which this rank gets rows rank::world_size.
 
     Deterministic in (seed, epoch): every process draws the same permutation, so the union of the
-    ranks' shards is exactly the single-process batch (same loss curve under torchrun).
+    ranks' shards is exactly the single-process batch (same loss curve under torchrun). Pass the same
+    `cache` to every epoch's call to encode the files once when they fit in it.
     """
+    if cache is not None and cache.complete:
+        chunks: Iterator[Batch] = iter(cache.chunks)
+    else:
+        chunks = _prefetched(_shuffle_buffers(_chunks(files, spec, config, stream), stream.chunk_rows), stream.prefetch)
+        if cache is not None and not cache.overflowed:
+            chunks = cache.filling(chunks)
+    # The row gathers run beside the training step (torch releases the GIL), not between steps.
+    yield from _prefetched(_shards(chunks, stream, epoch), stream.batches_ahead)
+
+
+def _shards(chunks: Iterator[Batch], stream: StreamConfig, epoch: int) -> Iterator[Batch]:
     generator = torch.Generator().manual_seed(stream.seed * 1_000_003 + epoch)
-    for chunk in _prefetched(_shuffle_buffers(_chunks(files, spec, config, stream), stream.chunk_rows), stream.prefetch):
+    for chunk in chunks:
         order = torch.randperm(len(chunk), generator=generator)
         for start in range(0, len(order), stream.batch_size):
             rows = order[start:start + stream.batch_size]
