@@ -79,3 +79,25 @@ def test_install_is_idempotent():
     dask_tokens.install()
     dask_tokens.install()
     assert tokenize(_frame()) == tokenize(_frame())
+
+
+def test_an_array_is_hashed_once_while_it_lives_and_again_when_an_element_is_replaced(monkeypatch):
+    import gc
+
+    hashed = []
+    compute = dask_tokens._object_array_token
+    monkeypatch.setattr(dask_tokens, "_object_array_token", lambda x: hashed.append(id(x)) or compute(x))
+    skills = _objects(np.array(["python", "sql"], dtype=object), None, ["excel"])
+    first = tokenize(skills)
+    assert tokenize(skills) == first and len(hashed) == 1  # the second call reused the first token
+
+    skills[2] = ["excel"]  # equal content, another object: hashed again, same token
+    assert tokenize(skills) == first and len(hashed) == 2
+    skills[2] = ["word"]
+    assert tokenize(skills) != first and len(hashed) == 3
+
+    key = id(skills)
+    assert key in dask_tokens._MEMO
+    del skills
+    gc.collect()
+    assert key not in dask_tokens._MEMO  # forgotten with the array: a later array at that address is hashed
