@@ -342,6 +342,7 @@ def train_model(
         batch_size=config.batch_size, chunk_rows=config.chunk_rows, seed=config.seed,
         # Graphed steps pin after padding (fixed_shape copies the rows): pinning the shard first would be wasted.
         rank=context.rank, world_size=context.world_size, pin_memory=device.type == "cuda" and not graphed,
+        batches_ahead=4 if device.type == "cuda" else 0,
     )
 
     cache = data.ChunkCache(config.cache_rows) if config.cache_rows > 0 else None
