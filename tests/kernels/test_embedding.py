@@ -194,26 +194,22 @@ def test_step_captured_in_a_cuda_graph_equals_the_eager_step():
     assert torch.equal(captured.weight, eager.weight) and torch.equal(captured.momentum, eager.momentum)
 
 
-def _gathered_step(rank, world, init_file, shards, weight, mode, out):
+def _gathered_step(rank, shards, weight, mode):
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        module = FusedEmbeddingBag(weight.shape[0], weight.shape[1], mode=mode, lr=LR, eps=EPS,
-                                   process_group=dist.group.WORLD)
-        module.weight.copy_(weight)
-        indices, offsets, grad = shards[rank]
-        module(indices, offsets).backward(grad)
-        out.put((rank, module.weight.clone(), module.momentum.clone()))
-    finally:
-        dist.destroy_process_group()
+    module = FusedEmbeddingBag(weight.shape[0], weight.shape[1], mode=mode, lr=LR, eps=EPS,
+                               process_group=dist.group.WORLD)
+    module.weight.copy_(weight)
+    indices, offsets, grad = shards[rank]
+    module(indices, offsets).backward(grad)
+    return module.weight.clone(), module.momentum.clone()
 
 
 @pytest.mark.parametrize("mode", ["sum", "mean"])
 def test_a_process_group_gathers_every_ranks_rows_into_one_update(mode, tmp_path):
     """Two ranks with a shard each end with equal tables, equal to one process stepping on both shards
     with the mean of the two gradients (the data-parallel rule of training.ranker.train)."""
-    import torch.multiprocessing as mp
+    from process_group import run_ranks
 
     torch.manual_seed(3)
     rows, dim, world = 40, 7, 2
@@ -223,16 +219,7 @@ def test_a_process_group_gathers_every_ranks_rows_into_one_update(mode, tmp_path
         lengths = torch.tensor([3, 0, 4, 1, 2])
         offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
         shards.append((torch.randint(0, 12, (int(offsets[-1]),)), offsets, torch.randn(len(lengths), dim)))
-    context = mp.get_context("spawn")
-    out = context.Queue()
-    workers = [context.Process(target=_gathered_step, args=(r, world, tmp_path / "init", shards, weight, mode, out))
-               for r in range(world)]
-    for worker in workers:
-        worker.start()
-    results = dict((rank, (w, m)) for rank, w, m in (out.get(timeout=120) for _ in workers))
-    for worker in workers:
-        worker.join(timeout=60)
-        assert worker.exitcode == 0
+    results = run_ranks(_gathered_step, world, tmp_path, shards, weight, mode)
 
     indices = torch.cat([s[0] for s in shards])
     offsets = torch.cat([shards[0][1][:-1], shards[1][1] + shards[0][0].numel()])

@@ -219,39 +219,25 @@ def test_a_chunk_cache_gives_every_epoch_the_batches_streamed_from_the_files(tra
     assert cache.rows == (sum(len(b) for b in streamed) if max_rows > 1000 else 0)
 
 
-def _data_parallel_helpers(rank, world, init_file, out):
-    import torch.distributed as dist
-
+def _data_parallel_helpers(rank):
     from training.ranker.train import _average_gradients, _broadcast_from_rank_0
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        torch.manual_seed(rank)  # every rank starts elsewhere
-        model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
-        _broadcast_from_rank_0(model)
-        state = {k: v.clone() for k, v in model.state_dict().items()}
-        params = list(model.parameters())
-        for p in params:
-            p.grad = torch.full_like(p, float(rank + 1))
-        params[-1].grad = None  # a parameter without a gradient is left out on every rank
-        _average_gradients(params, world)
-        out.put((rank, state, [None if p.grad is None else p.grad.clone() for p in params]))
-    finally:
-        dist.destroy_process_group()
+    torch.manual_seed(rank)  # every rank starts elsewhere
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    _broadcast_from_rank_0(model)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    params = list(model.parameters())
+    for p in params:
+        p.grad = torch.full_like(p, float(rank + 1))
+    params[-1].grad = None  # a parameter without a gradient is left out on every rank
+    _average_gradients(params, 2)
+    return state, [None if p.grad is None else p.grad.clone() for p in params]
 
 
 def test_ranks_start_from_rank_0_and_average_their_gradients(tmp_path):
-    import torch.multiprocessing as mp
+    from process_group import run_ranks
 
-    context = mp.get_context("spawn")
-    out = context.Queue()
-    workers = [context.Process(target=_data_parallel_helpers, args=(r, 2, tmp_path / "init", out)) for r in range(2)]
-    for worker in workers:
-        worker.start()
-    results = dict((rank, (state, grads)) for rank, state, grads in (out.get(timeout=120) for _ in workers))
-    for worker in workers:
-        worker.join(timeout=60)
-        assert worker.exitcode == 0
+    results = run_ranks(_data_parallel_helpers, 2, tmp_path)
     torch.manual_seed(0)
     expected = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2)).state_dict()
     for rank in (0, 1):
