@@ -4,8 +4,8 @@ Feast's file offline store runs `get_historical_features` on dask, which persist
 times per feature view; each persist makes dask hash (tokenize) every in-memory partition. dask hashes a
 numpy object array by pickling it up to three times (and unpickling it in between) unless every element is
 a str, and feature rows hold lists (skills) and nulls: on day 10 of the demo, the training set's
-point-in-time join spent 91 of its 100 s there, and the cost grows with every day stored, since each join
-reads every stored partition.
+point-in-time join spent 91 of its 100 s there, and the cost grew with every day stored, since each join
+read every stored partition (features.offline_store now hands Feast one partition of the snapshot views).
 
 `install()` registers, once per process, a normaliser for object arrays whose columns (the rows of a 2-D
 pandas block) each hold str and nulls (None, NaN), or 1-D lists / arrays and nulls, the lists all of str

@@ -65,8 +65,8 @@ def feature_store_yaml(settings: Settings) -> dict:
         online = {"type": "sqlite", "path": "online_store.db"}
     else:
         online = {"type": "redis", "connection_string": redis_connection_string(settings.online_store)}
-    if settings.offline_store == "file":
-        offline = {"type": "file"}
+    if settings.offline_store == "file":  # Feast's file store, reading one partition of daily snapshots
+        offline = {"type": "features.offline_store.SnapshotFileOfflineStore"}
     elif settings.offline_store == "spark":
         offline = {"type": "spark", "spark_conf": {"spark.master": settings.spark_master,
                                                    "spark.sql.session.timeZone": "UTC",

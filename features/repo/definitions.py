@@ -66,10 +66,14 @@ def _affinity_fields() -> list[Field]:
 
 
 # ttl 0: a value stays valid until the next day's row replaces it (every known entity gets a row daily).
+# Daily snapshots (each partition holds every entity known by its day; features.offline_store reads only the
+# newest one a point-in-time join can use):
+DAILY_SNAPSHOT = {"rankflow.snapshot": "daily"}
 member_features = FeatureView(
     name="member_features", entities=[member], ttl=timedelta(0), source=_source("member_features"),
     schema=[Field(name="member_id", dtype=Int64), *_attributes("members", "m_"), *_activity("m_"),
             Field(name="m_days_since_apply", dtype=Float32), Field(name="m_tenure_days", dtype=Float32)],
+    tags=DAILY_SNAPSHOT,
     description="Member activity over 1/7/28 days, recency, encoded attributes (features.spark.member_features).",
 )
 job_features = FeatureView(
@@ -77,11 +81,13 @@ job_features = FeatureView(
     schema=[Field(name="item_id", dtype=Int64), *_attributes("items", "j_"), *_activity("j_"),
             Field(name="j_age_days", dtype=Float32), Field(name="j_popularity_7d", dtype=Float32),
             Field(name="j_days_since_apply", dtype=Float32)],
+    tags=DAILY_SNAPSHOT,
     description="Job activity over 1/7/28 days, posting age, popularity (features.spark.job_features).",
 )
 member_affinities = FeatureView(
     name="member_affinities", entities=[member], ttl=timedelta(0), source=_source("member_affinities"),
     schema=[Field(name="member_id", dtype=Int64), *_affinity_fields()],
+    tags=DAILY_SNAPSHOT,
     description="Member's smoothed 28-day apply rate per job attribute value (features.spark.affinities).",
 )
 # Written by personalisation (features.store.write_features): GLMix random effects and meta-embeddings.

@@ -106,6 +106,42 @@ def test_first_day_rebuilt_after_later_days_keeps_every_event_and_its_columns(pl
     assert rows["m_impressions_1d"].isna().all() and rows["j_rate_7d"].isna().all()
 
 
+def test_daily_snapshot_views_are_joined_from_one_partition_with_feasts_rows(planted, monkeypatch):
+    """features.offline_store hands Feast only the newest partition stamped before the day's events for the
+    snapshot views; the training set equals the one from Feast's join over every partition (days 2 and 3 of
+    the planted store). The raw joined rows differ only in how a cold entity's object columns are null:
+    None from the one partition, NaN where Feast dropped the row and `_point_in_time` joined it back."""
+    from features import offline_store
+
+    settings, second, _, _, _ = planted
+    narrowed = offline_store._narrowed
+    sources = []
+    monkeypatch.setattr(offline_store, "_narrowed", lambda view, *a: sources.append(
+        (view.name, narrowed(view, *a).batch_source.path)) or narrowed(view, *a))
+    for day in (second, second + timedelta(days=1)):
+        sources.clear()
+        pruned, spec = build_training_set(settings, day)
+        before = (day - timedelta(days=1)).isoformat()
+        assert sorted(sources) == sorted((v, f"../features/{v}/dt={before}") for v in SOURCE_VIEWS), sources
+        with monkeypatch.context() as stock:
+            stock.setattr(offline_store, "_narrowed", lambda view, *a: view)  # Feast's store as it is
+            everything, stock_spec = build_training_set(settings, day)
+        pd.testing.assert_frame_equal(pruned, everything)
+        assert spec == stock_spec
+
+
+def test_the_answering_partition_is_the_newest_stamped_before_every_event():
+    from features.offline_store import answering_partition
+
+    days = [date(2026, 1, d) for d in (1, 2, 4)]  # day 3 never built
+    at = lambda text: pd.Timestamp(text, tz="UTC")  # noqa: E731
+    assert answering_partition(days, at("2026-01-03 00:00"), at("2026-01-03 23:59")) == date(2026, 1, 2)
+    assert answering_partition(days, at("2026-01-04 08:00"), at("2026-01-04 09:00")) == date(2026, 1, 2)
+    assert answering_partition(days, at("2026-01-06 00:00"), at("2026-01-06 00:00")) == date(2026, 1, 4)
+    assert answering_partition(days, at("2026-01-01 12:00"), at("2026-01-01 13:00")) is None  # none stamped before
+    assert answering_partition(days, at("2026-01-02 12:00"), at("2026-01-03 12:00")) is None  # day 2's stamp between
+
+
 @pytest.fixture(scope="module")
 def three_days(tmp_path_factory, tiny_data_dir) -> Settings:
     """The tiny marketplace with days 1..3 built in order, as the features stage does (validation aside)."""
@@ -164,3 +200,27 @@ def test_meta_embeddings_written_later_leave_an_earlier_day_unchanged(three_days
     assert _training_bytes(settings, second) == first_build
     later, _ = build_training_set(settings, third)
     assert [float(v[0]) for v in later["meta_embedding"]] == later["member_id"].astype(float).tolist()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_the_spark_tables_are_daily_snapshots(three_days):
+    """What features.offline_store relies on: each day's partition of a snapshot view has a row for every
+    member (or job) known by the end of that day, so it holds every key of the days before it."""
+    from features.offline_store import SNAPSHOT_TAG
+
+    settings = three_days
+    store = feature_store(settings)
+    views = [v.name for v in store.list_feature_views() if v.tags.get(SNAPSHOT_TAG) == "daily"]
+    assert sorted(views) == sorted(SOURCE_VIEWS)
+    for view in views:
+        key, seen = KEY_OF_VIEW[view], set()
+        for day in contract.raw_days(settings.paths)[:3]:
+            part = settings.paths.feature_partition(view, day) / contract.PART_FILE
+            keys = set(pq.read_table(part, columns=[key]).column(key).to_pylist())
+            raw = "members" if key == "member_id" else "items"
+            known = contract.read_raw(settings.paths, raw)
+            stamp_column = "signup_ts" if raw == "members" else "posted_ts"
+            known_ids = set(known.loc[known[stamp_column] < pd.Timestamp(end_of_day(day)), key])
+            assert seen <= keys and keys == known_ids, (view, day)
+            seen = keys

@@ -1,0 +1,102 @@
+"""Feast's file (dask) offline store, reading only the partitions a point-in-time join can use.
+
+A feature table is one partition per day, dt=d, every row stamped with the end of d (d+1 00:00 UTC;
+features.spark.build). Feast's file offline store reads every partition of a view for every
+`get_historical_features` call, merges each entity row with all of its key's rows, and keeps the newest
+stamped at or before the event: the work grows with the days stored, and a backfill of N days costs N^2.
+
+Views tagged `rankflow.snapshot: daily` (features/repo/definitions.py) are daily snapshots: the partition of
+day d has a row for every entity known by the end of d (their tables are built from every known member or
+job, not from the day's events), so an entity with any row stamped at or before t has one in the newest
+partition stamped at or before t. For those views this store hands Feast the one partition that can answer
+an entity frame, when one can: its events all fall after the newest partition's stamp and before any later
+partition's (every training set of one day does). The join is Feast's own, on that partition; any other
+view, frame or source (several days, remote paths) goes to Feast's store unchanged.
+
+feature_store.yaml names it (`offline_store: type: features.offline_store.SnapshotFileOfflineStore`, written
+by features.store for `offline_store = "file"`), and Feast finds this module's Config class by that name.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import date, datetime, time, timedelta, timezone
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+from feast import FileSource
+from feast.infra.offline_stores.dask import DaskOfflineStore, DaskOfflineStoreConfig
+
+SNAPSHOT_TAG = "rankflow.snapshot"
+PARTITION_PREFIX = "dt="
+EVENT_TIMESTAMP = "event_timestamp"  # Feast's default entity-frame timestamp column, the one rankflow uses
+
+
+class SnapshotFileOfflineStoreConfig(DaskOfflineStoreConfig):
+    """Feast's file offline store settings; the type names this module's store."""
+
+    type: Literal["features.offline_store.SnapshotFileOfflineStore"] = "features.offline_store.SnapshotFileOfflineStore"
+
+
+def _stamp(day: date) -> pd.Timestamp:
+    return pd.Timestamp(datetime.combine(day + timedelta(days=1), time(), tzinfo=timezone.utc))
+
+
+def partition_days(table: Path) -> list[date]:
+    """The days of `table`'s dt=YYYY-MM-DD partitions, oldest first (folders with other names are skipped)."""
+    days = []
+    for folder in table.glob(f"{PARTITION_PREFIX}*"):
+        try:
+            days.append(date.fromisoformat(folder.name[len(PARTITION_PREFIX):]))
+        except ValueError:
+            continue
+    return sorted(days)
+
+
+def answering_partition(days: list[date], first_event: pd.Timestamp, last_event: pd.Timestamp) -> date | None:
+    """The one partition whose rows a point-in-time join of events in [first, last] can pick, or None.
+
+    None when no partition is stamped at or before the first event, or when one is stamped after the
+    first event and at or before the last (then two partitions answer different events).
+    """
+    before = [d for d in days if _stamp(d) <= first_event]
+    if not before or any(first_event < _stamp(d) <= last_event for d in days):
+        return None
+    return before[-1]
+
+
+def _narrowed(view, entity_df, repo_path: Path | None):
+    """`view` reading its one answering partition, or `view` itself when it cannot be narrowed."""
+    source = view.batch_source
+    if view.tags.get(SNAPSHOT_TAG) != "daily" or not isinstance(source, FileSource):
+        return view
+    if not isinstance(entity_df, pd.DataFrame) or EVENT_TIMESTAMP not in entity_df.columns or entity_df.empty:
+        return view
+    uri = FileSource.get_uri_for_file_path(repo_path, source.path) if repo_path else source.path
+    table = Path(str(uri))
+    if "://" in str(uri) or not table.is_dir():
+        return view
+    times = pd.to_datetime(entity_df[EVENT_TIMESTAMP], utc=True)
+    day = answering_partition(partition_days(table), times.min(), times.max())
+    if day is None:
+        return view
+    narrowed = copy.copy(view)
+    narrowed.batch_source = FileSource(
+        name=source.name, path=f"{source.path.rstrip('/')}/{PARTITION_PREFIX}{day.isoformat()}",
+        timestamp_field=source.timestamp_field, created_timestamp_column=source.created_timestamp_column,
+        field_mapping=source.field_mapping, file_format=source.file_format,
+    )
+    return narrowed
+
+
+class SnapshotFileOfflineStore(DaskOfflineStore):
+    """DaskOfflineStore whose historical retrieval reads one partition of each daily-snapshot view (module doc)."""
+
+    @staticmethod
+    def get_historical_features(config, feature_views, feature_refs, entity_df, registry, project,
+                                full_feature_names=False, **kwargs):
+        repo_path = Path(config.repo_path) if config.repo_path else None
+        views = [_narrowed(view, entity_df, repo_path) for view in feature_views]
+        return DaskOfflineStore.get_historical_features(config, views, feature_refs, entity_df, registry, project,
+                                                        full_feature_names, **kwargs)
