@@ -244,11 +244,18 @@ def _average_gradients(parameters: list[nn.Parameter], world_size: int) -> None:
     torch._foreach_copy_(grads, [part.view_as(g) for part, g in zip(flat.split([g.numel() for g in grads]), grads)])
 
 
-def _capacity_agreement(context: DistributedContext) -> Callable[[list[int]], list[int]]:
-    """Per bag feature, the largest capacity over the ranks (host-side: gloo, whatever the training backend)."""
+def _host_group(context: DistributedContext):
+    """The process group for host-side agreements: gloo, whatever the training backend (None: the default
+    group, when it is gloo already, or one process)."""
+    if context.enabled and dist.get_backend() != "gloo":
+        return dist.new_group(backend="gloo")
+    return None
+
+
+def _capacity_agreement(context: DistributedContext, group) -> Callable[[list[int]], list[int]]:
+    """Per bag feature, the largest capacity over the ranks (over the host group)."""
     if not context.enabled:
         return lambda capacities: capacities
-    group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
 
     def agree(capacities: list[int]) -> list[int]:
         if not capacities:
@@ -304,7 +311,8 @@ def train_model(
     # Every rank pads its shard to one shape when the tables' backward gathers (fixed-size collectives).
     padded = graphed or (context.enabled and fused_embeddings)
     shard_rows = -(-config.batch_size // context.world_size)
-    agree = _capacity_agreement(context)
+    host_group = _host_group(context)
+    agree = _capacity_agreement(context, host_group)
     dense_opt = torch.optim.AdamW(groups, lr=config.dense_lr, weight_decay=config.dense_weight_decay,
                                   fused=device.type == "cuda", capturable=graphed) if dense_params else None
     sparse_opt = None if fused_embeddings else RowWiseAdagrad(
@@ -395,6 +403,10 @@ def train_model(
         read_back()
         if held_out is not None:
             holdout_loss = holdout_log_loss(model, held_out)
+            if context.enabled:  # rank 0's value decides everywhere, so every rank stops at the same epoch
+                decided = torch.tensor([holdout_loss], dtype=torch.float64)
+                dist.broadcast(decided, src=0, group=host_group)
+                holdout_loss = float(decided)
             result.holdout_losses.append(holdout_loss)
             if holdout_loss < best_loss:
                 best_loss, result.best_epoch = holdout_loss, epoch
