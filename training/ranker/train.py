@@ -348,8 +348,8 @@ def train_model(
     graphs: dict[tuple[int, ...], CapturedStep] = {}  # one per bag-capacity shape
     stream = data.StreamConfig(
         batch_size=config.batch_size, chunk_rows=config.chunk_rows, seed=config.seed,
-        # Graphed steps pin after padding (fixed_shape copies the rows): pinning the shard first would be wasted.
-        rank=context.rank, world_size=context.world_size, pin_memory=device.type == "cuda" and not graphed,
+        # Padded batches are pinned after padding (fixed_shape copies the rows): pinning the shard first is wasted.
+        rank=context.rank, world_size=context.world_size, pin_memory=device.type == "cuda" and not padded,
         batches_ahead=4 if device.type == "cuda" else 0,
     )
 
@@ -379,8 +379,9 @@ def train_model(
             if padded:
                 capacities = agree(bag_capacities(batch, shard_rows))
                 batch = fixed_shape(batch, shard_rows, capacities)
+                if device.type == "cuda":
+                    batch = batch.pin_memory()
             if graphed:
-                batch = batch.pin_memory()
                 if tuple(capacities) not in graphs:
                     graphs[tuple(capacities)] = CapturedStep(train_step, [dense_opt])
                 step_fn = graphs[tuple(capacities)]
