@@ -174,6 +174,33 @@ def test_weight_decay_adds_lambda_w_to_the_touched_rows_only(case, mode, device)
         FusedEmbeddingBag(4, 3, weight_decay=-1.0)
 
 
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_padding_positions_before_the_first_bag_change_nothing(case, mode, backend, device):
+    """Spare positions first, as -1 before offsets[0] (a fixed-shape batch): the forward and the update,
+    L2 of touched rows included, are those of the unpadded batch, and row 0 stays untouched. 300 spare
+    positions span several of the backward's chunks, so the -1 run crosses chunk edges."""
+    num_rows, dim, n_bags, max_len = case
+    indices, offsets = _batch(num_rows, n_bags, max_len, device)
+    indices = indices.clamp(min=1)  # row 0 must be untouched by the real positions
+    spare = 300
+    padded_indices = torch.cat([torch.full((spare,), -1, dtype=indices.dtype, device=device), indices])
+    grad = torch.randn(n_bags, dim, device=device)
+    results = []
+    for idx, offs in ((indices, offsets), (padded_indices, offsets + spare)):
+        module = _module(num_rows, dim, mode, torch.float32, device, backend)
+        module.weight_decay = 0.1
+        before = module.weight[0].clone(), module.momentum[0].clone()
+        with dispatch.backend(backend):
+            out = module(idx, offs)
+            out.backward(grad)
+        assert torch.equal(module.weight[0], before[0]) and torch.equal(module.momentum[0], before[1])
+        results.append((out.detach(), module.weight.clone(), module.momentum.clone()))
+    for plain, padded in zip(*results):  # the forward's tile shape follows the mean bag length: rounding moves
+        assert relative_error(padded, plain) < TOLERANCE[torch.float32]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 def test_step_captured_in_a_cuda_graph_equals_the_eager_step():

@@ -134,8 +134,9 @@ def test_days_written_before_the_meta_embedding_existed_read_it_as_zeros(tmp_pat
 
 
 def test_padding_to_a_fixed_shape_changes_neither_the_loss_nor_the_step(tmp_path):
-    """fixed_shape (the CUDA-graph path's batches): zero-weight rows and a padding bag leave one optimisation
-    step (weighted loss, Adam on the dense parameters, the fused row-wise Adagrad inside the backward) as it is."""
+    """fixed_shape (the CUDA-graph path's batches): zero-weight rows, empty bags and -1 padding values leave one
+    optimisation step (weighted loss, Adam on the dense parameters, the fused row-wise Adagrad inside the
+    backward, its L2 on the touched rows included) as it is."""
     import copy
 
     training_set = write_training_set(tmp_path, days=1, rows_per_day=600, position_bias=0.5)
@@ -156,7 +157,7 @@ def test_padding_to_a_fixed_shape_changes_neither_the_loss_nor_the_step(tmp_path
         model = copy.deepcopy(base).train()
         for table in model.modules():
             if hasattr(table, "enable_fused_optimizer"):
-                table.enable_fused_optimizer(0.1)
+                table.enable_fused_optimizer(0.1, weight_decay=1e-2)
         optimizer = torch.optim.AdamW(model.dense_parameters(), lr=1e-2)
         loss = weighted_bce(model(*rows.inputs), rows.label, rows.weight)
         loss.backward()

@@ -71,12 +71,16 @@ class HashedEmbeddings(nn.Module):
         return bool(self._fused)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids [B, F] (already hashed into 0..buckets_f-1) -> embeddings [B, F, d]."""
-        rows = ids + self.row_offsets
+        """ids [B, F] (already hashed into 0..buckets_f-1) -> embeddings [B, F, d].
+
+        In fused training an id of -1 (a padding row's, train.fixed_shape) is no row: a zero embedding, and
+        no row is updated for it.
+        """
         if self._fused and self.training and torch.is_grad_enabled():
+            rows = torch.where(ids < 0, -1, ids + self.row_offsets)
             # Every (row, feature) is a bag of one (no offsets: the kernel gathers rows).
             return self._fused[0](rows.reshape(-1)).view(*rows.shape, self.dim)
-        return F.embedding(rows, self.weight, sparse=self.sparse)
+        return F.embedding(ids + self.row_offsets, self.weight, sparse=self.sparse)
 
 
 class EmbeddingBags(nn.Module):

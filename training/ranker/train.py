@@ -191,11 +191,12 @@ def _proximal_penalty(model: nn.Module, prior: dict[str, torch.Tensor]) -> torch
 def fixed_shape(batch: data.Batch, rows: int, capacities: list[int]) -> data.Batch:
     """`batch` (at most `rows` rows) padded to `rows` + 1 rows and bag i's values to `capacities[i]`.
 
-    Padding rows have weight 0, label 0, sparse ids 0, dense 0 and position 0 (read as 1); the last row's
-    bags hold every padding value. A weight-0 row adds nothing to the weighted loss, so its logit's
-    gradient is exactly 0, and so are its contributions to the dense gradients and to the rows its bags
-    touch (the row-wise Adagrad update of a zero gradient leaves a row as it is). The model has no
-    operation across rows, so the real rows' outputs are unchanged.
+    Padding rows have weight 0, label 0, sparse ids -1, dense 0, position 0 (read as 1) and empty bags. A
+    weight-0 row adds nothing to the weighted loss, so its logit's gradient is exactly 0, and so are its
+    contributions to the dense gradients. The padding bag values come first, as -1 before the first bag. In
+    the fused tables -1 is no row, read or updated (kernels.embedding): an id of 0 there would have given the
+    "missing" rows the L2 of a touched row at every step. The model has no operation across rows, so the
+    real rows' outputs and the step are unchanged.
     """
     n, pad = len(batch), rows + 1 - len(batch)
     if pad < 1:
@@ -208,9 +209,10 @@ def fixed_shape(batch: data.Batch, rows: int, capacities: list[int]) -> data.Bat
     for bag_values, bag_offsets, capacity in zip(batch.bag_values, batch.bag_offsets, capacities):
         if bag_values.numel() > capacity:
             raise ValueError(f"fixed_shape: {bag_values.numel()} bag values exceed the capacity {capacity}")
-        values.append(torch.cat([bag_values, bag_values.new_zeros(capacity - bag_values.numel())]))
-        offsets.append(padded(bag_offsets, bag_values.numel()))  # empty bags, then the last row's padding bag
-    return data.Batch(padded(batch.sparse), padded(batch.dense), values, offsets, padded(batch.label),
+        spare = capacity - bag_values.numel()
+        values.append(torch.cat([bag_values.new_full((spare,), -1), bag_values]))
+        offsets.append(padded(bag_offsets + spare, capacity))  # the padding rows' bags are empty
+    return data.Batch(padded(batch.sparse, -1), padded(batch.dense), values, offsets, padded(batch.label),
                       padded(batch.weight), padded(batch.member_id, -1),
                       None if batch.event_id is None else padded(batch.event_id, -1),
                       None if batch.position is None else padded(batch.position))
