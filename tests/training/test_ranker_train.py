@@ -17,8 +17,7 @@ from training.ranker.evaluate import auc
 from training.ranker.logistic import LogisticRegression
 from training.ranker.model import RankerConfig
 from training.ranker.model import Ranker
-from training.ranker.data import bag_capacities, fixed_shape
-from training.ranker.train import TrainConfig, predict_logits, train_ranker, weighted_bce
+from training.ranker.train import TrainConfig, bag_capacities, fixed_shape, predict_logits, train_ranker, weighted_bce
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -148,10 +147,10 @@ def test_padding_to_a_fixed_shape_changes_neither_the_loss_nor_the_step(tmp_path
     torch.manual_seed(0)
     base = Ranker(config, sparse_gradients=False)
     base.normalizer.fit(batch.dense)
-    capacities = bag_capacities([v.numel() for v in batch.bag_values], 512)
+    capacities = bag_capacities(batch, 512)
     assert all(c >= max(v.numel(), 512) and c & (c - 1) == 0 for c, v in zip(capacities, batch.bag_values))
     padded = fixed_shape(batch, 512, capacities)
-    assert len(padded) == 513 and padded.padding_rows == 213 and float(padded.weight[300:].abs().sum()) == 0.0
+    assert len(padded) == 513 and float(padded.weight[300:].abs().sum()) == 0.0
     assert [v.numel() for v in padded.bag_values] == capacities
 
     def one_step(rows):
@@ -219,35 +218,6 @@ def test_a_chunk_cache_gives_every_epoch_the_batches_streamed_from_the_files(tra
             assert all(torch.equal(x, y) for x, y in zip(a.bag_values + a.bag_offsets, b.bag_values + b.bag_offsets))
         assert cache.complete == (max_rows > 1000) and cache.overflowed == (max_rows == 1000)
     assert cache.rows == (sum(len(b) for b in streamed) if max_rows > 1000 else 0)
-
-
-def test_every_rank_pads_its_shards_to_one_shape_without_a_collective(training_set):
-    """pad_rows: each rank computes every rank's bag sizes from the global batch (all read it), so the
-    shards of one step share every shape (fixed-size collectives, one CUDA graph) with no agreement over a
-    process group, and each padded shard still holds exactly its unpadded rows."""
-    spec = data.read_spec(training_set)
-    config = _config(training_set)
-    files = data.day_files(training_set, days(2))
-
-    def shards(rank: int, pad_rows: int) -> list:
-        stream = data.StreamConfig(batch_size=101, chunk_rows=2500, seed=5, rank=rank, world_size=2,
-                                   pad_rows=pad_rows)
-        return list(data.stream_batches(files, spec, config, stream, epoch=1))
-
-    plain, padded = [shards(0, 0), shards(1, 0)], [shards(0, 51), shards(1, 51)]
-    shapes = lambda b: [tuple(t.shape) for t in (b.sparse, b.dense, b.label, *b.bag_values, *b.bag_offsets)]  # noqa: E731
-    assert len(padded[0]) == len(padded[1]) == len(plain[0]) > 10
-    unequal_bags = 0
-    for step, (a, b) in enumerate(zip(*padded)):
-        assert shapes(a) == shapes(b) and len(a) == 52
-        unequal_bags += any(x.numel() != y.numel() for x, y in zip(plain[0][step].bag_values, plain[1][step].bag_values))
-        for shard, unpadded in ((a, plain[0][step]), (b, plain[1][step])):
-            assert len(shard) - shard.padding_rows == len(unpadded)
-            real = shard.take(torch.arange(len(unpadded)))
-            assert torch.equal(real.sparse, unpadded.sparse) and torch.equal(real.dense, unpadded.dense)
-            assert all(torch.equal(x, y) for x, y in zip(real.bag_values + real.bag_offsets,
-                                                         unpadded.bag_values + unpadded.bag_offsets))
-    assert unequal_bags > 0  # the ranks' own bag sizes differ: the shared shape is not a coincidence
 
 
 def _data_parallel_helpers(rank):

@@ -52,7 +52,6 @@ class Batch:
     member_id: torch.Tensor                # [B] int64 raw ids (cold/warm buckets)
     event_id: torch.Tensor | None = None   # [B] int64 when the training set has it (truth join)
     position: torch.Tensor | None = None   # [B] int64 1-based display position (0 = unknown) when read
-    padding_rows: int = 0                  # weight-0 rows appended by fixed_shape (the last ones)
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
@@ -66,7 +65,7 @@ class Batch:
         return Batch(
             move(self.sparse), move(self.dense), [move(v) for v in self.bag_values],
             [move(o) for o in self.bag_offsets], move(self.label), move(self.weight),
-            move(self.member_id), move(self.event_id), move(self.position), self.padding_rows,
+            move(self.member_id), move(self.event_id), move(self.position),
         )
 
     def pin_memory(self) -> "Batch":
@@ -74,7 +73,7 @@ class Batch:
         return Batch(
             pin(self.sparse), pin(self.dense), [pin(v) for v in self.bag_values],
             [pin(o) for o in self.bag_offsets], pin(self.label), pin(self.weight),
-            pin(self.member_id), pin(self.event_id), pin(self.position), self.padding_rows,
+            pin(self.member_id), pin(self.event_id), pin(self.position),
         )
 
     def take(self, index: torch.Tensor) -> "Batch":
@@ -92,53 +91,6 @@ class Batch:
             self.member_id[index], None if self.event_id is None else self.event_id[index],
             None if self.position is None else self.position[index],
         )
-
-
-def bag_lengths(batch: Batch) -> list[torch.Tensor]:
-    """Per bag feature, the number of values of each row's bag."""
-    return [torch.diff(o, append=torch.tensor([v.numel()])) for v, o in zip(batch.bag_values, batch.bag_offsets)]
-
-
-def bag_capacities(value_counts: list[int], rows: int) -> list[int]:
-    """Per bag feature, the power of two >= max(its values, rows): few distinct shapes, so few graphs."""
-    return [1 << (max(int(count), rows, 1) - 1).bit_length() for count in value_counts]
-
-
-def fixed_shape(batch: Batch, rows: int, capacities: list[int], pin_memory: bool = False) -> Batch:
-    """`batch` (at most `rows` rows) padded to `rows` + 1 rows and bag i's values to `capacities[i]`.
-
-    Padding rows have weight 0, label 0, sparse ids -1, dense 0, position 0 (read as 1) and empty bags. A
-    weight-0 row adds nothing to the weighted loss, so its logit's gradient is exactly 0, and so are its
-    contributions to the dense gradients. The padding bag values come first, as -1 before the first bag. In
-    the fused tables -1 is no row, read or updated (kernels.embedding): an id of 0 there would have given the
-    "missing" rows the L2 of a touched row at every step. The model has no operation across rows, so the
-    real rows' outputs and the step are unchanged. With `pin_memory` the padded tensors are written straight
-    into page-locked memory (one copy of the rows, not two).
-    """
-    n, pad = len(batch), rows + 1 - len(batch)
-    if pad < 1:
-        raise ValueError(f"fixed_shape: batch of {n} rows does not fit {rows} rows plus the padding row")
-
-    def filled(real: torch.Tensor, total: int, value: float, at_end: bool = True) -> torch.Tensor:
-        """`real` with `total - len(real)` copies of `value` after it (or before it)."""
-        out = torch.empty((total, *real.shape[1:]), dtype=real.dtype, pin_memory=pin_memory)
-        split = real.shape[0] if at_end else total - real.shape[0]
-        rows_part, spare_part = (out[:split], out[split:]) if at_end else (out[split:], out[:split])
-        rows_part.copy_(real)
-        spare_part.fill_(value)
-        return out
-
-    values, offsets = [], []
-    for bag_values, bag_offsets, capacity in zip(batch.bag_values, batch.bag_offsets, capacities):
-        if bag_values.numel() > capacity:
-            raise ValueError(f"fixed_shape: {bag_values.numel()} bag values exceed the capacity {capacity}")
-        spare = capacity - bag_values.numel()
-        values.append(filled(bag_values, capacity, -1, at_end=False))
-        offsets.append(filled(bag_offsets + spare, rows + 1, capacity))  # the padding rows' bags are empty
-    padded = lambda tensor, value=0: None if tensor is None else filled(tensor, rows + 1, value)  # noqa: E731
-    return Batch(padded(batch.sparse, -1), padded(batch.dense), values, offsets, padded(batch.label),
-                 padded(batch.weight), padded(batch.member_id, -1), padded(batch.event_id, -1),
-                 padded(batch.position), batch.padding_rows + pad)
 
 
 def concat_batches(batches: list[Batch]) -> Batch:
@@ -471,9 +423,6 @@ class StreamConfig:
     # waits; on the CPU it competes with the step (demo ranker on 2 cores: 29.6 s against 20.3 s without).
     batches_ahead: int = 0
     pin_memory: bool = False
-    # > 0: every shard is padded to pad_rows + 1 rows and its bags to power-of-two capacities (fixed_shape),
-    # the same on every rank: each rank computes every rank's bag sizes from the global batch it also reads.
-    pad_rows: int = 0
 
 
 def _chunks(files: list["Path | RowRange"], spec: dict[str, Any], config: RankerConfig, stream: StreamConfig) -> Iterator[Batch]:
@@ -588,16 +537,9 @@ def _shards(chunks: Iterator[Batch], stream: StreamConfig, epoch: int) -> Iterat
     generator = torch.Generator().manual_seed(stream.seed * 1_000_003 + epoch)
     for chunk in chunks:
         order = torch.randperm(len(chunk), generator=generator)
-        lengths = bag_lengths(chunk) if stream.pad_rows else []
         for start in range(0, len(order), stream.batch_size):
             rows = order[start:start + stream.batch_size]
             if len(rows) < stream.world_size:
                 continue  # every rank must see a non-empty shard, or collectives would hang
             shard = chunk.take(rows[stream.rank::stream.world_size])
-            if stream.pad_rows:
-                # The largest shard's bag values over the ranks, so all pad to one shape with no collective.
-                counts = [max(int(n[rows[r::stream.world_size]].sum()) for r in range(stream.world_size))
-                          for n in lengths]
-                yield fixed_shape(shard, stream.pad_rows, bag_capacities(counts, stream.pad_rows), stream.pin_memory)
-            else:
-                yield shard.pin_memory() if stream.pin_memory else shard
+            yield shard.pin_memory() if stream.pin_memory else shard

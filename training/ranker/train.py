@@ -14,14 +14,13 @@
   computes, without its host-side bucket bookkeeping, which a CUDA graph cannot replay), so N processes
   follow the single-process loss curve. With the fused embedding optimiser the replicated tables stay
   equal because every backward gathers all ranks' rows first (kernels.embedding); the ranks then pad
-  their shards to one shape (each rank reads the whole global batch, so each computes every rank's bag
-  sizes, with no collective). Without it, the tables
+  their shards to one shape, with bag capacities agreed over a host-side group. Without it, the tables
   produce dense gradients, averaged like the rest, for optim.RowWiseAdagrad.
 - CUDA graphs: on GPUs with the fused embedding optimiser (one process or several), every step after a few
   eager warm-up steps is a replayed CUDA graph (under torchrun, the gathers and the all-reduce too). Graphs
   replay fixed shapes, so each batch is padded to `batch_size` (its shard's share under torchrun) + 1 rows
-  with zero-weight rows and its bag values to a power-of-two capacity (`data.fixed_shape`, on the loader's
-  thread): the weighted loss, the dense gradients and the tables' updates are those of the unpadded batch.
+  with zero-weight rows and its bag values to a power-of-two capacity held by the last row (`fixed_shape`):
+  the weighted loss, the dense gradients and the tables' updates are those of the unpadded batch.
 - Calibration: a pseudo-random `holdout_fraction` of the rows of the newest `calibration_days` days is
   never trained on (data.split_holdout); early stopping scores it, and the isotonic layer is fitted on
   it after training.
@@ -189,6 +188,41 @@ def _proximal_penalty(model: nn.Module, prior: dict[str, torch.Tensor]) -> torch
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
+def fixed_shape(batch: data.Batch, rows: int, capacities: list[int]) -> data.Batch:
+    """`batch` (at most `rows` rows) padded to `rows` + 1 rows and bag i's values to `capacities[i]`.
+
+    Padding rows have weight 0, label 0, sparse ids -1, dense 0, position 0 (read as 1) and empty bags. A
+    weight-0 row adds nothing to the weighted loss, so its logit's gradient is exactly 0, and so are its
+    contributions to the dense gradients. The padding bag values come first, as -1 before the first bag. In
+    the fused tables -1 is no row, read or updated (kernels.embedding): an id of 0 there would have given the
+    "missing" rows the L2 of a touched row at every step. The model has no operation across rows, so the
+    real rows' outputs and the step are unchanged.
+    """
+    n, pad = len(batch), rows + 1 - len(batch)
+    if pad < 1:
+        raise ValueError(f"fixed_shape: batch of {n} rows does not fit {rows} rows plus the padding row")
+
+    def padded(tensor: torch.Tensor, value: float = 0) -> torch.Tensor:
+        return torch.cat([tensor, tensor.new_full((pad, *tensor.shape[1:]), value)])
+
+    values, offsets = [], []
+    for bag_values, bag_offsets, capacity in zip(batch.bag_values, batch.bag_offsets, capacities):
+        if bag_values.numel() > capacity:
+            raise ValueError(f"fixed_shape: {bag_values.numel()} bag values exceed the capacity {capacity}")
+        spare = capacity - bag_values.numel()
+        values.append(torch.cat([bag_values.new_full((spare,), -1), bag_values]))
+        offsets.append(padded(bag_offsets + spare, capacity))  # the padding rows' bags are empty
+    return data.Batch(padded(batch.sparse, -1), padded(batch.dense), values, offsets, padded(batch.label),
+                      padded(batch.weight), padded(batch.member_id, -1),
+                      None if batch.event_id is None else padded(batch.event_id, -1),
+                      None if batch.position is None else padded(batch.position))
+
+
+def bag_capacities(batch: data.Batch, rows: int) -> list[int]:
+    """Per bag feature, the power of two >= max(its values, rows): few distinct shapes, so few graphs."""
+    return [1 << (max(int(v.numel()), rows, 1) - 1).bit_length() for v in batch.bag_values]
+
+
 def _broadcast_from_rank_0(model: nn.Module) -> None:
     """Every rank starts from rank 0's parameters and buffers (tables, accumulators, normaliser)."""
     with torch.no_grad():
@@ -218,6 +252,21 @@ def _host_group(context: DistributedContext):
     if context.enabled and dist.get_backend() != "gloo":
         return dist.new_group(backend="gloo")
     return None
+
+
+def _capacity_agreement(context: DistributedContext, group) -> Callable[[list[int]], list[int]]:
+    """Per bag feature, the largest capacity over the ranks (over the host group)."""
+    if not context.enabled:
+        return lambda capacities: capacities
+
+    def agree(capacities: list[int]) -> list[int]:
+        if not capacities:
+            return capacities
+        agreed = torch.tensor(capacities, dtype=torch.int64)
+        dist.all_reduce(agreed, op=dist.ReduceOp.MAX, group=group)
+        return agreed.tolist()
+
+    return agree
 
 
 def train_model(
@@ -265,6 +314,7 @@ def train_model(
     padded = graphed or (context.enabled and fused_embeddings)
     shard_rows = -(-config.batch_size // context.world_size)
     host_group = _host_group(context)
+    agree = _capacity_agreement(context, host_group)
     dense_opt = torch.optim.AdamW(groups, lr=config.dense_lr, weight_decay=config.dense_weight_decay,
                                   fused=device.type == "cuda", capturable=graphed) if dense_params else None
     sparse_opt = None if fused_embeddings else RowWiseAdagrad(
@@ -300,8 +350,9 @@ def train_model(
     graphs: dict[tuple[int, ...], CapturedStep] = {}  # one per bag-capacity shape
     stream = data.StreamConfig(
         batch_size=config.batch_size, chunk_rows=config.chunk_rows, seed=config.seed,
-        rank=context.rank, world_size=context.world_size, pin_memory=device.type == "cuda",
-        batches_ahead=4 if device.type == "cuda" else 0, pad_rows=shard_rows if padded else 0,
+        # Padded batches are pinned after padding (fixed_shape copies the rows): pinning the shard first is wasted.
+        rank=context.rank, world_size=context.world_size, pin_memory=device.type == "cuda" and not padded,
+        batches_ahead=4 if device.type == "cuda" else 0,
     )
 
     cache = data.ChunkCache(config.cache_rows) if config.cache_rows > 0 else None
@@ -325,13 +376,17 @@ def train_model(
     for epoch in range(epochs):
         model.train()
         for batch in data.stream_batches(rows, spec, model.config, stream, epoch=epoch, cache=cache):
-            real_rows = len(batch) - batch.padding_rows
+            real_rows = len(batch)
             step_fn = train_step
+            if padded:
+                capacities = agree(bag_capacities(batch, shard_rows))
+                batch = fixed_shape(batch, shard_rows, capacities)
+                if device.type == "cuda":
+                    batch = batch.pin_memory()
             if graphed:
-                capacities = tuple(v.numel() for v in batch.bag_values)
-                if capacities not in graphs:
-                    graphs[capacities] = CapturedStep(train_step, [dense_opt])
-                step_fn = graphs[capacities]
+                if tuple(capacities) not in graphs:
+                    graphs[tuple(capacities)] = CapturedStep(train_step, [dense_opt])
+                step_fn = graphs[tuple(capacities)]
             batch = batch.to(device, non_blocking=True)
             position = batch.position
             if graphed and position is None:  # a graph's inputs are tensors
