@@ -19,7 +19,7 @@
 - CUDA graphs: on GPUs with the fused embedding optimiser (one process or several), every step after a few
   eager warm-up steps is a replayed CUDA graph (under torchrun, the gathers and the all-reduce too). Graphs
   replay fixed shapes, so each batch is padded to `batch_size` (its shard's share under torchrun) + 1 rows
-  with zero-weight rows and its bag values to a power-of-two capacity held by the last row (`fixed_shape`):
+  with zero-weight rows and its bag values to a power-of-two capacity, the spare ones first as -1 (`fixed_shape`):
   the weighted loss, the dense gradients and the tables' updates are those of the unpadded batch.
 - Calibration: a pseudo-random `holdout_fraction` of the rows of the newest `calibration_days` days is
   never trained on (data.split_holdout); early stopping scores it, and the isotonic layer is fitted on
