@@ -1,0 +1,41 @@
+"""The `rankflow` console script's error boundary (rankflow.cli.main)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _rankflow(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    environment = {key: value for key, value in os.environ.items() if key != "RANKFLOW_DEBUG"}
+    environment.update(COLUMNS="200", **env)
+    return subprocess.run([sys.executable, "-m", "rankflow.cli", *args, "--data-dir", str(tmp_path)],
+                          capture_output=True, text=True, env=environment, timeout=300)
+
+
+def test_an_error_the_user_can_act_on_is_one_line_and_exit_status_1(tmp_path):
+    """A stage's ValueError / FileNotFoundError reaches the user as its message, not a traceback."""
+    reversed_days = _rankflow(["train", "--start", "2026-01-05", "--end", "2026-01-02"], tmp_path)
+    assert reversed_days.returncode == 1
+    assert "rankflow train failed: ValueError: ranker train: end 2026-01-02 is before start 2026-01-05" in reversed_days.stderr
+    assert "Traceback" not in reversed_days.stderr + reversed_days.stdout
+
+    missing = _rankflow(["personalise", "--date", "2026-03-01"], tmp_path)
+    assert missing.returncode == 1
+    assert "rankflow personalise failed: FileNotFoundError:" in missing.stderr
+    assert "no training set yet; run `rankflow features build` first" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_rankflow_debug_shows_the_traceback(tmp_path):
+    shown = _rankflow(["train", "--start", "2026-01-05", "--end", "2026-01-02"], tmp_path, RANKFLOW_DEBUG="1")
+    assert shown.returncode == 1
+    assert "Traceback" in shown.stderr and "end 2026-01-02 is before start 2026-01-05" in shown.stderr
+
+
+def test_usage_errors_stay_clicks(tmp_path):
+    """A bad flag value is click's usage error (exit status 2), untouched by the boundary."""
+    bad = _rankflow(["personalise", "--date", "yesterday"], tmp_path)
+    assert bad.returncode == 2 and "expected YYYY-MM-DD" in bad.stderr
