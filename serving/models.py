@@ -36,8 +36,8 @@ log = get_logger(__name__)
 RANKER, GLMIX, META = "rankflow-ranker", "rankflow-glmix", "rankflow-meta"
 
 
-class NoServingModel(RuntimeError):
-    """No ranker has been promoted in this data directory yet."""
+class NoServingModel(FileNotFoundError):
+    """No ranker has been promoted in this data directory yet (a missing prerequisite, like a missing day)."""
 
 
 def _store(settings: Settings):

@@ -29,6 +29,17 @@ def test_an_error_the_user_can_act_on_is_one_line_and_exit_status_1(tmp_path):
     assert "Traceback" not in missing.stderr
 
 
+def test_an_unknown_model_tag_or_nothing_to_roll_back_is_named(tmp_path):
+    unknown = _rankflow(["evaluate", "rankflow-ranker:nope", "--date", "2026-01-10"], tmp_path)
+    assert unknown.returncode == 1
+    assert ("no model 'rankflow-ranker:nope' in the model store" in unknown.stderr
+            and "(0 stored; the newest: none)" in unknown.stderr), unknown.stderr
+    no_model = _rankflow(["serve", "--port", "3999"], tmp_path)  # at once, before any service worker starts
+    assert no_model.returncode == 1 and "no serving rankflow-ranker; train and promote one first" in no_model.stderr
+    nothing = _rankflow(["rollback"], tmp_path)
+    assert nothing.returncode == 1 and "no previous rankflow-ranker to roll back to" in nothing.stderr
+
+
 def test_rankflow_debug_shows_the_traceback(tmp_path):
     shown = _rankflow(["train", "--start", "2026-01-05", "--end", "2026-01-02"], tmp_path, RANKFLOW_DEBUG="1")
     assert shown.returncode == 1

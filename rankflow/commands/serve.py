@@ -34,8 +34,10 @@ def serve(
     if ctx.invoked_subcommand is not None:
         return
     from rankflow.stages.publish import ServeOptions, serve_foreground
+    from serving.models import resolve_tags
 
     settings = settings_from(data_dir, online_store=online_store)
+    resolve_tags(settings)  # no promoted ranker: say so now, not through the service workers' crash loop
     options = ServeOptions(port=port, host=host, adaptive_batching=batching, max_candidates=max_candidates,
                            feature_deadline_ms=deadline_ms)
     console.print(f"serving {settings.data_dir.resolve()} on http://{host}:{port}/rank "

@@ -131,6 +131,9 @@ def wait_ready(url: str, timeout_s: float, process: subprocess.Popen | None = No
 
 def start_service(settings: Settings, options: ServeOptions = ServeOptions(), bento: str | None = None) -> ServiceProcess:
     """`bentoml serve` (source tree or a built Bento) in the background; returns once /readyz is 200."""
+    from serving.models import resolve_tags
+
+    resolve_tags(settings)  # no promoted ranker: say so now, not after the workers' crash loop times out
     settings.paths.run.mkdir(parents=True, exist_ok=True)
     log_file = options.log_file or settings.paths.run / f"serve-{options.port}.log"
     command = [_bentoml(), "serve", bento or SERVICE_TARGET, "--host", options.host, "--port", str(options.port)]

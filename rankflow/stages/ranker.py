@@ -53,6 +53,20 @@ def model_store(settings: Settings):
     return ModelStore(str(root))
 
 
+def stored_model(settings: Settings, tag: str):
+    """The stored model `tag` ("name:version", or "name" for the newest); a clear error when there is none."""
+    from bentoml.exceptions import NotFound
+
+    store = model_store(settings)
+    try:
+        return store.get(tag)
+    except NotFound:
+        stored = [str(model.tag) for model in sorted(store.list(), key=lambda model: model.creation_time)]
+        listed = ", ".join(reversed(stored[-3:])) if stored else "none"
+        raise ValueError(f"no model {tag!r} in the model store {settings.paths.bentoml_home / 'models'} "
+                         f"({len(stored)} stored; the newest: {listed})") from None
+
+
 def serving_state(settings: Settings) -> dict[str, Any]:
     path = settings.paths.models / SERVING_FILE
     return json.loads(path.read_text()) if path.exists() else {}
@@ -76,7 +90,7 @@ def _relabel(settings: Settings, tag: str, status: str, **metadata: Any) -> None
     """
     from bentoml._internal.models.model import MODEL_YAML_FILENAME, ModelInfo
 
-    stored = model_store(settings).get(tag)
+    stored = stored_model(settings, tag)
     yaml_path = Path(stored.path) / MODEL_YAML_FILENAME
     with yaml_path.open() as stream:
         info = ModelInfo.from_yaml_file(stream)
@@ -91,12 +105,12 @@ def _relabel(settings: Settings, tag: str, status: str, **metadata: Any) -> None
 def _load_model(settings: Settings, tag: str):
     from training.ranker.checkpoint import load_checkpoint
 
-    stored = model_store(settings).get(tag)
+    stored = stored_model(settings, tag)
     return load_checkpoint(Path(stored.path)), stored
 
 
 def model_info(settings: Settings, tag: str) -> dict[str, Any]:
-    stored = model_store(settings).get(tag)
+    stored = stored_model(settings, tag)
     return {"tag": str(stored.tag), "labels": dict(stored.info.labels), "metadata": dict(stored.info.metadata)}
 
 
@@ -262,7 +276,7 @@ def train(
     parent = serving_tag(settings) if warm_start else None
     warm_model, days, first_day, holdout_days = None, _days(start, end), start, []
     if parent is not None:
-        stored = model_store(settings).get(parent)
+        stored = stored_model(settings, parent)
         warm_model = load_checkpoint(Path(stored.path))
         first_day = date.fromisoformat(stored.info.metadata["train_start"])
         parent_end = date.fromisoformat(stored.info.metadata["train_end"])
@@ -388,7 +402,7 @@ def rollback(settings: Settings) -> dict[str, Any]:
     state = serving_state(settings).get(MODEL_NAME, {})
     history = list(state.get("history", []))
     if not history:
-        raise RuntimeError(f"{settings.paths.models / SERVING_FILE}: no previous {MODEL_NAME} to roll back to")
+        raise ValueError(f"{settings.paths.models / SERVING_FILE}: no previous {MODEL_NAME} to roll back to")
     previous, current = history.pop(0), state.get("tag")
     _write_serving(settings, MODEL_NAME, previous, history)
     if current:
