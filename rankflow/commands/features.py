@@ -77,8 +77,11 @@ def lookup(member_id: Annotated[int, typer.Option("--member-id", help="Member to
         views += ["job_features", "glmix_job"]
         row["item_id"] = item_id
     refs = [f"{v}:{f.name}" for v in views for f in store.get_feature_view(v).features]
-    values = store.get_online_features(features=refs, entity_rows=[row]).to_dict()
-    _stdout.print_json(json.dumps({k: v[0] for k, v in values.items()}, default=str))
+    values = {k: v[0] for k, v in store.get_online_features(features=refs, entity_rows=[row]).to_dict().items()}
+    _stdout.print_json(json.dumps(values, default=str))
+    if all(value is None for key, value in values.items() if key not in row):
+        _stderr.print(f"no online values for {row} in {settings.online_store}: an unknown id, or no day materialised "
+                      "for it yet (`rankflow features materialize --date D`)", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

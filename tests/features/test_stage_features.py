@@ -57,6 +57,23 @@ def test_online_lookups_equal_the_offline_table_sqlite(built, tmp_path):
     _assert_online_equals_offline(built.paths.feast, offline, tmp_path)
 
 
+def test_cli_lookup_prints_a_members_online_values_and_says_when_it_has_none(built):
+    """`rankflow features lookup`: the values as JSON; for an id with no online values, a note on stderr."""
+    import json
+
+    from rankflow.cli import app
+
+    day = raw_days(built.paths)[1]
+    member = int(read_offline_partition(built.paths, "member_features", day)["member_id"].iloc[0])
+    known = CliRunner().invoke(app, ["features", "lookup", "--member-id", str(member), "--data-dir", str(built.paths.root)])
+    assert known.exit_code == 0, known.output
+    values = json.loads(known.stdout)
+    assert values["member_id"] == member and values["m_impressions_28d"] is not None
+    assert "no online values" not in known.stderr
+    unknown = CliRunner().invoke(app, ["features", "lookup", "--member-id", "999999999", "--data-dir", str(built.paths.root)])
+    assert unknown.exit_code == 0 and "no online values for {'member_id': 999999999}" in unknown.stderr
+
+
 def test_online_lookups_equal_the_offline_table_redis(built, tmp_path):
     redis_or_skip()
     root = tmp_path / "data"
