@@ -137,11 +137,18 @@ STEPS: dict[str, Callable[[Settings, date], dict]] = {
 
 def run_range(settings: Settings, days: list[date], steps: tuple[str, ...] = ("validate", "build", "materialize"),
               on_day: Callable[[date, dict], None] | None = None) -> list[dict]:
-    """Run `steps` for each day in order; stops at the first failure (later days depend on it)."""
+    """Run `steps` for each day in order; stops at the first failure (later days depend on it).
+
+    At the end, GX's Data Docs index is rebuilt once for the whole range (validation.checkpoint).
+    """
+    from validation import build_data_docs
+
     results = []
     for day in sorted(days):
         outcome = {"day": day.isoformat()} | {step: STEPS[step](settings, day) for step in steps}
         results.append(outcome)
         if on_day is not None:
             on_day(day, outcome)
+    if results and {"validate", "build"} & set(steps):
+        build_data_docs(settings.paths.reports)
     return results

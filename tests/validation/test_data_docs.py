@@ -41,6 +41,21 @@ def test_index_lists_every_result_offline(reports_dir):
         assert (index.parent / link).is_file()
 
 
+def test_each_validation_renders_its_page_and_the_index_is_rebuilt_once(reports_dir):
+    """A validation renders its own page and refreshes the static list; GX's index, which reads back every
+    stored result, is built with the first result and then only by build_data_docs."""
+    run_two_days(reports_dir)
+    index = reports_dir / "data_docs" / "index.html"
+    text = index.read_text()
+    pages = re.findall(r'<a href="(validations/[^"]+)">page</a>', text)
+    assert len(pages) == 2 and all((index.parent / page).is_file() for page in pages)  # both days' pages
+    second_day = (DAY + timedelta(days=1)).isoformat()
+    gx_part = text[text.index("<!-- /rankflow:offline-index -->"):]
+    assert DAY.isoformat() in gx_part and second_day not in gx_part  # the first build only
+    rebuilt = build_data_docs(reports_dir).read_text()
+    assert second_day in rebuilt[rebuilt.index("<!-- /rankflow:offline-index -->"):]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is missing: run scripts/ensure_chromium.sh")
 def test_data_docs_render_in_headless_chromium(reports_dir, tmp_path):
