@@ -14,8 +14,8 @@ Every suite in rankflow goes through `run_suite`:
 4. the Data Docs index gets a static list of every kept result (`offline_index`: GX's own list needs
    CDN scripts), and a failure raises `ValidationFailed` with a readable summary.
 
-GX's own index page is built with the first result, and rebuilt in full by `build_data_docs` (called at
-the end of `rankflow demo` and of a `features build` range), not after every result as GX's
+GX's own index page is built with the first result, and rebuilt in full by `build_data_docs` (once a day,
+at the end of the day's feature build: rankflow.stages.features), not after every result as GX's
 `UpdateDataDocsAction` does: that reads back every stored result, so each validation cost more than the
 one before, without bound (measured warm: 0.13 s more per validation at the demo's 77 results by day 10,
 about 1.7 ms a stored result: some 5 s per validation, 8 a day, after a year of days). The static list is

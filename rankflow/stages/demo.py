@@ -53,7 +53,6 @@ def run_demo(settings: Settings, fresh: bool = False, serve_check: bool = True,
     """Run every stage on the demo data set; returns the summary lines. Re-running reuses what exists."""
     from features.synthetic import generate
     from rankflow.stages import features, meta, personalise, ranker
-    from validation import build_data_docs
 
     console = console or Console()
     paths = settings.paths
@@ -100,9 +99,6 @@ def run_demo(settings: Settings, fresh: bool = False, serve_check: bool = True,
                 totals["meta embeddings"] += time.perf_counter() - started
                 counts["meta embeddings"] += 1
             progress.advance(task)
-    started = time.perf_counter()
-    build_data_docs(paths.reports)  # GX's own index of every validation, once (validation.checkpoint)
-    totals["features"] += time.perf_counter() - started
 
     outputs = {"features": f"{paths.features}, {paths.feast}", "random effects": f"{paths.models / 'glmix'}",
                "meta training": f"{paths.models / 'meta'}", "meta embeddings": f"{paths.feature_table('meta_embedding')}"}

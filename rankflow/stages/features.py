@@ -85,7 +85,7 @@ def build_features(settings: Settings, day: date) -> dict:
     from features.store import read_offline_partition, write_offline_partition
     from features.training_set import TABLE as TRAINING_TABLE
     from features.training_set import build_training_set, write_training_set
-    from validation import ValidationFailed, check_feature_table, check_training_set
+    from validation import ValidationFailed, build_data_docs, check_feature_table, check_training_set
 
     started = time.perf_counter()
     paths = settings.paths
@@ -111,6 +111,7 @@ def build_features(settings: Settings, day: date) -> dict:
     for table, frame in built.tables.items():
         write_offline_partition(paths, table, day, frame)
     write_training_set(settings, day, training, spec)
+    build_data_docs(paths.reports)  # GX's index, once a day (validation.checkpoint)
     return {
         "day": day.isoformat(), "events": built.events, "windows": built.window_modes,
         "rows": {table: len(frame) for table, frame in built.tables.items()} | {TRAINING_TABLE: len(training)},
@@ -137,18 +138,11 @@ STEPS: dict[str, Callable[[Settings, date], dict]] = {
 
 def run_range(settings: Settings, days: list[date], steps: tuple[str, ...] = ("validate", "build", "materialize"),
               on_day: Callable[[date, dict], None] | None = None) -> list[dict]:
-    """Run `steps` for each day in order; stops at the first failure (later days depend on it).
-
-    At the end, GX's Data Docs index is rebuilt once for the whole range (validation.checkpoint).
-    """
-    from validation import build_data_docs
-
+    """Run `steps` for each day in order; stops at the first failure (later days depend on it)."""
     results = []
     for day in sorted(days):
         outcome = {"day": day.isoformat()} | {step: STEPS[step](settings, day) for step in steps}
         results.append(outcome)
         if on_day is not None:
             on_day(day, outcome)
-    if results and {"validate", "build"} & set(steps):
-        build_data_docs(settings.paths.reports)
     return results
