@@ -120,6 +120,27 @@ def test_bags_of_one_without_offsets_gather_rows_and_update_like_csr_bags(dtype,
     assert torch.equal(single.weight, csr.weight) and torch.equal(single.momentum, csr.momentum)
 
 
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_bags_of_one_with_index_minus_one_give_zero_rows_and_update_no_row(backend, device):
+    """Padding rows' ids (-1) in bags of one: a zero output row, and the update of the other positions alone
+    (with an L2: no row is touched for a -1)."""
+    num_rows, dim, n = sizes(cpu=(40, 37, 29), gpu=(100_003, 64, 212_993))
+    indices = torch.randint(1, max(3, num_rows // 10), (n,), device=device)
+    padding = torch.rand(n, device=device) < 0.3
+    padded_indices = torch.where(padding, -1, indices)
+    grad = torch.randn(n, dim, device=device)
+    padded, plain = (_module(num_rows, dim, "sum", torch.float32, device, backend) for _ in range(2))
+    padded.weight_decay = plain.weight_decay = 0.1
+    with dispatch.backend(backend):
+        out = padded(padded_indices)
+        assert torch.equal(out[padding], torch.zeros_like(out[padding]))
+        assert torch.equal(out[~padding], plain.weight[indices[~padding]])
+        out.backward(grad)
+        plain(indices[~padding]).backward(grad[~padding])
+    assert relative_error(padded.weight, plain.weight) < TOLERANCE[torch.float32]
+    assert relative_error(padded.momentum, plain.momentum) < TOLERANCE[torch.float32]
+
+
 @pytest.mark.parametrize("mode", ["sum", "mean"])
 @pytest.mark.parametrize("spill_chunks", [2, 32])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.3])
