@@ -85,7 +85,7 @@ def build_features(settings: Settings, day: date) -> dict:
     from features.store import read_offline_partition, write_offline_partition
     from features.training_set import TABLE as TRAINING_TABLE
     from features.training_set import build_training_set, write_training_set
-    from validation import ValidationFailed, build_data_docs, check_feature_table, check_training_set
+    from validation import ValidationFailed, check_feature_table, check_training_set, refresh_data_docs_index
 
     started = time.perf_counter()
     paths = settings.paths
@@ -111,7 +111,7 @@ def build_features(settings: Settings, day: date) -> dict:
     for table, frame in built.tables.items():
         write_offline_partition(paths, table, day, frame)
     write_training_set(settings, day, training, spec)
-    build_data_docs(paths.reports)  # GX's index, once a day (validation.checkpoint)
+    refresh_data_docs_index(paths.reports)  # GX's index, once a day (validation.checkpoint)
     return {
         "day": day.isoformat(), "events": built.events, "windows": built.window_modes,
         "rows": {table: len(frame) for table, frame in built.tables.items()} | {TRAINING_TABLE: len(training)},
