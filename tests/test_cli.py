@@ -50,3 +50,39 @@ def test_usage_errors_stay_clicks(tmp_path):
     """A bad flag value is click's usage error (exit status 2), untouched by the boundary."""
     bad = _rankflow(["personalise", "--date", "yesterday"], tmp_path)
     assert bad.returncode == 2 and "expected YYYY-MM-DD" in bad.stderr
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, reaped or not, has stopped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_sigterm_to_rankflow_serve_stops_the_service_it_started(tmp_path):
+    """`rankflow serve` runs BentoML in its own process group (publish.run_in_foreground). A SIGTERM to
+    rankflow (a process manager, `timeout`) must reach that group: it used to end rankflow alone and leave
+    the service's workers running without a parent."""
+    import signal
+    import time
+
+    pid_file = tmp_path / "worker.pid"
+    service = ("import subprocess, sys, time; "
+               "worker = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); "
+               f"open({str(pid_file)!r}, 'w').write(str(worker.pid)); time.sleep(300)")
+    runner = subprocess.Popen([sys.executable, "-c",
+                               "import os, sys; from rankflow.stages.publish import run_in_foreground; "
+                               f"sys.exit(run_in_foreground([sys.executable, '-c', {service!r}], '.', dict(os.environ)))"])
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    worker = int(pid_file.read_text())
+    assert _alive(worker)
+    runner.send_signal(signal.SIGTERM)
+    runner.wait(30)
+    deadline = time.monotonic() + 10
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(worker), "the service's worker outlived rankflow"

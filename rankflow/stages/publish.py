@@ -153,15 +153,36 @@ def start_service(settings: Settings, options: ServeOptions = ServeOptions(), be
 
 
 def serve_foreground(settings: Settings, options: ServeOptions) -> int:
-    """`rankflow serve`: the service in the foreground until it exits or Ctrl-C."""
+    """`rankflow serve`: the service in the foreground until it exits, Ctrl-C, SIGTERM or SIGHUP."""
     command = [_bentoml(), "serve", SERVICE_TARGET, "--host", options.host, "--port", str(options.port),
                "--working-dir", str(REPO_ROOT)]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=service_environment(settings, options), start_new_session=True)
+    return run_in_foreground(command, REPO_ROOT, service_environment(settings, options))
+
+
+def run_in_foreground(command: list[str], cwd: Path, env: dict[str, str]) -> int:
+    """Run `command` in its own process group until it exits; Ctrl-C, SIGTERM and SIGHUP stop the whole group.
+
+    The group is its own so that a terminal's Ctrl-C reaches BentoML once, through us. Without the forwarding, a
+    SIGTERM (a process manager, `timeout`, a killed Airflow task) ended this process alone and left the
+    service's workers running with no parent.
+    """
+    process = subprocess.Popen(command, cwd=cwd, env=env, start_new_session=True)
+
+    def forward(signum, _frame) -> None:
+        try:
+            os.killpg(process.pid, signum)
+        except ProcessLookupError:
+            pass  # already gone
+
+    previous = {number: signal.signal(number, forward) for number in (signal.SIGTERM, signal.SIGHUP)}
     try:
         return process.wait()
     except KeyboardInterrupt:
-        os.killpg(process.pid, signal.SIGTERM)
+        forward(signal.SIGTERM, None)
         return process.wait(30)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 # ---------------------------------------------------------------------------------------------------
