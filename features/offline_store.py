@@ -28,8 +28,10 @@ import pandas as pd
 from feast import FileSource
 from feast.infra.offline_stores.dask import DaskOfflineStore, DaskOfflineStoreConfig
 
+from features.contract import partition_days
+from rankflow.paths import dt_partition
+
 SNAPSHOT_TAG = "rankflow.snapshot"
-PARTITION_PREFIX = "dt="
 EVENT_TIMESTAMP = "event_timestamp"  # Feast's default entity-frame timestamp column, the one rankflow uses
 
 
@@ -41,17 +43,6 @@ class SnapshotFileOfflineStoreConfig(DaskOfflineStoreConfig):
 
 def _stamp(day: date) -> pd.Timestamp:
     return pd.Timestamp(datetime.combine(day + timedelta(days=1), time(), tzinfo=timezone.utc))
-
-
-def partition_days(table: Path) -> list[date]:
-    """The days of `table`'s dt=YYYY-MM-DD partitions, oldest first (folders with other names are skipped)."""
-    days = []
-    for folder in table.glob(f"{PARTITION_PREFIX}*"):
-        try:
-            days.append(date.fromisoformat(folder.name[len(PARTITION_PREFIX):]))
-        except ValueError:
-            continue
-    return sorted(days)
 
 
 def answering_partition(days: list[date], first_event: pd.Timestamp, last_event: pd.Timestamp) -> date | None:
@@ -83,7 +74,7 @@ def _narrowed(view, entity_df, repo_path: Path | None):
         return view
     narrowed = copy.copy(view)
     narrowed.batch_source = FileSource(
-        name=source.name, path=f"{source.path.rstrip('/')}/{PARTITION_PREFIX}{day.isoformat()}",
+        name=source.name, path=f"{source.path.rstrip('/')}/{dt_partition(day)}",
         timestamp_field=source.timestamp_field, created_timestamp_column=source.created_timestamp_column,
         field_mapping=source.field_mapping, file_format=source.file_format,
     )

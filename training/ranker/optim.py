@@ -8,8 +8,8 @@ For each table row i touched by the batch, with g_i its gradient row (width d):
 
 Rows the batch did not touch are neither read nor written, so a step costs O(rows in batch), not
 O(table). Sparse (COO) gradients are used as they are; dense gradients (under torchrun without the fused
-tables, where gradients are averaged as dense tensors) are reduced to their non-zero rows first - for an untouched row g_i = 0 and the
-update is the identity either way, so both paths give the same result.
+tables, where gradients are averaged as dense tensors) are reduced to their non-zero rows first - for an
+untouched row g_i = 0 and the update is the identity either way, so both paths give the same result.
 """
 
 from __future__ import annotations
