@@ -168,6 +168,27 @@ def test_encode_table_hashes_deterministically_and_reads_nulls_as_missing():
         batch.bag_values[0][2].item(), *batch.bag_values[0][:2].tolist()]
 
 
+def test_take_gathers_rows_and_their_bags_like_a_loop_over_rows():
+    generator = torch.Generator().manual_seed(3)
+    rows = 50
+    lengths = [torch.randint(0, 4, (rows,), generator=generator) for _ in range(2)]
+    lengths[0][-1], lengths[1][:5] = 3, 0      # the last row's bag ends at the values' end; empty bags
+    values = [torch.randint(0, 1000, (int(n.sum()),), generator=generator) for n in lengths]
+    offsets = [torch.cumsum(n, 0) - n for n in lengths]
+    batch = data.Batch(torch.randint(0, 9, (rows, 3), generator=generator), torch.randn(rows, 4, generator=generator),
+                       values, offsets, torch.randint(0, 2, (rows,), generator=generator).float(), torch.rand(rows),
+                       torch.arange(rows) + 100, torch.arange(rows) + 500, torch.randint(1, 6, (rows,), generator=generator))
+    index = torch.tensor([rows - 1, 0, 3, rows - 2, rows - 1, 17, 2, 4])  # repeats, any order, the last rows
+    picked = batch.take(index)
+    for name in ("sparse", "dense", "label", "weight", "member_id", "event_id", "position"):
+        assert torch.equal(getattr(picked, name), getattr(batch, name)[index]), name
+    for bag in range(2):
+        expected = [values[bag][int(offsets[bag][i]):int(offsets[bag][i] + lengths[bag][i])] for i in index.tolist()]
+        assert torch.equal(picked.bag_values[bag], torch.cat(expected))
+        assert picked.bag_offsets[bag].tolist() == [sum(len(e) for e in expected[:k]) for k in range(len(expected))]
+    assert len(batch.take(torch.tensor([], dtype=torch.int64))) == 0
+
+
 def test_encode_table_names_the_missing_column():
     config = RankerConfig.from_spec({**SPEC, "dense": ["rate", "salary"]})
     with pytest.raises(KeyError, match="salary"):

@@ -220,6 +220,24 @@ def test_a_chunk_cache_gives_every_epoch_the_batches_streamed_from_the_files(tra
     assert cache.rows == (sum(len(b) for b in streamed) if max_rows > 1000 else 0)
 
 
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_gathering_on_several_threads_yields_the_batches_of_one_thread_in_order(training_set, world_size):
+    spec = data.read_spec(training_set)
+    config = _config(training_set)
+    files = data.day_files(training_set, days(2))
+
+    def batches(**threads):
+        stream = data.StreamConfig(batch_size=64, chunk_rows=2500, seed=5, rank=world_size - 1,
+                                   world_size=world_size, **threads)
+        return list(data.stream_batches(files, spec, config, stream, epoch=1))
+
+    inline, parallel = batches(), batches(batches_ahead=3, gather_threads=4)
+    assert len(parallel) == len(inline) > 20
+    for a, b in zip(inline, parallel):
+        assert torch.equal(a.event_id, b.event_id) and torch.equal(a.dense, b.dense) and torch.equal(a.sparse, b.sparse)
+        assert all(torch.equal(x, y) for x, y in zip(a.bag_values + a.bag_offsets, b.bag_values + b.bag_offsets))
+
+
 def _data_parallel_helpers(rank):
     from training.ranker.train import _average_gradients, _broadcast_from_rank_0
 

@@ -100,6 +100,9 @@ class TrainConfig:
     # (kernels.captured_step). The eager step is host-bound there (16 ms of Python and launches per step
     # against 0.75 ms of GPU work, demo data on an H200); batches are padded to one shape with zero-weight rows.
     cuda_graph: bool = True
+    # GPUs: threads that gather the next batches' rows while the step runs (torch releases the GIL); the
+    # CPU gathers each batch in the training thread.
+    loader_threads: int = 2
     chunk_rows: int = 1 << 18
     # Encoded training rows kept in memory after the first epoch when they fit (data.ChunkCache; 0: stream
     # every epoch from the files). 2M rows of the demo's layout take about 0.9 GB (455 bytes a row).
@@ -188,7 +191,7 @@ def _proximal_penalty(model: nn.Module, prior: dict[str, torch.Tensor]) -> torch
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
-def fixed_shape(batch: data.Batch, rows: int, capacities: list[int]) -> data.Batch:
+def fixed_shape(batch: data.Batch, rows: int, capacities: list[int], pin_memory: bool = False) -> data.Batch:
     """`batch` (at most `rows` rows) padded to `rows` + 1 rows and bag i's values to `capacities[i]`.
 
     Padding rows have weight 0, label 0, sparse ids -1, dense 0, position 0 (read as 1) and empty bags. A
@@ -197,21 +200,36 @@ def fixed_shape(batch: data.Batch, rows: int, capacities: list[int]) -> data.Bat
     the fused tables -1 is no row, read or updated (kernels.embedding): an id of 0 there would have given the
     "missing" rows the L2 of a touched row at every step. The model has no operation across rows, so the
     real rows' outputs and the step are unchanged.
+
+    Every tensor is written once into its padded buffer, in page-locked memory with `pin_memory` (for an
+    asynchronous copy to the GPU): no concatenation followed by a second copy into pinned memory.
     """
     n, pad = len(batch), rows + 1 - len(batch)
     if pad < 1:
         raise ValueError(f"fixed_shape: batch of {n} rows does not fit {rows} rows plus the padding row")
 
+    def buffer(like: torch.Tensor, length: int) -> torch.Tensor:
+        return torch.empty((length, *like.shape[1:]), dtype=like.dtype, pin_memory=pin_memory)
+
     def padded(tensor: torch.Tensor, value: float = 0) -> torch.Tensor:
-        return torch.cat([tensor, tensor.new_full((pad, *tensor.shape[1:]), value)])
+        out = buffer(tensor, rows + 1)
+        out[:n].copy_(tensor)
+        out[n:].fill_(value)
+        return out
 
     values, offsets = [], []
     for bag_values, bag_offsets, capacity in zip(batch.bag_values, batch.bag_offsets, capacities):
         if bag_values.numel() > capacity:
             raise ValueError(f"fixed_shape: {bag_values.numel()} bag values exceed the capacity {capacity}")
         spare = capacity - bag_values.numel()
-        values.append(torch.cat([bag_values.new_full((spare,), -1), bag_values]))
-        offsets.append(padded(bag_offsets + spare, capacity))  # the padding rows' bags are empty
+        bag = buffer(bag_values, capacity)
+        bag[:spare].fill_(-1)
+        bag[spare:].copy_(bag_values)
+        values.append(bag)
+        bag_starts = buffer(bag_offsets, rows + 1)
+        torch.add(bag_offsets, spare, out=bag_starts[:n])
+        bag_starts[n:].fill_(capacity)  # the padding rows' bags are empty
+        offsets.append(bag_starts)
     return data.Batch(padded(batch.sparse, -1), padded(batch.dense), values, offsets, padded(batch.label),
                       padded(batch.weight), padded(batch.member_id, -1),
                       None if batch.event_id is None else padded(batch.event_id, -1),
@@ -352,7 +370,7 @@ def train_model(
         batch_size=config.batch_size, chunk_rows=config.chunk_rows, seed=config.seed,
         # Padded batches are pinned after padding (fixed_shape copies the rows): pinning the shard first is wasted.
         rank=context.rank, world_size=context.world_size, pin_memory=device.type == "cuda" and not padded,
-        batches_ahead=4 if device.type == "cuda" else 0,
+        batches_ahead=4 if device.type == "cuda" else 0, gather_threads=config.loader_threads,
     )
 
     cache = data.ChunkCache(config.cache_rows) if config.cache_rows > 0 else None
@@ -380,9 +398,7 @@ def train_model(
             step_fn = train_step
             if padded:
                 capacities = agree(bag_capacities(batch, shard_rows))
-                batch = fixed_shape(batch, shard_rows, capacities)
-                if device.type == "cuda":
-                    batch = batch.pin_memory()
+                batch = fixed_shape(batch, shard_rows, capacities, pin_memory=device.type == "cuda")
             if graphed:
                 if tuple(capacities) not in graphs:
                     graphs[tuple(capacities)] = CapturedStep(train_step, [dense_opt])
