@@ -238,6 +238,27 @@ def test_gathering_on_several_threads_yields_the_batches_of_one_thread_in_order(
         assert all(torch.equal(x, y) for x, y in zip(a.bag_values + a.bag_offsets, b.bag_values + b.bag_offsets))
 
 
+def test_every_rank_counts_the_bag_values_of_every_shard_so_all_pad_to_one_shape(training_set):
+    """Under torchrun the padded shape comes from the loader, with no collective: each rank draws the same global
+    batch and counts every shard's bag values (Batch.shard_bag_values)."""
+    spec = data.read_spec(training_set)
+    config = _config(training_set)
+    files = data.day_files(training_set, days(2))
+    ranks = [list(data.stream_batches(files, spec, config, data.StreamConfig(batch_size=64, chunk_rows=2500, seed=5,
+                                                                           rank=rank, world_size=2)))
+             for rank in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) > 20
+    differs = 0
+    for first, second in zip(*ranks):
+        own = [[v.numel() for v in b.bag_values] for b in (first, second)]
+        assert first.shard_bag_values == second.shard_bag_values == [max(a, b) for a, b in zip(*own)]
+        assert bag_capacities(first, 32) == bag_capacities(second, 32)
+        differs += own[0] != own[1]
+    assert differs > 0  # the shards' own counts differ, so the shared count matters
+    alone = next(iter(data.stream_batches(files, spec, config, data.StreamConfig(batch_size=64, chunk_rows=2500))))
+    assert alone.shard_bag_values is None
+
+
 def _data_parallel_helpers(rank):
     from training.ranker.train import _average_gradients, _broadcast_from_rank_0
 

@@ -52,6 +52,9 @@ class Batch:
     member_id: torch.Tensor                # [B] int64 raw ids (cold/warm buckets)
     event_id: torch.Tensor | None = None   # [B] int64 when the training set has it (truth join)
     position: torch.Tensor | None = None   # [B] int64 1-based display position (0 = unknown) when read
+    # Per bag feature, the most values any rank's shard of the same global batch holds: set by the loader under
+    # torchrun, so every rank pads its shard to one shape without asking the others (None: this batch's own).
+    shard_bag_values: list[int] | None = None
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
@@ -65,7 +68,7 @@ class Batch:
         return Batch(
             move(self.sparse), move(self.dense), [move(v) for v in self.bag_values],
             [move(o) for o in self.bag_offsets], move(self.label), move(self.weight),
-            move(self.member_id), move(self.event_id), move(self.position),
+            move(self.member_id), move(self.event_id), move(self.position), self.shard_bag_values,
         )
 
     def pin_memory(self) -> "Batch":
@@ -73,7 +76,7 @@ class Batch:
         return Batch(
             pin(self.sparse), pin(self.dense), [pin(v) for v in self.bag_values],
             [pin(o) for o in self.bag_offsets], pin(self.label), pin(self.weight),
-            pin(self.member_id), pin(self.event_id), pin(self.position),
+            pin(self.member_id), pin(self.event_id), pin(self.position), self.shard_bag_values,
         )
 
     def take(self, index: torch.Tensor) -> "Batch":
@@ -85,18 +88,22 @@ class Batch:
         """
         pick = lambda t: None if t is None else t.index_select(0, index)  # noqa: E731
         values, offsets = [], []
-        following = index + 1
         for bag_values, bag_offsets in zip(self.bag_values, self.bag_offsets):
-            rows = bag_offsets.numel()
-            starts = bag_offsets.index_select(0, index)
-            next_starts = bag_offsets.index_select(0, following.clamp(max=max(rows - 1, 0)))
-            picked = torch.where(following < rows, next_starts, bag_values.numel()) - starts
+            starts, picked = _bag_spans(bag_values, bag_offsets, index)
             new_offsets = torch.cumsum(picked, 0) - picked
             within = torch.arange(int(picked.sum())) - torch.repeat_interleave(new_offsets, picked)
             values.append(bag_values.index_select(0, torch.repeat_interleave(starts, picked) + within))
             offsets.append(new_offsets)
         return Batch(pick(self.sparse), pick(self.dense), values, offsets, pick(self.label), pick(self.weight),
                      pick(self.member_id), pick(self.event_id), pick(self.position))
+
+
+def _bag_spans(bag_values: torch.Tensor, bag_offsets: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the bags of rows `index` start and how many values each holds (a bag ends where the next row's starts)."""
+    rows, following = bag_offsets.numel(), index + 1
+    starts = bag_offsets.index_select(0, index)
+    next_starts = bag_offsets.index_select(0, following.clamp(max=max(rows - 1, 0)))
+    return starts, torch.where(following < rows, next_starts, bag_values.numel()) - starts
 
 
 def concat_batches(batches: list[Batch]) -> Batch:
@@ -541,12 +548,14 @@ def stream_batches(
     if stream.batches_ahead > 0 and stream.gather_threads > 1:
         yield from _gathered_in_parallel(shards, stream)
     else:
-        yield from _prefetched((_gather(chunk, rows, stream.pin_memory) for chunk, rows in shards),
-                               stream.batches_ahead)
+        yield from _prefetched((_gather(*shard, stream.pin_memory) for shard in shards), stream.batches_ahead)
 
 
-def _shard_rows(chunks: Iterator[Batch], stream: StreamConfig, epoch: int) -> Iterator[tuple[Batch, torch.Tensor]]:
-    """(chunk, this rank's rows of the next batch), batch after batch."""
+Shard = tuple[Batch, torch.Tensor, "list[int] | None"]
+
+
+def _shard_rows(chunks: Iterator[Batch], stream: StreamConfig, epoch: int) -> Iterator[Shard]:
+    """(chunk, this rank's rows of the next batch, the most bag values of any rank's rows), batch after batch."""
     generator = torch.Generator().manual_seed(stream.seed * 1_000_003 + epoch)
     for chunk in chunks:
         order = torch.randperm(len(chunk), generator=generator)
@@ -554,23 +563,28 @@ def _shard_rows(chunks: Iterator[Batch], stream: StreamConfig, epoch: int) -> It
             rows = order[start:start + stream.batch_size]
             if len(rows) < stream.world_size:
                 continue  # every rank must see a non-empty shard, or collectives would hang
-            yield chunk, rows[stream.rank::stream.world_size]
+            most = None
+            if stream.world_size > 1:  # every rank draws the same rows, so each can count all shards' values
+                most = [max(int(lengths[rank::stream.world_size].sum()) for rank in range(stream.world_size))
+                        for lengths in (_bag_spans(v, o, rows)[1] for v, o in zip(chunk.bag_values, chunk.bag_offsets))]
+            yield chunk, rows[stream.rank::stream.world_size], most
 
 
-def _gather(chunk: Batch, rows: torch.Tensor, pin_memory: bool) -> Batch:
+def _gather(chunk: Batch, rows: torch.Tensor, most_bag_values: list[int] | None, pin_memory: bool) -> Batch:
     shard = chunk.take(rows)
+    shard.shard_bag_values = most_bag_values
     return shard.pin_memory() if pin_memory else shard
 
 
-def _gathered_in_parallel(shards: Iterator[tuple[Batch, torch.Tensor]], stream: StreamConfig) -> Iterator[Batch]:
+def _gathered_in_parallel(shards: Iterator[Shard], stream: StreamConfig) -> Iterator[Batch]:
     """The shards gathered by `stream.gather_threads` threads, up to `stream.batches_ahead` ahead, in order."""
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(stream.gather_threads, thread_name_prefix="rankflow-gather") as pool:
         pending: deque = deque()
-        for chunk, rows in shards:
-            pending.append(pool.submit(_gather, chunk, rows, stream.pin_memory))
+        for shard in shards:
+            pending.append(pool.submit(_gather, *shard, stream.pin_memory))
             if len(pending) > stream.batches_ahead:
                 yield pending.popleft().result()
         while pending:

@@ -14,7 +14,8 @@
   computes, without its host-side bucket bookkeeping, which a CUDA graph cannot replay), so N processes
   follow the single-process loss curve. With the fused embedding optimiser the replicated tables stay
   equal because every backward gathers all ranks' rows first (kernels.embedding); the ranks then pad
-  their shards to one shape, with bag capacities agreed over a host-side group. Without it, the tables
+  their shards to one shape (every rank draws the same global batch, so each counts every shard's bag
+  values itself: no host-side collective per step). Without it, the tables
   produce dense gradients, averaged like the rest, for optim.RowWiseAdagrad.
 - CUDA graphs: on GPUs with the fused embedding optimiser (one process or several), every step after a few
   eager warm-up steps is a replayed CUDA graph (under torchrun, the gathers and the all-reduce too). Graphs
@@ -237,8 +238,13 @@ def fixed_shape(batch: data.Batch, rows: int, capacities: list[int], pin_memory:
 
 
 def bag_capacities(batch: data.Batch, rows: int) -> list[int]:
-    """Per bag feature, the power of two >= max(its values, rows): few distinct shapes, so few graphs."""
-    return [1 << (max(int(v.numel()), rows, 1) - 1).bit_length() for v in batch.bag_values]
+    """Per bag feature, the power of two >= max(its values, rows): few distinct shapes, so few graphs.
+
+    Under torchrun the values counted are the most any rank's shard of the global batch holds
+    (`Batch.shard_bag_values`, from the loader), so every rank gets the same capacities.
+    """
+    counts = batch.shard_bag_values or [int(v.numel()) for v in batch.bag_values]
+    return [1 << (max(count, rows, 1) - 1).bit_length() for count in counts]
 
 
 def _broadcast_from_rank_0(model: nn.Module) -> None:
@@ -270,21 +276,6 @@ def _host_group(context: DistributedContext):
     if context.enabled and dist.get_backend() != "gloo":
         return dist.new_group(backend="gloo")
     return None
-
-
-def _capacity_agreement(context: DistributedContext, group) -> Callable[[list[int]], list[int]]:
-    """Per bag feature, the largest capacity over the ranks (over the host group)."""
-    if not context.enabled:
-        return lambda capacities: capacities
-
-    def agree(capacities: list[int]) -> list[int]:
-        if not capacities:
-            return capacities
-        agreed = torch.tensor(capacities, dtype=torch.int64)
-        dist.all_reduce(agreed, op=dist.ReduceOp.MAX, group=group)
-        return agreed.tolist()
-
-    return agree
 
 
 def train_model(
@@ -332,7 +323,6 @@ def train_model(
     padded = graphed or (context.enabled and fused_embeddings)
     shard_rows = -(-config.batch_size // context.world_size)
     host_group = _host_group(context)
-    agree = _capacity_agreement(context, host_group)
     dense_opt = torch.optim.AdamW(groups, lr=config.dense_lr, weight_decay=config.dense_weight_decay,
                                   fused=device.type == "cuda", capturable=graphed) if dense_params else None
     sparse_opt = None if fused_embeddings else RowWiseAdagrad(
@@ -397,7 +387,7 @@ def train_model(
             real_rows = len(batch)
             step_fn = train_step
             if padded:
-                capacities = agree(bag_capacities(batch, shard_rows))
+                capacities = bag_capacities(batch, shard_rows)
                 batch = fixed_shape(batch, shard_rows, capacities, pin_memory=device.type == "cuda")
             if graphed:
                 if tuple(capacities) not in graphs:
