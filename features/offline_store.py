@@ -13,6 +13,10 @@ an entity frame, when one can: its events all fall after the newest partition's 
 partition's (every training set of one day does). The join is Feast's own, on that partition; any other
 view, frame or source (several days, remote paths) goes to Feast's store unchanged.
 
+A view may instead become a snapshot from some day on (`meta_embedding`, whose early partitions hold only that
+day's members): tagged `rankflow.snapshot_marked: "true"` as well, it is narrowed only to a partition whose
+Parquet footer carries the snapshot mark (`mark_snapshot`); an older, unmarked partition goes to Feast's store.
+
 feature_store.yaml names it (`offline_store: type: features.offline_store.SnapshotFileOfflineStore`, written
 by features.store for `offline_store = "file"`), and Feast finds this module's Config class by that name.
 """
@@ -25,13 +29,17 @@ from pathlib import Path
 from typing import Literal
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from feast import FileSource
 from feast.infra.offline_stores.dask import DaskOfflineStore, DaskOfflineStoreConfig
 
-from features.contract import partition_days
+from features.contract import PART_FILE, partition_days
 from rankflow.paths import dt_partition
 
 SNAPSHOT_TAG = "rankflow.snapshot"
+MARKED_TAG = "rankflow.snapshot_marked"  # "true": only partitions whose footer has SNAPSHOT_MARK are snapshots
+SNAPSHOT_MARK = b"rankflow.snapshot"
 EVENT_TIMESTAMP = "event_timestamp"  # Feast's default entity-frame timestamp column, the one rankflow uses
 
 
@@ -57,6 +65,17 @@ def answering_partition(days: list[date], first_event: pd.Timestamp, last_event:
     return before[-1]
 
 
+def mark_snapshot(table: pa.Table) -> pa.Table:
+    """`table` with the snapshot mark in its schema metadata (kept in the Parquet footer)."""
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), SNAPSHOT_MARK: b"daily"})
+
+
+def is_marked_snapshot(partition: Path) -> bool:
+    """Whether the partition's part file was written with `mark_snapshot` (reads the footer only)."""
+    part = partition / PART_FILE
+    return part.is_file() and (pq.read_schema(part).metadata or {}).get(SNAPSHOT_MARK) == b"daily"
+
+
 def _narrowed(view, entity_df, repo_path: Path | None):
     """`view` reading its one answering partition, or `view` itself when it cannot be narrowed."""
     source = view.batch_source
@@ -71,6 +90,8 @@ def _narrowed(view, entity_df, repo_path: Path | None):
     times = pd.to_datetime(entity_df[EVENT_TIMESTAMP], utc=True)
     day = answering_partition(partition_days(table), times.min(), times.max())
     if day is None:
+        return view
+    if view.tags.get(MARKED_TAG) == "true" and not is_marked_snapshot(table / dt_partition(day)):
         return view
     narrowed = copy.copy(view)
     narrowed.batch_source = FileSource(

@@ -155,13 +155,22 @@ def read_offline_partition(paths: DataPaths, table: str, day: date) -> pd.DataFr
     return pd.read_parquet(path) if path.exists() else None
 
 
-def write_offline_partition(paths: DataPaths, table: str, day: date, frame: pd.DataFrame) -> Path:
-    """features/<table>/dt=D/part-0.parquet, swapped in atomically (readers never see half a day)."""
+def write_offline_partition(paths: DataPaths, table: str, day: date, frame: pd.DataFrame,
+                            mark_snapshot: bool = False) -> Path:
+    """features/<table>/dt=D/part-0.parquet, swapped in atomically (readers never see half a day).
+
+    `mark_snapshot`: the footer says the partition holds every entity known by the end of D
+    (features.offline_store.mark_snapshot).
+    """
+    from features.offline_store import mark_snapshot as marked
+
     missing = {"event_timestamp", "created_ts"} - set(frame.columns)
     if missing:
         raise ValueError(f"feature table {table} for {day}: missing column(s) {sorted(missing)}")
     target = paths.feature_partition(table, day)
     table_arrow = pa.Table.from_pandas(frame, preserve_index=False)
+    if mark_snapshot:
+        table_arrow = marked(table_arrow)
     with atomic_directory(target) as staging:
         (staging / PART_FILE).write_bytes(parquet_bytes(table_arrow))
     return target
@@ -177,13 +186,17 @@ def online_write(store, view: str, frame: pd.DataFrame, batch_rows: int = WRITE_
     return write(store, view, frame, batch_rows=batch_rows)
 
 
-def write_features(settings: Settings, view: str, frame: pd.DataFrame, day: date) -> dict:
+def write_features(settings: Settings, view: str, frame: pd.DataFrame, day: date,
+                   snapshot: pd.DataFrame | None = None) -> dict:
     """Write one day of a FeatureView: offline partition (atomic), then the online store (never rolled back).
 
     `frame` holds the view's join key, its feature columns, `event_timestamp` (end of `day`) and `created_ts`.
+    With `snapshot` (every entity's newest row at the end of `day`, `frame`'s rows included), the offline
+    partition is that snapshot, marked as one, and the online store gets `frame` alone: the rows that changed.
     """
     store = feature_store(settings)
-    partition = write_offline_partition(settings.paths, view, day, frame)
+    partition = write_offline_partition(settings.paths, view, day, frame if snapshot is None else snapshot,
+                                        mark_snapshot=snapshot is not None)
     result = online_write(store, view, frame)
     return {"partition": str(partition), **result.to_dict()}
 

@@ -106,6 +106,9 @@ glmix_job = FeatureView(
 meta_embedding = FeatureView(
     name="meta_embedding", entities=[member], ttl=timedelta(0), source=_source("meta_embedding"),
     schema=[Field(name="member_id", dtype=Int64), Field(name="meta_embedding", dtype=Array(Float32))],
+    # Snapshots since the partitions were marked as such (rankflow.stages.meta.daily_snapshot); older ones hold
+    # only their day's members and are read whole.
+    tags={**DAILY_SNAPSHOT, "rankflow.snapshot_marked": "true"},
     description="MAML-adapted per-member weights frozen into a fixed-size embedding (LiMAML).",
 )
 

@@ -9,10 +9,12 @@ when BentoML is importable, to the model store as `rankflow-meta`.
 active member's capped recent history (the training set's events in [day - window + 1, day]; active = had an
 event on `day`), flattens the adapted head into the member's meta embedding, gives members who arrived on
 `day` without any event the meta-initialisation itself (cold start), validates the frame
-(validation.check_personalisation) and writes it with features.store.write_features: the offline partition
-features/meta_embedding/dt=D (event_timestamp = end of D, so the ranker's point-in-time join serves it to
-events of D + 1 onwards) and the online store (never replacing a newer value). With no meta-initialisation
-yet, it meta-trains one first (`bootstrapped` in the result says so).
+(validation.check_personalisation) and writes it with features.store.write_features: the day's rows to the online
+store (never replacing a newer value), and to the offline partition features/meta_embedding/dt=D the day's
+snapshot (`daily_snapshot`: those rows and, for every other member with an embedding, its newest one, all
+stamped end of D, so the ranker's point-in-time join serves them to events of D + 1 onwards and reads that one
+partition, not every day's). With no meta-initialisation yet, it meta-trains one first (`bootstrapped` in the
+result says so).
 """
 
 from __future__ import annotations
@@ -205,10 +207,42 @@ def compute_meta_embeddings(settings: Settings, day: date):
     return result, summary
 
 
-def refresh_meta_embeddings(settings: Settings, day: date) -> dict:
-    """Daily: adapted meta embeddings of the day's active (and newly arrived) members -> offline + online."""
+def _end_of_day(day: date):
     import pandas as pd
 
+    return pd.Timestamp(day + timedelta(days=1), tz="UTC")
+
+
+def daily_snapshot(settings: Settings, day: date, frame):
+    """Every member's newest meta embedding at the end of `day`: `frame` (the day's rows) and, for members not
+    in it, their rows in the newest earlier partition, restamped with the end of `day`.
+
+    An earlier partition written before partitions were snapshots (no mark in its footer) holds only its day's
+    members: then the newest row of each member over every earlier partition is used, once.
+    """
+    import pandas as pd
+
+    from features.contract import partition_days
+    from features.offline_store import is_marked_snapshot
+
+    table = settings.paths.feature_table(VIEW)
+    earlier = [d for d in partition_days(table) if d < day]
+    if not earlier:
+        return frame
+    newest = settings.paths.feature_partition(VIEW, earlier[-1])
+    if is_marked_snapshot(newest):
+        previous = pd.read_parquet(newest, columns=list(frame.columns))
+    else:
+        parts = [pd.read_parquet(settings.paths.feature_partition(VIEW, d), columns=list(frame.columns))
+                 for d in earlier]
+        previous = pd.concat(parts, ignore_index=True).drop_duplicates("member_id", keep="last")
+    stamp = _end_of_day(day)
+    carried = previous[~previous["member_id"].isin(frame["member_id"])].assign(event_timestamp=stamp, created_ts=stamp)
+    return pd.concat([carried, frame], ignore_index=True).sort_values("member_id", kind="stable", ignore_index=True)
+
+
+def refresh_meta_embeddings(settings: Settings, day: date) -> dict:
+    """Daily: adapted meta embeddings of the day's active (and newly arrived) members -> offline + online."""
     from features.store import write_features
     from training.meta.state import latest_state
     from validation.personalisation import check_personalisation
@@ -219,11 +253,10 @@ def refresh_meta_embeddings(settings: Settings, day: date) -> dict:
         log.info("no meta-initialisation at or before %s: meta-training one first", day)
         bootstrapped = train_meta(settings, day)["state"]
     frame, summary = compute_meta_embeddings(settings, day)
-    end_of_day = pd.Timestamp(day + timedelta(days=1), tz="UTC")
-    frame["event_timestamp"] = end_of_day
-    frame["created_ts"] = end_of_day  # deterministic: re-running a day is byte-identical
+    frame["event_timestamp"] = frame["created_ts"] = _end_of_day(day)  # deterministic: a re-run is byte-identical
     check_personalisation(VIEW, frame, day, reports_dir=settings.paths.reports,
                           key_column="member_id", vector_columns=[VIEW])
-    written = write_features(settings, VIEW, frame, day)
-    return {"day": day.isoformat(), **summary, "bootstrapped": bootstrapped, "write": written,
-            "seconds": round(time.perf_counter() - started, 2)}
+    snapshot = daily_snapshot(settings, day, frame)
+    written = write_features(settings, VIEW, frame, day, snapshot=snapshot)
+    return {"day": day.isoformat(), **summary, "snapshot_members": len(snapshot), "bootstrapped": bootstrapped,
+            "write": written, "seconds": round(time.perf_counter() - started, 2)}

@@ -142,6 +142,31 @@ def test_the_answering_partition_is_the_newest_stamped_before_every_event():
     assert answering_partition(days, at("2026-01-02 12:00"), at("2026-01-03 12:00")) is None  # day 2's stamp between
 
 
+def test_a_view_marked_snapshot_since_some_day_is_narrowed_only_to_a_marked_partition(tmp_path):
+    """meta_embedding's partitions became snapshots on some day: an older partition (no footer mark) holds only
+    its day's members, so a join it answers must read every partition (Feast's store)."""
+    from feast import Entity, FeatureView, Field, FileSource
+    from feast.types import Float32, Int64
+
+    from features.offline_store import MARKED_TAG, SNAPSHOT_TAG, _narrowed, is_marked_snapshot
+    from rankflow.paths import DataPaths
+
+    paths = DataPaths(tmp_path)
+    for day, marked in ((date(2026, 1, 1), False), (date(2026, 1, 2), True)):
+        stamp = pd.Timestamp(end_of_day(day))
+        frame = pd.DataFrame({"member_id": [1, 2], "x": [0.5, 1.5], "event_timestamp": stamp, "created_ts": stamp})
+        write_offline_partition(paths, "marked_view", day, frame, mark_snapshot=marked)
+    table = paths.feature_table("marked_view")
+    assert [is_marked_snapshot(table / f"dt=2026-01-0{d}") for d in (1, 2)] == [False, True]
+    view = FeatureView(name="marked_view", entities=[Entity(name="member", join_keys=["member_id"])],
+                       schema=[Field(name="member_id", dtype=Int64), Field(name="x", dtype=Float32)],
+                       source=FileSource(path=str(table), timestamp_field="event_timestamp"),
+                       tags={SNAPSHOT_TAG: "daily", MARKED_TAG: "true"})
+    frame = lambda when: pd.DataFrame({"member_id": [1], "event_timestamp": [pd.Timestamp(when, tz="UTC")]})  # noqa: E731
+    assert _narrowed(view, frame("2026-01-03 08:00"), None).batch_source.path == f"{table}/dt=2026-01-02"
+    assert _narrowed(view, frame("2026-01-02 08:00"), None) is view  # answered by the unmarked day 1
+
+
 @pytest.fixture(scope="module")
 def three_days(tmp_path_factory, tiny_data_dir) -> Settings:
     """The tiny marketplace with days 1..3 built in order, as the features stage does (validation aside)."""
@@ -207,12 +232,13 @@ def test_meta_embeddings_written_later_leave_an_earlier_day_unchanged(three_days
 def test_the_spark_tables_are_daily_snapshots(three_days):
     """What features.offline_store relies on: each day's partition of a snapshot view has a row for every
     member (or job) known by the end of that day, so it holds every key of the days before it."""
-    from features.offline_store import SNAPSHOT_TAG
+    from features.offline_store import MARKED_TAG, SNAPSHOT_TAG
 
     settings = three_days
     store = feature_store(settings)
-    views = [v.name for v in store.list_feature_views() if v.tags.get(SNAPSHOT_TAG) == "daily"]
-    assert sorted(views) == sorted(SOURCE_VIEWS)
+    views = [v.name for v in store.list_feature_views()
+             if v.tags.get(SNAPSHOT_TAG) == "daily" and v.tags.get(MARKED_TAG) != "true"]
+    assert sorted(views) == sorted(SOURCE_VIEWS)  # meta_embedding's snapshots carry a mark (test above)
     for view in views:
         key, seen = KEY_OF_VIEW[view], set()
         for day in contract.raw_days(settings.paths)[:3]:

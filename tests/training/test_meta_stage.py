@@ -114,3 +114,40 @@ def test_refresh_validates_and_writes_offline_and_online(settings) -> None:
     offline = pd.read_parquet(settings.paths.feature_partition(VIEW, last))
     assert len(offline) == result["members"] and result["write"]["written"] == result["members"]
     assert (offline["event_timestamp"] == pd.Timestamp(last + timedelta(days=1), tz="UTC")).all()
+
+
+@pytest.mark.slow
+def test_each_days_partition_is_a_snapshot_of_every_members_newest_embedding(settings) -> None:
+    """The day's partition holds the day's rows and every other member's newest one (restamped), marked in its
+    footer so the offline store reads that partition alone; the online store gets the day's rows only. An
+    older partition without the mark (written before partitions were snapshots) is read with all the others."""
+    from features.offline_store import is_marked_snapshot
+    from features.store import write_offline_partition
+    from rankflow.stages.meta import VIEW, refresh_meta_embeddings, train_meta
+
+    start = settings.generator.start_date
+    first, second = start + timedelta(days=2), start + timedelta(days=3)
+    stamp = pd.Timestamp(start + timedelta(days=1), tz="UTC")
+    old = pd.DataFrame({"member_id": np.array([888_001, 888_002], np.int64),
+                        VIEW: [np.full(33, 0.5, np.float32), np.full(33, 0.25, np.float32)],
+                        "version": "meta-old", "event_timestamp": stamp, "created_ts": stamp})
+    write_offline_partition(settings.paths, VIEW, start, old)  # unmarked, as before snapshots
+    train_meta(settings, first, config=SMALL)
+    day_one = refresh_meta_embeddings(settings, first)
+    day_two = refresh_meta_embeddings(settings, second)
+    one = pd.read_parquet(settings.paths.feature_partition(VIEW, first)).set_index("member_id")
+    two = pd.read_parquet(settings.paths.feature_partition(VIEW, second)).set_index("member_id")
+    assert not is_marked_snapshot(settings.paths.feature_partition(VIEW, start))
+    assert is_marked_snapshot(settings.paths.feature_partition(VIEW, first))
+    assert is_marked_snapshot(settings.paths.feature_partition(VIEW, second))
+    assert {888_001, 888_002} <= set(one.index) and set(one.index) <= set(two.index)
+    assert len(one) == day_one["snapshot_members"] and len(two) == day_two["snapshot_members"]
+    assert day_two["write"]["written"] == day_two["members"] < len(two)  # online: the day's rows only
+    updated = set(pd.read_parquet(settings.paths.feature_partition("training_set", second))["member_id"]) | set(
+        pd.read_parquet(settings.paths.raw_partition("members", second))["member_id"])
+    carried = sorted(set(one.index) - updated)
+    assert len(carried) > 2
+    assert all(np.array_equal(one.loc[m, VIEW], two.loc[m, VIEW]) for m in carried)
+    assert np.array_equal(two.loc[888_001, VIEW], np.full(33, 0.5, np.float32))
+    assert (two["event_timestamp"] == pd.Timestamp(second + timedelta(days=1), tz="UTC")).all()
+    assert two.index.is_monotonic_increasing
