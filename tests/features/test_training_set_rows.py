@@ -130,6 +130,15 @@ def test_daily_snapshot_views_are_joined_from_one_partition_with_feasts_rows(pla
         assert spec == stock_spec
 
 
+def test_the_join_per_key_refuses_events_of_more_than_one_day():
+    """_point_in_time joins one entity row per key, valid only when every event sees the same rows (one day)."""
+    from features.training_set import _point_in_time
+
+    events = pd.DataFrame({"member_id": [1, 1], "ts": pd.to_datetime(["2026-01-02 23:00", "2026-01-03 01:00"], utc=True)})
+    with pytest.raises(ValueError, match="more than one day"):
+        _point_in_time(None, "member_features", "member_id", events)
+
+
 def test_the_answering_partition_is_the_newest_stamped_before_every_event():
     from features.offline_store import answering_partition
 
