@@ -564,9 +564,11 @@ def _shard_rows(chunks: Iterator[Batch], stream: StreamConfig, epoch: int) -> It
             if len(rows) < stream.world_size:
                 continue  # every rank must see a non-empty shard, or collectives would hang
             most = None
-            if stream.world_size > 1:  # every rank draws the same rows, so each can count all shards' values
-                most = [max(int(lengths[rank::stream.world_size].sum()) for rank in range(stream.world_size))
-                        for lengths in (_bag_spans(v, o, rows)[1] for v, o in zip(chunk.bag_values, chunk.bag_offsets))]
+            if stream.world_size > 1:  # every rank draws the same rows, so each counts every shard's bag values
+                most = []
+                for bag_values, bag_offsets in zip(chunk.bag_values, chunk.bag_offsets):
+                    lengths = _bag_spans(bag_values, bag_offsets, rows)[1]
+                    most.append(max(int(lengths[rank::stream.world_size].sum()) for rank in range(stream.world_size)))
             yield chunk, rows[stream.rank::stream.world_size], most
 
 
