@@ -34,6 +34,9 @@ from training.ranker.model import RankerConfig
 SPEC_FILE = "spec.json"
 
 
+_ABSENT_SAID: set[tuple[str, tuple[str, ...]]] = set()  # (file, columns) already warned about (encode_table)
+
+
 class MissingColumnWarning(UserWarning):
     """A partition lacks a dense column its spec names; the column is read as zeros."""
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -203,10 +206,11 @@ def encode_table(table: Any, spec: dict[str, Any], config: RankerConfig, source:
     dense_parts = []
     inputs = [*config.dense_features, *(name for name, _ in config.vector_features)]
     absent = [name for name in inputs if name not in table.column_names] if absent_dense_as_zero else []
-    if absent:
+    if absent and (source, tuple(absent)) not in _ABSENT_SAID:
         # A partition written before a derived column existed (e.g. the first day, built with no feature
         # rows at all, or a day before personalisation wrote any meta embedding): the column reads as 0,
-        # exactly as a null value does. Said once per file, not silently.
+        # exactly as a null value does. Said once per file and process, not silently.
+        _ABSENT_SAID.add((source, tuple(absent)))
         warnings.warn(f"{source}: dense column(s) {', '.join(absent)} named by the training-set spec are absent; "
                       f"read as 0", MissingColumnWarning, stacklevel=2)
     for name in config.dense_features:
