@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +220,11 @@ def parse_schema(data: Any, source: str = "schema") -> RawSchema:
         items=_parse_entity(data["items"], source, "items"),
         events=_parse_events(data["events"], source),
     )
+
+
+def end_of_day(day: date) -> datetime:
+    """The instant day D's feature rows are stamped with and valid from: D+1 00:00 UTC."""
+    return datetime.combine(day + timedelta(days=1), time(0), tzinfo=timezone.utc)
 
 
 def load_raw_schema(paths: DataPaths) -> RawSchema:

@@ -24,7 +24,7 @@ by features.store for `offline_store = "file"`), and Feast finds this module's C
 from __future__ import annotations
 
 import copy
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from feast import FileSource
 from feast.infra.offline_stores.dask import DaskOfflineStore, DaskOfflineStoreConfig
 
-from features.contract import PART_FILE, partition_days
+from features.contract import PART_FILE, end_of_day, partition_days
 from rankflow.paths import dt_partition
 
 SNAPSHOT_TAG = "rankflow.snapshot"
@@ -50,7 +50,7 @@ class SnapshotFileOfflineStoreConfig(DaskOfflineStoreConfig):
 
 
 def _stamp(day: date) -> pd.Timestamp:
-    return pd.Timestamp(datetime.combine(day + timedelta(days=1), time(), tzinfo=timezone.utc))
+    return pd.Timestamp(end_of_day(day))
 
 
 def answering_partition(days: list[date], first_event: pd.Timestamp, last_event: pd.Timestamp) -> date | None:

@@ -10,14 +10,14 @@ The tables come back as pandas frames: validation runs on them before anything i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date
 
 import pandas as pd
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from features.contract import PART_FILE, load_raw_schema, raw_days
+from features.contract import PART_FILE, end_of_day, load_raw_schema, raw_days  # noqa: F401 (end_of_day: also imported from here)
 from features.spark.affinities import AFFINITY_SPEC, affinity_attributes, attribute_events, member_affinities
 from features.spark.job_features import job_features
 from features.spark.member_features import member_features
@@ -54,11 +54,6 @@ class DayBuild:
     tables: dict[str, pd.DataFrame]
     window_modes: dict[str, str] = field(default_factory=dict)
     events: int = 0
-
-
-def end_of_day(day: date) -> datetime:
-    """The instant a day's features are valid from: D+1 00:00 UTC."""
-    return datetime.combine(day + timedelta(days=1), time(0), tzinfo=timezone.utc)
 
 
 def _write_dailies(spark: SparkSession, paths: DataPaths, day: date, attributes: tuple[str, ...],

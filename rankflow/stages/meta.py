@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, timedelta
 from pathlib import Path
 
 from rankflow.config import Settings
@@ -210,7 +210,11 @@ def compute_meta_embeddings(settings: Settings, day: date):
 def _end_of_day(day: date):
     import pandas as pd
 
-    return pd.Timestamp(day + timedelta(days=1), tz="UTC")
+    from features.contract import end_of_day
+
+    # Unit s, as these partitions have always been written (timestamp[ms] in Parquet): another unit would give
+    # the table's partitions two column types.
+    return pd.Timestamp(end_of_day(day)).as_unit("s")
 
 
 def daily_snapshot(settings: Settings, day: date, frame):

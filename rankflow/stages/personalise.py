@@ -21,7 +21,7 @@ import hashlib
 import json
 import shutil
 from dataclasses import asdict, dataclass, fields
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -188,14 +188,16 @@ def _feature_frame(ids, key: str, state, rows, prefix: str, day: date):
 
     mean = state.mean[rows].float().cpu().numpy()
     variance = state.variance_diagonal()[rows].float().cpu().numpy() if len(rows) else mean
-    end_of_day = datetime.combine(day + timedelta(days=1), time(0), tzinfo=timezone.utc)
+    from features.contract import end_of_day
+
+    stamp = pd.Timestamp(end_of_day(day))
     return pd.DataFrame({
         key: ids.astype("int64"),
         f"{prefix}_re_mean": list(mean.astype(np.float32)),
         f"{prefix}_re_variance": list(variance.astype(np.float32)),
-        "event_timestamp": pd.Timestamp(end_of_day),
+        "event_timestamp": stamp,
         # Deterministic (end of the logical day) so that re-running a day is byte-identical.
-        "created_ts": pd.Timestamp(end_of_day),
+        "created_ts": stamp,
     })
 
 

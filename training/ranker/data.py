@@ -21,7 +21,7 @@ import json
 import queue
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from typing import Any, Iterator
@@ -66,21 +66,18 @@ class Batch:
     def inputs(self) -> tuple:
         return (self.sparse, self.dense, self.bag_values, self.bag_offsets, self.position)
 
+    def _mapped(self, fn) -> "Batch":
+        """Every tensor through `fn`; the other fields as they are."""
+        f = lambda t: None if t is None else fn(t)  # noqa: E731
+        return replace(self, sparse=f(self.sparse), dense=f(self.dense), bag_values=[f(v) for v in self.bag_values],
+                       bag_offsets=[f(o) for o in self.bag_offsets], label=f(self.label), weight=f(self.weight),
+                       member_id=f(self.member_id), event_id=f(self.event_id), position=f(self.position))
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
-        move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
-        return Batch(
-            move(self.sparse), move(self.dense), [move(v) for v in self.bag_values],
-            [move(o) for o in self.bag_offsets], move(self.label), move(self.weight),
-            move(self.member_id), move(self.event_id), move(self.position), self.shard_bag_values,
-        )
+        return self._mapped(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> "Batch":
-        pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
-        return Batch(
-            pin(self.sparse), pin(self.dense), [pin(v) for v in self.bag_values],
-            [pin(o) for o in self.bag_offsets], pin(self.label), pin(self.weight),
-            pin(self.member_id), pin(self.event_id), pin(self.position), self.shard_bag_values,
-        )
+        return self._mapped(torch.Tensor.pin_memory)
 
     def take(self, index: torch.Tensor) -> "Batch":
         """The rows `index` (any order), bags re-packed.
