@@ -53,10 +53,10 @@ def _midnight(day: date) -> datetime:
 
 
 def schedule_start() -> datetime:
-    """First logical day of every schedule: the generator's start date in the data dir's Settings."""
+    """First logical day of every schedule: the data dir's first raw event day (Settings.scheduled_days)."""
     from rankflow.config import load_settings  # light: dataclasses + yaml
 
-    return _midnight(load_settings(rankflow_option("data_dir")).generator.start_date)
+    return _midnight(load_settings(rankflow_option("data_dir")).scheduled_days()[0])
 
 
 def schedule_end() -> datetime | None:

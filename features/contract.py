@@ -27,10 +27,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from rankflow.paths import DataPaths, atomic_write_bytes, dt_partition
+from rankflow.paths import PART_FILE, DataPaths, atomic_write_bytes, dt_partition, partition_days  # noqa: F401 (re-exported)
 
 TABLES = ("members", "items", "events")
-PART_FILE = "part-0.parquet"
 
 # Canonical column names (ingest renames the user's columns to these).
 MEMBER_ID = "member_id"
@@ -270,17 +269,6 @@ def parquet_bytes(table: pa.Table) -> bytes:
 def write_partition(staging_dir: Path, table: pa.Table) -> None:
     """Write one partition's single file into a directory staged by `atomic_directory`."""
     (Path(staging_dir) / PART_FILE).write_bytes(parquet_bytes(table))
-
-
-def partition_days(directory: Path) -> list[date]:
-    """The logical dates of the `dt=YYYY-MM-DD` partitions under a table folder, oldest first."""
-    if not directory.is_dir():
-        return []
-    days = []
-    for child in directory.iterdir():
-        if child.is_dir() and child.name.startswith("dt=") and (child / PART_FILE).exists():
-            days.append(date.fromisoformat(child.name[3:]))
-    return sorted(days)
 
 
 def raw_days(paths: DataPaths, table: str = "events") -> list[date]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,18 @@ class Settings:
         from rankflow.paths import DataPaths
 
         return DataPaths(self.data_dir)
+
+    def scheduled_days(self) -> tuple[date, date]:
+        """First and last logical day the DAGs cover by default: the raw zone's first and last event days
+        when it has any (ingested data, or generated with other flags than rankflow.yaml's), else the
+        generator's configured range."""
+        from rankflow.paths import partition_days
+
+        days = partition_days(self.paths.raw_table("events"))
+        if days:
+            return days[0], days[-1]
+        start = self.generator.start_date
+        return start, start + timedelta(days=self.generator.days - 1)
 
 
 _ENV_KEYS = {

@@ -24,9 +24,23 @@ from pathlib import Path
 from typing import Iterator
 
 
+PART_FILE = "part-0.parquet"  # the one data file of every dt=D partition
+
+
 def dt_partition(day: date) -> str:
     """The Hive-style partition folder name for a logical date."""
     return f"dt={day.isoformat()}"
+
+
+def partition_days(directory: Path) -> list[date]:
+    """The logical dates of the `dt=YYYY-MM-DD` partitions under a table folder, oldest first."""
+    if not directory.is_dir():
+        return []
+    days = []
+    for child in directory.iterdir():
+        if child.is_dir() and child.name.startswith("dt=") and (child / PART_FILE).exists():
+            days.append(date.fromisoformat(child.name[3:]))
+    return sorted(days)
 
 
 @dataclass(frozen=True)

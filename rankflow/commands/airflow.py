@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 from typing import Annotated, Optional
 
 import typer
@@ -23,7 +22,8 @@ def up(
     port: Annotated[int, typer.Option("--port", help="Port of the UI and REST API.")] = 8080,
     end_date: Annotated[Optional[str], typer.Option(
         "--end-date", help="Last logical day the schedules create runs for (YYYY-MM-DD, or 'none' for "
-                           "open-ended). Default: the last day of the generated data (start_date + days - 1).")] = None,
+                           "open-ended). Default: the last day of raw events in the data dir (without any: the "
+                           "generator's start_date + days - 1).")] = None,
     no_login: Annotated[bool, typer.Option(
         "--no-login", help="Everyone is admin, no login page (local demos only).")] = False,
 ) -> None:
@@ -33,8 +33,9 @@ def up(
     from rankflow.airflow_local import AirflowOptions, start
 
     settings = settings_from(data_dir)
+    first_day, last_raw_day = settings.scheduled_days()
     if end_date is None:
-        last_day = settings.generator.start_date + timedelta(days=settings.generator.days - 1)
+        last_day = last_raw_day
     elif end_date.lower() == "none":
         last_day = None
     else:
@@ -53,7 +54,7 @@ def up(
         console.print("Login:       none needed (--no-login: everyone is admin)")
     else:
         console.print(f"Login:       {info.username} / {info.password}")
-    console.print(f"Schedules:   {settings.generator.start_date} .. {last_day or 'open-ended'}")
+    console.print(f"Schedules:   {first_day} .. {last_day or 'open-ended'}")
     console.print(f"CLI:         export AIRFLOW_HOME={info.home}")
     console.print(f"Logs:        {options.run_dir}/   stop with: rankflow airflow down --data-dir {settings.data_dir}")
 

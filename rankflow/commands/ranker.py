@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from rankflow.commands.common import DataDir, DateOpt, EndOpt, StartOpt, parse_day, settings_from
+from rankflow.commands.common import DataDir, DateOpt, EndOpt, StartOpt, day_range, parse_day, settings_from
 
 console = Console()
 
@@ -38,6 +38,7 @@ def train(
 
     if not (start and end):
         raise typer.BadParameter("give both --start D1 and --end D2")
+    days = day_range(None, start, end)  # checks --end is not before --start: a usage error like the others'
     settings = settings_from(data_dir)
     config = quality_config(device=device)  # the settings chosen on the demo marketplace's validation day
     if epochs:
@@ -45,7 +46,7 @@ def train(
     with Progress(TextColumn("training"), BarColumn(), TextColumn("step {task.completed:.0f} loss {task.fields[loss]:.4f}"),
                   TimeElapsedColumn(), console=console, transient=True) as progress:
         task = progress.add_task("train", total=None, loss=float("nan"))
-        result = stage.train(settings, parse_day(start, "--start"), parse_day(end, "--end"), eval_days, warm_start,
+        result = stage.train(settings, days[0], days[-1], eval_days, warm_start,
                              config, on_step=lambda step, loss: progress.update(task, completed=step, loss=loss))
     metrics = result["metrics"]
     console.print(f"candidate [bold]{result['tag']}[/] (warm start from {result['warm_start_from'] or 'nothing: full retrain'}) "

@@ -71,3 +71,17 @@ def test_validation_failure_fails_fast_with_the_report_and_other_errors_propagat
     with pytest.raises(ConnectionError):  # not AirflowFailException: DEFAULT_ARGS retries it
         run_stage("features", "build_features", date(2026, 1, 2))
     assert run_stage("features", "materialize", date(2026, 1, 2))["args"] == ["2026-01-02"]
+
+
+def test_schedules_cover_the_raw_zones_event_days_else_the_generators_range(tmp_path):
+    from rankflow.config import GeneratorSettings, Settings
+    from rankflow.paths import PART_FILE
+
+    settings = Settings(data_dir=tmp_path, generator=GeneratorSettings(start_date=date(2026, 1, 1), days=10))
+    assert settings.scheduled_days() == (date(2026, 1, 1), date(2026, 1, 10))
+    events = settings.paths.raw_table("events")
+    for day in ("2025-03-05", "2025-03-07"):  # ingested days: not the generator's
+        (events / f"dt={day}").mkdir(parents=True)
+        (events / f"dt={day}" / PART_FILE).write_bytes(b"")
+    (events / "dt=2025-03-09").mkdir()  # no data file: not a day
+    assert settings.scheduled_days() == (date(2025, 3, 5), date(2025, 3, 7))
