@@ -47,6 +47,8 @@ def spark_session(settings: Settings, tuning: SparkTuning = SparkTuning()) -> Sp
         # Tiny inputs: adaptive execution only adds planning time here.
         .config("spark.sql.adaptive.enabled", "false")
         .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+        # A raw table has a file per day: list a few hundred on the driver instead of in a job of their own.
+        .config("spark.sql.sources.parallelPartitionDiscovery.threshold", "512")
     )
     _session = builder.getOrCreate()
     _session.sparkContext.setLogLevel("ERROR")

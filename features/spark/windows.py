@@ -17,12 +17,15 @@ Only events of days <= D enter day D's state (events of D have ts < end of D by 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
 
 from rankflow.paths import DataPaths, atomic_directory, dt_partition
 
@@ -83,13 +86,13 @@ class WindowStore:
         return (self._state_path(day) / "_SUCCESS").exists()
 
     def write_daily(self, day: date, daily: DataFrame) -> None:
-        _write(daily.orderBy(*self.spec.keys), self._daily_path(day))
+        _write(daily, self.spec.keys, self._daily_path(day))
 
     def read_daily(self, day: date) -> DataFrame | None:
-        return self.spark.read.parquet(str(self._daily_path(day))) if self.has_daily(day) else None
+        return _read(self.spark, self._daily_path(day)) if self.has_daily(day) else None
 
     def read_state(self, day: date) -> DataFrame:
-        return self.spark.read.parquet(str(self._state_path(day)))
+        return _read(self.spark, self._state_path(day))
 
     def build_state(self, day: date, first_day: date) -> tuple[DataFrame, str]:
         """Window state of `day` (daily aggregates of every day in [first_day, day] must exist).
@@ -102,7 +105,7 @@ class WindowStore:
             state, how = self._advance(day, self.read_state(previous)), "incremental"
         else:
             state, how = self._from_dailies(day, first_day), "from_dailies"
-        _write(state.orderBy(*self.spec.keys), self._state_path(day))
+        _write(state, self.spec.keys, self._state_path(day))
         return self.read_state(day), how
 
     def _signed(self, daily: DataFrame, sign: int, windows: tuple[int, ...], with_last: bool) -> DataFrame:
@@ -161,6 +164,21 @@ class WindowStore:
         return state.where(alive)
 
 
-def _write(frame: DataFrame, target: Path) -> None:
+def _write(frame: DataFrame, keys: tuple[str, ...], target: Path) -> None:
+    """One Parquet file sorted by the keys. A sort inside the single partition, not orderBy: orderBy's
+    range partitioning samples its input in a job of its own first, for the same rows in the same order."""
     with atomic_directory(target) as staging:
-        frame.coalesce(1).write.mode("overwrite").parquet(str(staging))
+        frame.coalesce(1).sortWithinPartitions(*keys).write.mode("overwrite").parquet(str(staging))
+
+
+_SPARK_SCHEMA_KEY = b"org.apache.spark.sql.parquet.row.metadata"
+
+
+def _read(spark: SparkSession, directory: Path) -> DataFrame:
+    """A window folder written by `_write`, with the schema Spark stored in its footer: reading it from
+    the driver here spares the schema-inference job Spark would run for every read."""
+    files = sorted(directory.glob("*.parquet"))
+    metadata = (pq.read_schema(files[0]).metadata or {}) if files else {}
+    if _SPARK_SCHEMA_KEY not in metadata:  # not written by Spark: let Spark infer it
+        return spark.read.parquet(str(directory))
+    return spark.read.schema(StructType.fromJson(json.loads(metadata[_SPARK_SCHEMA_KEY]))).parquet(str(directory))

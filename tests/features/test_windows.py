@@ -75,3 +75,14 @@ def test_windows_hold_exactly_their_last_days(short_windows):
     only_day1 = set(dailies[days[0]]["member_id"]) - set(pd.concat([dailies[d] for d in days[1:]])["member_id"])
     for member_id in only_day1 & set(state.index):
         assert state.loc[member_id, impressions_col(3)] == 0 and pd.notna(state.loc[member_id, "last_apply_ts"])
+
+
+def test_window_files_are_sorted_by_key_and_read_with_the_schema_spark_infers(short_windows):
+    """`_read` takes the schema from the footer Spark wrote (no inference job), and it is the inferred one."""
+    store, days, _, _, _ = short_windows
+    for folder in (store._daily_path(days[-1]), store._state_path(days[-1])):
+        ours = store.read_state(days[-1]) if "state" in str(folder) else store.read_daily(days[-1])
+        inferred = store.spark.read.parquet(str(folder))
+        assert ours.schema == inferred.schema, folder
+        keys = [row["member_id"] for row in ours.select("member_id").collect()]  # file order: one file, one partition
+        assert keys == sorted(keys) and len(keys) == len(set(keys)), folder
