@@ -66,3 +66,34 @@ def test_importing_validation_does_not_import_great_expectations():
     code = "import sys, validation; print('great_expectations' in sys.modules)"
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert output.stdout.strip() == "False"
+
+
+def test_a_suite_changed_between_runs_is_the_one_validated_and_stored_under_the_same_ids(reports_dir):
+    """run_suite replaces the suite, its validation definition and checkpoint in place (not add_or_update)."""
+    from validation.checkpoint import gx_context, gx_modules, run_suite
+
+    _, gxe = gx_modules()
+    frame = pd.DataFrame({"x": [1.0, 2.0, 3.0]})
+    loose = run_suite("probe", DAY, frame, [gxe.ExpectColumnValuesToBeBetween(column="x", min_value=0, max_value=5)],
+                      reports_dir=reports_dir, raise_on_failure=False)
+    context = gx_context(reports_dir)
+    ids = context.validation_definitions.get(name="probe").id, context.checkpoints.get(name="probe").id
+    tight = run_suite("probe", DAY, frame, [gxe.ExpectColumnValuesToBeBetween(column="x", min_value=0, max_value=2)],
+                      reports_dir=reports_dir, raise_on_failure=False)
+    assert loose.success and not tight.success
+    stored = context.checkpoints.get(name="probe").validation_definitions[0].suite.expectations
+    assert [e.max_value for e in stored] == [2]
+    assert (context.validation_definitions.get(name="probe").id, context.checkpoints.get(name="probe").id) == ids
+
+
+def test_data_docs_templates_compile_once_per_process(reports_dir, monkeypatch):
+    """Every Data Docs view builds its own jinja2 Environment; the shared bytecode cache spares recompiling."""
+    import jinja2
+
+    validate(good_events(), DAY, reports_dir)  # GX imported, the templates compiled once
+    compiled = []
+    original = jinja2.Environment.compile
+    monkeypatch.setattr(jinja2.Environment, "compile", lambda self, *a, **k: compiled.append(1) or original(self, *a, **k))
+    result = validate(good_events(), DAY + timedelta(days=1), reports_dir)
+    assert result.data_docs_page.exists() and "Succeeded" in result.data_docs_page.read_text()
+    assert compiled == []
