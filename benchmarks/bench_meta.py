@@ -55,7 +55,7 @@ def refresh(net, interactions, members, device, config, chunk: int):
     import torch
 
     from training.meta.adapt import meta_embeddings
-    from training.meta.tasks import gather_set, support_sets
+    from training.meta.tasks import embed_set, support_sets
 
     started = time.perf_counter()
     tasks = support_sets(interactions, members, 113, config.tasks)
@@ -70,9 +70,9 @@ def refresh(net, interactions, members, device, config, chunk: int):
     out = []
     with torch.no_grad():
         for start in range(0, len(tasks), chunk):
-            support_inputs, support_labels, support_weights = gather_set(support[start:start + chunk], inputs,
-                                                                         labels, weights)
-            embedding, _ = meta_embeddings(net, net.body(support_inputs), support_labels, support_weights,
+            hidden, support_labels, support_weights = embed_set(net, support[start:start + chunk], inputs,
+                                                                labels, weights)
+            embedding, _ = meta_embeddings(net, hidden, support_labels, support_weights,
                                            config.inner, chunk_members=chunk)
             out.append(embedding.cpu())
     sync(device)

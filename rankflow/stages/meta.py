@@ -173,7 +173,7 @@ def compute_meta_embeddings(settings: Settings, day: date):
     from features.contract import read_raw
     from training.meta.adapt import meta_embeddings
     from training.meta.state import latest_state, load_state
-    from training.meta.tasks import gather_set, support_sets
+    from training.meta.tasks import embed_set, support_sets
 
     state_dir = latest_state(meta_root(settings), day)
     if state_dir is None:
@@ -193,9 +193,8 @@ def compute_meta_embeddings(settings: Settings, day: date):
     with torch.no_grad():
         for start in range(0, len(tasks), chunk):
             rows = torch.from_numpy(tasks.support[start:start + chunk])
-            support_inputs, support_labels, support_weights = gather_set(rows, inputs, labels, weights)
-            embedding, bad = meta_embeddings(net, net.body(support_inputs), support_labels, support_weights,
-                                             config.inner)
+            hidden, support_labels, support_weights = embed_set(net, rows, inputs, labels, weights)
+            embedding, bad = meta_embeddings(net, hidden, support_labels, support_weights, config.inner)
             parts.append(embedding.numpy().astype(np.float32))
             fallbacks += bad
     embeddings = np.concatenate(parts) if parts else np.zeros((0, config.subnetwork.embedding_length), np.float32)

@@ -123,3 +123,55 @@ def test_history_reports_the_mean_of_the_first_and_last_steps() -> None:
     assert history.mean_query_loss(2) == pytest.approx((0.5, 0.35))
     assert history.mean_query_loss(20) == pytest.approx((0.4, 0.4))  # fewer steps than asked: all of them
     assert np.isnan(MetaTrainHistory().mean_query_loss(5)[0])
+
+
+@pytest.mark.parametrize("first_order", [True, False])
+def test_sets_embedded_on_their_present_rows_adapt_and_score_as_the_whole_padded_sets(first_order: bool) -> None:
+    """embed_set runs the body on present rows only; MAML's query logits and meta-gradient are those of the
+    body run on every padded row (the padding weighs 0, so its hidden vectors must not matter)."""
+    from training.meta.maml import adapted_query_logits
+    from training.meta.tasks import PAD, embed_set
+
+    net = _net(adapted_layers=2)
+    events, _, _ = _batch(members=1, rows=40, seed=3)
+    inputs = JobInputs(events.categorical[0], events.multi_valued[0], events.dense[0])
+    generator = torch.Generator().manual_seed(4)
+    labels = torch.randint(0, 2, (40,), generator=generator).double()
+    weights = torch.rand(40, generator=generator, dtype=torch.float64) + 0.5
+    support = torch.randint(0, 40, (7, 9), generator=generator)
+    support[torch.rand(7, 9, generator=generator) < 0.7] = PAD
+    support[0] = PAD  # a member with no support rows
+    query = torch.randint(0, 40, (7, 5), generator=generator)
+    query[:, 3:] = PAD
+
+    calls = []
+    body = net.body
+    net.body = lambda x: calls.append(x.categorical.shape[:-1]) or body(x)
+    hidden, set_labels, set_weights = embed_set(net, support, inputs, labels, weights)
+    present = support != PAD
+    assert calls == [(int(present.sum()),)]
+    assert torch.equal(hidden[~present], torch.zeros_like(hidden[~present]))
+    assert torch.allclose(hidden[present], body(inputs.index(support[present])), rtol=0, atol=1e-12)
+    assert torch.equal(set_weights[~present], torch.zeros_like(set_weights[~present]))
+
+    def padded_everywhere(rows, inputs, labels, weights):  # the body on every row, padding as row 0
+        safe = torch.where(rows != PAD, rows, torch.zeros_like(rows))
+        return body(inputs.index(safe)), labels[safe], torch.where(rows != PAD, weights[safe], torch.zeros(()).double())
+
+    def query_loss_and_grads(embed):
+        import training.meta.maml as maml
+        original, maml.embed_set = maml.embed_set, lambda n, rows, i, l, w: embed(rows, i, l, w)
+        try:
+            logits, y, w = adapted_query_logits(net, inputs, labels, weights, support, query, InnerLoopConfig(),
+                                                first_order)
+        finally:
+            maml.embed_set = original
+        loss = vmap(support_loss)(logits, y, w).mean()
+        return logits, torch.autograd.grad(loss, list(net.parameters()), allow_unused=True)
+
+    ours = query_loss_and_grads(lambda rows, i, l, w: embed_set(net, rows, i, l, w))
+    whole = query_loss_and_grads(padded_everywhere)
+    scored = query != PAD  # a padding row's logit is never used (weight 0)
+    assert torch.allclose(ours[0][scored], whole[0][scored], rtol=1e-10, atol=1e-12)
+    for a, b in zip(ours[1], whole[1]):
+        assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, rtol=1e-9, atol=1e-12))

@@ -22,7 +22,7 @@ from training.meta.evaluate import TABLE_HEADER, evaluate_personalisation
 from training.meta.frames import interactions_from_frame
 from training.meta.maml import MetaTrainConfig, meta_train
 from training.meta.subnetwork import SubNetwork, SubNetworkConfig
-from training.meta.tasks import TaskConfig, concat_tasks, gather_set, query_day_tasks, support_sets
+from training.meta.tasks import TaskConfig, concat_tasks, embed_set, query_day_tasks, support_sets
 from training.ranker.evaluate import auc, log_loss
 
 SUBNETWORK = SubNetworkConfig(categorical_columns=JOB_CATEGORICAL, multi_valued_columns=("j_skills",),
@@ -91,10 +91,10 @@ def _embeddings_as_of(net, interactions, members, day):
     tasks = support_sets(interactions, members, day, TASKS)
     inputs = interactions.job_inputs()
     labels, weights = interactions.targets()
-    support_inputs, support_labels, support_weights = gather_set(torch.from_numpy(tasks.support), inputs, labels,
-                                                                 weights)
     with torch.no_grad():
-        embedding, _ = meta_embeddings(net, net.body(support_inputs), support_labels, support_weights, INNER)
+        hidden, support_labels, support_weights = embed_set(net, torch.from_numpy(tasks.support), inputs, labels,
+                                                            weights)
+        embedding, _ = meta_embeddings(net, hidden, support_labels, support_weights, INNER)
     return tasks.member_id, embedding.numpy()
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from training.meta.subnetwork import JobInputs
+from training.meta.subnetwork import JobInputs, SubNetwork
 
 PAD = -1
 
@@ -190,11 +190,18 @@ def concat_tasks(parts: list[Tasks]) -> Tasks:
                  np.concatenate([pad(p.query, width_q) for p in parts]))
 
 
-def gather_set(
-    rows: torch.Tensor, inputs: JobInputs, labels: torch.Tensor, weights: torch.Tensor
-) -> tuple[JobInputs, torch.Tensor, torch.Tensor]:
-    """Inputs, labels and weights of a padded set [M, N]; padding rows get weight 0 (and row 0's inputs)."""
+def embed_set(
+    net: SubNetwork, rows: torch.Tensor, inputs: JobInputs, labels: torch.Tensor, weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hidden vectors h = body(x) [M, N, H], labels and weights [M, N] of a padded set [M, N].
+
+    The body runs on the present rows only: sets are mostly padding (the demo's support and query sets are
+    about 20% full), and a padding row (hidden 0, row 0's label) weighs 0 in every loss, so it adds nothing.
+    """
     present = rows != PAD
     safe = torch.where(present, rows, torch.zeros_like(rows))
-    return (inputs.index(safe), labels[safe],
-            torch.where(present, weights[safe], torch.zeros((), dtype=weights.dtype, device=weights.device)))
+    where = present.reshape(-1).nonzero().squeeze(1)
+    hidden = net.body(inputs.index(safe.reshape(-1).index_select(0, where)))
+    padded = hidden.new_zeros(rows.numel(), hidden.shape[-1]).index_copy(0, where, hidden)
+    zero = torch.zeros((), dtype=weights.dtype, device=weights.device)
+    return padded.reshape(*rows.shape, hidden.shape[-1]), labels[safe], torch.where(present, weights[safe], zero)
