@@ -47,7 +47,7 @@ import pandas as pd
 
 from rankflow.logs import configure_logging, get_logger
 from rankflow.paths import atomic_write_bytes, dt_partition
-from validation.offline_index import write_offline_index
+from validation.offline_index import data_docs_index, write_offline_index
 from validation.result import ValidationFailed, ValidationResult
 from validation.summary import describe_failure
 
@@ -288,7 +288,7 @@ def run_suite(
         ((result_key, suite_result),) = outcome.run_results.items()
         # This result's page and its suite's; the index only when there is none yet (module doc).
         context.build_data_docs(site_names=[SITE], resource_identifiers=[result_key, ExpectationSuiteIdentifier(name=suite)],
-                                build_index=not _site_index(reports_dir).exists())
+                                build_index=not data_docs_index(reports_dir).exists())
         urls = context.get_docs_sites_urls(resource_identifier=result_key, site_name=SITE, only_if_exists=False)
 
     by_column = {flag.column: flag for flag in flags}
@@ -318,10 +318,6 @@ def _url_to_path(url: str) -> Path:
     return Path(unquote(url.removeprefix("file://"))).resolve()
 
 
-def _site_index(reports_dir: Path) -> Path:
-    return Path(reports_dir).resolve() / "data_docs" / "index.html"
-
-
 def refresh_data_docs_index(reports_dir: Path) -> None:
     """Rebuild GX's Data Docs index page alone (plus the newest result's page: GX builds every page when it is
     given none); the static list of results is refreshed with it."""
@@ -340,7 +336,7 @@ def build_data_docs(reports_dir: Path) -> Path:
         context = gx_context(reports_dir)
         context.build_data_docs(site_names=[SITE])
         write_offline_index(reports_dir)
-    index = _site_index(reports_dir)
+    index = data_docs_index(reports_dir)
     if not index.exists():
         raise FileNotFoundError(f"GX built Data Docs but {index} is missing")
     return index

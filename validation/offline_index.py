@@ -36,11 +36,16 @@ def _rows(reports_dir: Path, site_dir: Path) -> list[str]:
     return rows
 
 
+def data_docs_index(reports_dir: Path) -> Path:
+    """The Data Docs site's index page (the site is `reports_dir/data_docs`, checkpoint.SITE_DIRECTORY)."""
+    return Path(reports_dir).resolve() / "data_docs" / "index.html"
+
+
 def write_offline_index(reports_dir: Path) -> None:
     """Insert (or refresh) the static results table at the top of `reports_dir/data_docs/index.html`."""
     reports_dir = Path(reports_dir).resolve()
-    site_dir = reports_dir / "data_docs"
-    index = site_dir / "index.html"
+    index = data_docs_index(reports_dir)
+    site_dir = index.parent
     if not index.exists():
         return
     text = re.sub(re.escape(START) + ".*?" + re.escape(END), "", index.read_text(), flags=re.S)
