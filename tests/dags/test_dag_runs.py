@@ -54,12 +54,20 @@ def test_features_runs_its_three_stages_for_the_interval_day(airflow_db, fake_st
     assert fake_stages.calls == [("validate_raw", (DAY,)), ("build_features", (DAY,)), ("materialize", (DAY,))]
 
 
+@pytest.mark.parametrize("failure, attempts", [("validation", 1), ("connection", 2)])
 def test_features_stops_at_a_validation_failure_without_retrying(airflow_db, fake_stages, rankflow_data_dir,
-                                                                  tmp_path):
-    fake_stages.failures["validate_raw"] = validation_failure(DAY, tmp_path / "result.json")
+                                                                  tmp_path, monkeypatch, failure, attempts):
+    """With one retry allowed, a validation failure runs once (AirflowFailException); a transient error twice."""
+    from dags._common import DEFAULT_ARGS
+
+    monkeypatch.setitem(DEFAULT_ARGS, "retries", 1)
+    monkeypatch.setitem(DEFAULT_ARGS, "retry_delay", timedelta(0))
+    monkeypatch.setitem(DEFAULT_ARGS, "retry_exponential_backoff", 0)
+    fake_stages.failures["validate_raw"] = (validation_failure(DAY, tmp_path / "result.json")
+                                            if failure == "validation" else ConnectionError("store unreachable"))
     run = run_dag("features", DAY)
     assert str(run.state) == "failed"
-    assert fake_stages.called() == ["validate_raw"]  # once: no retry, nothing downstream
+    assert fake_stages.called() == ["validate_raw"] * attempts  # nothing downstream
     assert states(run)["materialize"] == "upstream_failed"
 
 

@@ -257,6 +257,7 @@ def test_rerunning_a_backfilled_day_gives_byte_identical_outputs(airflow):
     day = DAYS[2]
     before = day_digests(data_dir, day)
     assert len(before) >= 5, f"too few files for {day}: {before}"
+    inodes = {name: (data_dir / name).stat().st_ino for name in before}
     personalisations = len(api.runs("personalisation"))
     api.backfill("features", day, day, reprocess="completed")
     wait_for(lambda: len(api.runs("personalisation")) > personalisations and idle(api, "personalisation")
@@ -264,6 +265,9 @@ def test_rerunning_a_backfilled_day_gives_byte_identical_outputs(airflow):
     assert features_states(api)[day] == "success"
     after = day_digests(data_dir, day)
     assert after == before, explain_difference(data_dir, before, after)
+    # Rewritten, not skipped: every partition is swapped in as a new file (atomic_directory / atomic_write_bytes).
+    kept = sorted(name for name in after if (data_dir / name).stat().st_ino == inodes[name])
+    assert not kept, f"files the re-run did not rewrite: {kept}"
 
 
 def test_a_bad_raw_day_fails_at_validation_and_later_days_still_run(airflow):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import shutil
 from pathlib import Path
 
@@ -126,15 +127,22 @@ def test_bad_raw_day_fails_validation_and_changes_nothing(built, case):
     before = _digest(paths.features, paths.feast)
     pq.write_table(pa.Table.from_pandas(_corrupt(pd.read_parquet(part), case), preserve_index=False), part)
     try:
+        # The CLI validates the bad day, says why, exits 1 and quarantines it; the stores stay exactly as they were.
+        result = CliRunner().invoke(_app(), ["features", "build", "--date", day.isoformat(), "--data-dir", str(paths.root)])
+        said = result.output + (result.stderr if result.stderr_bytes is not None else "")
+        assert result.exit_code == 1 and "validation failed" in said, said
+        assert _digest(paths.features, paths.feast) == before
+        quarantined = paths.quarantine("raw_events", day)
+        summary = (quarantined / "summary.txt").read_text().strip()
+        assert summary.splitlines()[0] in " ".join(said.split()), (summary, said)
+        assert not paths.raw_partition("events", day).exists()
+        # The stage itself raises ValidationFailed on the same data, with the same summary.
+        shutil.rmtree(quarantined)
+        part.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pandas(_corrupt(pd.read_parquet(io.BytesIO(original)), case), preserve_index=False), part)
         with pytest.raises(ValidationFailed) as failure:
             validate_raw(built, day)
-        assert failure.value.summary
-        quarantined = paths.quarantine("raw_events", day)
-        assert (quarantined / "summary.txt").read_text().strip() == failure.value.summary.strip()
-        assert not paths.raw_partition("events", day).exists()
-        # The CLI says why and exits non-zero; the stores stay exactly as they were.
-        result = CliRunner().invoke(_app(), ["features", "build", "--date", day.isoformat(), "--data-dir", str(paths.root)])
-        assert result.exit_code != 0
+        assert (paths.quarantine("raw_events", day) / "summary.txt").read_text().strip() == failure.value.summary.strip()
         assert _digest(paths.features, paths.feast) == before
     finally:
         shutil.rmtree(paths.quarantine("raw_events", day), ignore_errors=True)

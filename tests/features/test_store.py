@@ -242,7 +242,7 @@ def test_one_entity_twice_in_a_frame_keeps_its_newest_row(applied_repo, tmp_path
     assert means == [101.0, 102.0, 103.0, 104.0, 105.0]
 
 
-def test_rendered_repo_is_declarations_only_and_reapplies_on_change(applied_repo, tmp_path):
+def test_rendered_repo_is_declarations_only_and_reapplies_on_change(applied_repo, tmp_path, monkeypatch):
     settings = applied_copy(applied_repo, tmp_path / "data")
     store = feature_store(settings)
     repo = settings.paths.feast
@@ -251,6 +251,17 @@ def test_rendered_repo_is_declarations_only_and_reapplies_on_change(applied_repo
     assert {fs.name for fs in store.list_feature_services()} == {"ranker", "personalisation"}
     assert {fv.name for fv in store.list_feature_views()} >= {"member_features", "job_features", "member_affinities",
                                                              "glmix_member", "glmix_job", "meta_embedding"}
+    # A changed declaration (here the online store) is applied again, once: the mark follows the new
+    # fingerprint, and an unchanged second call does not apply.
+    from feast import FeatureStore
+
+    mark_before = (repo / ".applied").read_text()
+    applies = []
+    original = FeatureStore.apply
+    monkeypatch.setattr(FeatureStore, "apply", lambda self, objects, *a, **k: applies.append(1) or original(self, objects, *a, **k))
     redis_settings = Settings(data_dir=settings.data_dir, online_store=REDIS_URL)
     feature_store(redis_settings)
     assert "db=1" in (repo / "feature_store.yaml").read_text()
+    assert applies == [1] and (repo / ".applied").read_text() not in ("", mark_before)
+    feature_store(redis_settings)
+    assert applies == [1]

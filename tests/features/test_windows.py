@@ -71,9 +71,14 @@ def test_windows_hold_exactly_their_last_days(short_windows):
     # Leaving really happened: members active on day 1 count fewer impressions in 3 days than in all 4.
     everything = pd.concat(dailies.values()).groupby("member_id")["impressions"].sum()
     assert (state[impressions_col(3)] < everything.reindex(state.index, fill_value=0)).sum() > 10
-    # A member whose only events were on day 1 keeps a state row only if it ever applied (last apply).
-    only_day1 = set(dailies[days[0]]["member_id"]) - set(pd.concat([dailies[d] for d in days[1:]])["member_id"])
-    for member_id in only_day1 & set(state.index):
+    # A member whose only events were on day 1 has left every window by day 4: it keeps a state row (its last
+    # apply) if it applied, and has none if it never did.
+    first = dailies[days[0]].set_index("member_id")
+    only_day1 = set(first.index) - set(pd.concat([dailies[d] for d in days[1:]])["member_id"])
+    applied = {m for m in only_day1 if first.loc[m, "applies"] > 0}
+    assert applied and only_day1 - applied, (len(applied), len(only_day1))
+    assert not (only_day1 - applied) & set(state.index)
+    for member_id in applied:
         assert state.loc[member_id, impressions_col(3)] == 0 and pd.notna(state.loc[member_id, "last_apply_ts"])
 
 

@@ -27,7 +27,9 @@ def test_loss_and_gradient_match_reference(n, dtype, weighted, device, triton_ba
     expected = bce_reference(logits_ref, labels, None if weights is None else weights.double())
     expected.backward()
     assert loss.dtype == torch.float32
-    assert relative_error(loss, expected) < TOLERANCE[dtype]
+    # The loss is accumulated in float32 from the same (rounded) logits as the reference: 1e-5 in both dtypes
+    # (a kernel summing its per-element losses in bfloat16 would be off by ~1e-3); bfloat16's 1e-2 is for the gradient.
+    assert relative_error(loss, expected) < 1e-5
     assert logits.grad.dtype == dtype
     assert relative_error(logits.grad, logits_ref.grad) < TOLERANCE[dtype]
 

@@ -84,6 +84,12 @@ def test_service_scores_equal_offline_scores_with_bentoml_client_and_string_ids(
         assert item["score"] == pytest.approx(expected[item["item_id"]], rel=1e-5, abs=1e-7)
 
 
+def metric(text: str, name: str) -> float:
+    """The sum over labels of one Prometheus sample name in a /metrics text (0 when absent)."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"))
+
+
 def test_concurrent_requests_are_batched_and_still_exact(service, served_settings, known_ids):
     members, items = known_ids
     results: dict[int, dict] = {}
@@ -93,11 +99,19 @@ def test_concurrent_requests_are_batched_and_still_exact(service, served_setting
                               timeout=30)
         results[member_id] = response.json() if response.status_code == 200 else {"error": response.text}
 
+    before = httpx.get(f"{service.url}/metrics", timeout=10).text
     threads = [threading.Thread(target=call, args=(m,)) for m in members[:16]]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    after = httpx.get(f"{service.url}/metrics", timeout=10).text
+    # Every request's 50 rows went through the scorer (none scored in the front after a failed call), in fewer
+    # batches than requests: some batch held more than one request.
+    assert metric(after, "rankflow_scorer_fallbacks_total") == metric(before, "rankflow_scorer_fallbacks_total")
+    rows = metric(after, "rankflow_scored_batch_rows_sum") - metric(before, "rankflow_scored_batch_rows_sum")
+    batches = metric(after, "rankflow_scored_batch_rows_count") - metric(before, "rankflow_scored_batch_rows_count")
+    assert rows == 16 * 50 and 1 <= batches < 16, (rows, batches)
     from serving.models import RANKER, resolve_tags
 
     offline_tag = resolve_tags(served_settings)[RANKER]

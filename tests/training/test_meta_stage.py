@@ -54,7 +54,7 @@ def test_train_saves_warm_startable_state_and_refresh_embeds_active_and_new_memb
     # The next week's run warm-starts from it, and re-running a day replaces only that day.
     again = train_meta(settings, last, config=SMALL)
     assert again["warm_started"] and latest_state(meta_root(settings), last) == meta_root(settings) / f"dt={last}"
-    assert result["bentoml_tag"] is None or result["bentoml_tag"].startswith("rankflow-meta:")
+    assert result["bentoml_tag"].startswith("rankflow-meta:")
 
     _add_member_without_events(settings, last, member_id=999_999)
     frame, summary = compute_meta_embeddings(settings, last)

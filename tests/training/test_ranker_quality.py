@@ -83,3 +83,6 @@ def test_served_score_adds_random_effects_to_the_evaluated_ranker(quality):
     assert abs(served["ranker alone"] - quality.ranker["auc"]) < 0.002  # calibrated logit: ties move it slightly
     assert served["glmix alone"] > 0.68
     assert min(served.values()) > 0.68
+    # The random effects move the score: all-zero effects would leave the ranker's AUC exactly as it was.
+    added = {k: v for k, v in served.items() if k.startswith("ranker + ")}
+    assert len(added) == 2 and all(abs(v - served["ranker alone"]) > 1e-4 for v in added.values()), served

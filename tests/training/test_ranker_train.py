@@ -71,7 +71,6 @@ def test_warm_start_continues_from_the_previous_model(training_set):
     assert _next_day_auc(warm.model, training_set) > before - 0.01
 
 
-@pytest.mark.slow
 def _one_and_two_processes(training_set, out: Path, device: str, backend: str, batch_size: int = 256):
     """The training script in one process and under torchrun with two, same flags: their history.json."""
     common = ["--training-set", str(training_set), "--first-day", days(2)[0].isoformat(), "--last-day", days(2)[1].isoformat(),
@@ -94,6 +93,7 @@ def _one_and_two_processes(training_set, out: Path, device: str, backend: str, b
     return one, two, losses_one, losses_two
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_follow_the_single_process_loss_curve(training_set, tmp_path):
     _, _, losses_one, losses_two = _one_and_two_processes(training_set, tmp_path, "cpu", "gloo")
     # Same global batches, gradients averaged over the two shards and the embedding rows gathered (one
@@ -102,6 +102,7 @@ def test_torchrun_two_processes_follow_the_single_process_loss_curve(training_se
     assert (losses_one - losses_two).abs().max() < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 def test_torchrun_on_two_gpus_replays_cuda_graphs_and_follows_one_gpu(training_set, tmp_path):
