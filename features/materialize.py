@@ -816,7 +816,8 @@ def materialize_day(settings: Settings, day: date, tables: tuple[str, ...] | Non
 
 def stock_materialize(settings: Settings, day: date, tables: tuple[str, ...] | None = None) -> float:
     """Feast's own `materialize` over the day's validity instant; returns seconds taken."""
-    from features.spark.build import FEATURE_TABLES, end_of_day
+    from features.contract import end_of_day
+    from features.spark.build import FEATURE_TABLES
     from features.store import feature_store
 
     store = feature_store(settings)

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from features.contract import PART_FILE, end_of_day, load_raw_schema, raw_days  # noqa: F401 (end_of_day: also imported from here)
+from features.contract import PART_FILE, end_of_day, load_raw_schema, raw_days
 from features.spark.affinities import AFFINITY_SPEC, affinity_attributes, attribute_events, member_affinities
 from features.spark.job_features import job_features
 from features.spark.member_features import member_features

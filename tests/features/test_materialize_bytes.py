@@ -13,11 +13,11 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from features.contract import PART_FILE
+from features.contract import PART_FILE, end_of_day
 from features.entity_key import int64_entity_key
 from features.materialize import (_our_encoder, _read_partition, encode_column, entity_keys, materialize_day,
                                   online_write)
-from features.spark.build import FEATURE_TABLES, end_of_day
+from features.spark.build import FEATURE_TABLES
 from features.store import feature_store, write_offline_partition
 from rankflow.config import Settings
 

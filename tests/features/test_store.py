@@ -15,8 +15,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from features.contract import end_of_day
 from features.materialize import online_write as write_rows
-from features.spark.build import end_of_day
 from features.store import feature_store, online_write, redis_connection_string, write_features
 from rankflow.config import Settings
 

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from features import contract
-from features.spark.build import end_of_day
+from features.contract import end_of_day
 from features.store import feature_store, write_offline_partition
 from features.training_set import SOURCE_VIEWS, build_training_set, historical_rows, write_training_set
 from rankflow.config import Settings
