@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 _NOISY = ("py4j", "httpx", "httpcore", "great_expectations", "feast", "urllib3", "filelock", "matplotlib", "bentoml",
           "alembic", "sqlalchemy", "fsspec", "asyncio", "numexpr")
 _configured = False
+# Third-party deprecations a user cannot act on (pathspec's, through Feast's .feastignore handling).
+_IGNORED_WARNINGS = (r"GitWildMatchPattern \('gitwildmatch'\) is deprecated",)
+
+
+def _one_line(message, category, filename, lineno, line=None) -> str:
+    """A warning as one log line: where and what, not the source line of the call that raised it."""
+    return f"{filename}:{lineno}: {category.__name__}: {message}"
 
 
 def configure_logging(level: int | str = logging.INFO) -> None:
@@ -26,6 +34,10 @@ def configure_logging(level: int | str = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in _NOISY:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in _IGNORED_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    warnings.formatwarning = _one_line
+    logging.captureWarnings(True)
 
 
 def get_logger(name: str) -> logging.Logger:
