@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from features.assemble import UNKNOWN
-from serving.scoring import JOB_RE, MEMBER_RE, META_EMBEDDING, ServingModels
+from serving.scoring import (JOB_RE, JOB_RE_VARIANCE, MEMBER_RE, MEMBER_RE_VARIANCE, META_EMBEDDING, ServingModels,
+                             thompson_draw)
 
 SOURCE = "serving request"
 
@@ -218,6 +219,7 @@ class RequestEncoder:
         if self.effects is not None:
             self._job_phi = np.zeros((capacity, self.effects.member_basis.dim), np.float64)
             self._job_re = np.zeros((capacity, len(self.effects.job_prior_mean)), np.float64)
+            self._job_re_variance = np.zeros_like(self._job_re)
 
     def _string_id(self, value: str, buckets: int) -> int:
         key = (value, buckets)
@@ -239,7 +241,7 @@ class RequestEncoder:
             return out
 
         for name in ("_item_hash", "_job_sparse", "_job_bag_lengths", "_job_values", "_job_present", "_job_dense", "_job_single",
-                     "_job_match", "_job_overlap_len", "_job_phi", "_job_re"):
+                     "_job_match", "_job_overlap_len", "_job_phi", "_job_re", "_job_re_variance"):
             if hasattr(self, name):
                 setattr(self, name, bigger(getattr(self, name)))
 
@@ -313,6 +315,7 @@ class RequestEncoder:
             basis = self.effects.member_basis
             self._job_phi[slot] = basis.design({a: [row.get(f"j_{a}")] for a, _ in basis.columns})[0]
             self._job_re[slot] = self._re_mean(row.get(JOB_RE), self.effects.job_prior_mean)
+            self._job_re_variance[slot] = self._re_mean(row.get(JOB_RE_VARIANCE), self.effects.prior_variance("job"))
 
     @staticmethod
     def _re_mean(value: Any, prior: np.ndarray) -> np.ndarray:
@@ -393,6 +396,7 @@ class RequestEncoder:
             present = row is not None
             part["phi"] = basis.design({a: [values.get(f"m_{a}") if present else None] for a, _ in basis.columns})[0]
             part["re"] = self._re_mean(values.get(MEMBER_RE), self.effects.member_prior_mean)
+            part["re_variance"] = self._re_mean(values.get(MEMBER_RE_VARIANCE), self.effects.prior_variance("member"))
         return part
 
     def _table_array(self, table: dict[int, float], fallback: float) -> np.ndarray:
@@ -403,8 +407,11 @@ class RequestEncoder:
         return rates
 
     # ---- per request --------------------------------------------------------------------------------
-    def encode(self, member_id: int, member: dict | None, item_ids: list[int], job_rows: list[dict]) -> EncodedRequest:
-        """The inputs and offsets of (member_id, item_ids); `member` None: unknown or unread member."""
+    def encode(self, member_id: int, member: dict | None, item_ids: list[int], job_rows: list[dict],
+               rng: np.random.Generator | None = None) -> EncodedRequest:
+        """The inputs and offsets of (member_id, item_ids); `member` None: unknown or unread member.
+
+        `rng`: Thompson draws of the random effects (serving.scoring.random_effect_offset, same order)."""
         if self._used + 2 * len(item_ids) > 2 * self.cache_size:
             self._reset()  # bounded memory; never in the middle of a request (slots must stay valid)
         slots = np.fromiter((self._slot(item, row) for item, row in zip(item_ids, job_rows)), np.int64, len(item_ids))
@@ -451,8 +458,12 @@ class RequestEncoder:
 
         offset = None
         if self.effects is not None:
-            member_term = (np.broadcast_to(m["re"], (n, len(m["re"]))) * self._job_phi[slots]).sum(1)
-            job_term = (self._job_re[slots] * np.broadcast_to(m["phi"].astype(np.float64), (n, len(m["phi"])))).sum(1)
+            beta, gamma = m["re"][None], self._job_re[slots]
+            if rng is not None:
+                beta = thompson_draw(beta, m["re_variance"][None], rng)
+                gamma = thompson_draw(gamma, self._job_re_variance[slots], rng)
+            member_term = (np.broadcast_to(beta, (n, beta.shape[1])) * self._job_phi[slots]).sum(1)
+            job_term = (gamma * np.broadcast_to(m["phi"].astype(np.float64), (n, len(m["phi"])))).sum(1)
             offset = member_term + job_term
         return EncodedRequest(sparse, dense, bag_values, bag_offsets, offset)
 

@@ -115,7 +115,9 @@ def load_random_effects(settings: Settings, tag: str | None) -> RandomEffects | 
     member_basis = CategoricalBasis.from_json(meta["member_basis"])
     job_basis = CategoricalBasis.from_json(meta["job_basis"])
     prior = lambda dim: RandomEffectConfig(dim=dim).population_mean(torch.float64, "cpu").numpy()  # noqa: E731
-    return RandomEffects(member_basis, job_basis, prior(member_basis.dim), prior(job_basis.dim), str(stored.tag))
+    variance = lambda dim: 1.0 / RandomEffectConfig(dim=dim).population_precision(torch.float64, "cpu").numpy()  # noqa: E731
+    return RandomEffects(member_basis, job_basis, prior(member_basis.dim), prior(job_basis.dim), str(stored.tag),
+                         variance(member_basis.dim), variance(job_basis.dim))
 
 
 def load_meta_init(settings: Settings, tag: str | None) -> MetaInit | None:

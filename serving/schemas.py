@@ -56,6 +56,9 @@ class RankRequest(BaseModel):
     member_id: EntityId
     candidates: list[EntityId] = Field(min_length=1)
     k: Annotated[int | None, BeforeValidator(parse_k), Field(ge=1)] = None
+    explore: Annotated[bool, Field(strict=True, description=(
+        "Thompson sampling: score with one draw of the member's and each job's random effects from their "
+        "posteriors instead of the means (exploration traffic)."))] = False
 
     @field_validator("candidates")
     @classmethod
@@ -92,4 +95,6 @@ class RankResponse(BaseModel):
     degraded: bool = Field(description="The feature store failed or missed its deadline: default features were used.")
     degraded_reasons: list[str] = Field(default_factory=list)
     unknown_candidates: list[int] = Field(default_factory=list, description="Candidates with no features online.")
+    explored: bool = Field(False, description=(
+        "Scored with Thompson draws of the random effects (`explore`; false when no GLMix state is served)."))
     versions: dict[str, Any] = Field(description="Model tags and feature-view versions used for this response.")

@@ -8,7 +8,12 @@ Lambda Learner, arXiv 2010.05154):
 
 beta_m and gamma_j are the posterior means the personalisation stage writes to the glmix_member /
 glmix_job views (the population prior mean for ids it has never seen); phi(.) = [1, onehot(industry),
-onehot(seniority)] (training.glmix.design). The calibrated ranker is the GLMix global part, so the random
+onehot(seniority)] (training.glmix.design). With exploration on (a request's `explore`), beta_m and gamma_j
+are Thompson draws instead: each coordinate from N(mean_i, variance_i), the posterior's marginals that the
+views hold beside the means (`*_re_variance`, the diagonal of the covariance; the population prior's for
+ids never seen), one draw for the member and one per job, shared by every row it scores in the request.
+A full-covariance state is sampled by its marginals here (its correlations stay in the model store, where
+training.glmix.thompson draws exactly). The calibrated ranker is the GLMix global part, so the random
 effects add to its logit. With no random-effect state the score is p_rank itself. A member without a
 meta embedding online reads the meta-initialisation (LiMAML's cold-start embedding) when the ranker
 takes that input.
@@ -27,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 MEMBER_RE, JOB_RE = "member_re_mean", "job_re_mean"
+MEMBER_RE_VARIANCE, JOB_RE_VARIANCE = "member_re_variance", "job_re_variance"
 META_EMBEDDING = "meta_embedding"
 _PROBABILITY_CLIP = 1e-7
 
@@ -40,6 +46,14 @@ class RandomEffects:
     member_prior_mean: np.ndarray
     job_prior_mean: np.ndarray
     tag: str | None = None
+    member_prior_variance: np.ndarray | None = None   # for Thompson draws of ids never seen (None: 1 each)
+    job_prior_variance: np.ndarray | None = None
+
+    def prior_variance(self, of: str) -> np.ndarray:
+        """The population prior's variances of the member ("member") or job ("job") coefficients."""
+        mean, variance = ((self.member_prior_mean, self.member_prior_variance) if of == "member"
+                          else (self.job_prior_mean, self.job_prior_variance))
+        return np.ones(len(mean)) if variance is None else np.asarray(variance, dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -100,12 +114,22 @@ def model_inputs(frame: pd.DataFrame, models: ServingModels) -> pd.DataFrame:
     return inputs
 
 
-def random_effect_offset(frame: pd.DataFrame, effects: RandomEffects | None) -> np.ndarray | None:
-    """beta_m . phi(j) + gamma_j . phi(m) per row (prior means where the store has no posterior)."""
+def thompson_draw(mean: np.ndarray, variance: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """mean + sqrt(variance) * z, z ~ N(0, I), one draw per row of `mean` (shape [..., d])."""
+    return mean + np.sqrt(np.maximum(variance, 0.0)) * rng.standard_normal(np.shape(mean))
+
+
+def random_effect_offset(frame: pd.DataFrame, effects: RandomEffects | None,
+                         rng: np.random.Generator | None = None) -> np.ndarray | None:
+    """beta_m . phi(j) + gamma_j . phi(m) per row (prior means where the store has no posterior).
+
+    With `rng`, Thompson draws of beta_m and gamma_j (module docstring): the member's first (one for the
+    frame's member, whose rows all carry the same values), then one per row's job, in row order.
+    """
     if effects is None:
         return None
 
-    def means(column: str, prior: np.ndarray) -> np.ndarray:
+    def stacked(column: str, prior: np.ndarray) -> np.ndarray:
         values = frame[column] if column in frame.columns else [None] * len(frame)
         rows = [np.asarray(v, dtype=np.float64) if _has_vector(v) and len(v) == len(prior) else prior for v in values]
         return np.stack(rows) if rows else np.zeros((0, len(prior)))
@@ -115,9 +139,13 @@ def random_effect_offset(frame: pd.DataFrame, effects: RandomEffects | None) -> 
                                          if f"{prefix}{attribute}" in frame.columns else np.full(len(frame), None))
                              for attribute, _ in basis.columns}).astype(np.float64)
 
-    member_term = (means(MEMBER_RE, effects.member_prior_mean) * design(effects.member_basis, "j_")).sum(1)
-    job_term = (means(JOB_RE, effects.job_prior_mean) * design(effects.job_basis, "m_")).sum(1)
-    return member_term + job_term
+    beta = stacked(MEMBER_RE, effects.member_prior_mean)
+    gamma = stacked(JOB_RE, effects.job_prior_mean)
+    if rng is not None:
+        beta_variance = stacked(MEMBER_RE_VARIANCE, effects.prior_variance("member"))
+        beta = np.broadcast_to(thompson_draw(beta[:1], beta_variance[:1], rng), beta.shape)
+        gamma = thompson_draw(gamma, stacked(JOB_RE_VARIANCE, effects.prior_variance("job")), rng)
+    return (beta * design(effects.member_basis, "j_")).sum(1) + (gamma * design(effects.job_basis, "m_")).sum(1)
 
 
 def forward_probabilities(model: Any, inputs: tuple) -> np.ndarray:
@@ -163,11 +191,12 @@ def combine(probabilities: np.ndarray, offset: np.ndarray | None) -> np.ndarray:
 
 
 def score_candidates(member_id: int, member: Mapping[str, Any] | None, jobs: pd.DataFrame,
-                     models: ServingModels) -> np.ndarray:
-    """Calibrated scores of `jobs` for the member: the whole equation of the module docstring in one call."""
+                     models: ServingModels, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Calibrated scores of `jobs` for the member: the whole equation of the module docstring in one call
+    (`rng`: Thompson draws of the random effects, exploration on)."""
     frame = candidate_frame(member_id, member, jobs)
     probabilities = ranker_probabilities(models.ranker, models.spec, model_inputs(frame, models))
-    return combine(probabilities, random_effect_offset(frame, models.random_effects))
+    return combine(probabilities, random_effect_offset(frame, models.random_effects, rng))
 
 
 def top_k(item_ids: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[int, float]]:

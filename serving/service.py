@@ -92,7 +92,7 @@ class Scorer:
 @bentoml.service(name="rankflow-ranking", workers=1, traffic={"timeout": 30},
                  metrics={"enabled": True, "namespace": "bentoml"}, **OBSERVABILITY)
 class Ranking:
-    """POST /rank {member_id, candidates, k?} -> the top k candidates with calibrated scores."""
+    """POST /rank {member_id, candidates, k?, explore?} -> the top k candidates with calibrated scores."""
 
     scorer = bentoml.depends(Scorer)
 
@@ -110,6 +110,7 @@ class Ranking:
                                        CONFIG.candidate_cache_seconds, CONFIG.candidate_cache_size)
         self.metrics = ServingMetrics.create()
         self._served = None
+        self._explore_rng = np.random.default_rng()  # Thompson draws (requests run on the event loop's thread)
         freeze_startup_heap()
         log.info("ranking service: data dir %s, online store %s, %s", SETTINGS.data_dir, SETTINGS.online_store, CONFIG)
 
@@ -150,7 +151,8 @@ class Ranking:
         return score_requests(models.ranker, [encoded])[0]
 
     @bentoml.api(route="/rank", input_spec=RankRequest, output_spec=RankResponse)
-    async def rank(self, member_id: int, candidates: list[int], k: int | None = None) -> RankResponse:
+    async def rank(self, member_id: int, candidates: list[int], k: int | None = None,
+                   explore: bool = False) -> RankResponse:
         from serving.scoring import top_k
 
         started = time.perf_counter()
@@ -161,7 +163,9 @@ class Ranking:
             self._served = models
         read = await self.features.read(member_id, candidates)
         self.metrics.feature_read_seconds.observe(read.seconds)
-        encoded = self._encoder(models).encode(member_id, read.member, read.item_ids, read.job_rows)
+        explored = explore and models.random_effects is not None
+        encoded = self._encoder(models).encode(member_id, read.member, read.item_ids, read.job_rows,
+                                               self._explore_rng if explored else None)
         self.metrics.score_rows.observe(len(encoded))
         scores = await self._scores(encoded, models)
         best = top_k(np.asarray(candidates), scores, k or CONFIG.default_k)
@@ -174,11 +178,12 @@ class Ranking:
             member_id=member_id,
             items=[{"item_id": item, "score": score, "rank": n + 1} for n, (item, score) in enumerate(best)],
             cold_start=read.cold_start, degraded=read.degraded, degraded_reasons=read.degraded_reasons,
-            unknown_candidates=read.unknown_candidates,
+            unknown_candidates=read.unknown_candidates, explored=explored,
             versions={"models": models.versions(), "feature_views": self.features.versions})
 
     @bentoml.api(route="/features", input_spec=RankRequest)
-    async def features_read(self, member_id: int, candidates: list[int], k: int | None = None) -> dict:
+    async def features_read(self, member_id: int, candidates: list[int], k: int | None = None,
+                            explore: bool = False) -> dict:
         """The features /rank would read for this request, as read (training/serving skew checks)."""
         read = await self.features.read(member_id, candidates)
         jobs = read.jobs.astype(object).where(read.jobs.notna(), None)

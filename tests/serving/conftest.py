@@ -2,7 +2,7 @@
 
 generate (tests/conftest.py's tiny marketplace) -> features build + materialise for two days (Spark,
 Feast, online store = a Redis db this session claims, see online_store_url) -> train a small ranker on
-day 2 and promote it. The service is `bentoml serve` started by
+day 2 and promote it -> GLMix random effects of both days (personalise, online too). The service is `bentoml serve` started by
 rankflow.stages.publish.start_service, exactly as `rankflow serve` does.
 """
 
@@ -48,7 +48,7 @@ def served_settings(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactor
     import torch
 
     from rankflow.config import load_settings
-    from rankflow.stages import features, ranker
+    from rankflow.stages import features, personalise, ranker
     from training.ranker.train import TrainConfig
 
     root = tmp_path_factory.mktemp("served") / "data"
@@ -63,6 +63,8 @@ def served_settings(tiny_data_dir: Path, tmp_path_factory: pytest.TempPathFactor
     finally:
         torch.set_num_threads(threads)
     assert ranker.promote(settings, trained["tag"])["status"] == "serving"
+    for day in DAYS:  # GLMix random effects on top of the served ranker, online beside the features
+        personalise.update_random_effects(settings, day)
     return settings
 
 

@@ -177,3 +177,35 @@ def test_bad_stored_values_fail_like_encode_table():
         reference(models, 1, infinite_rate, [5], [job])
     with pytest.raises(ValueError, match="dense column 'x_affinity_industry' has a non-finite value inf at row 0"):
         encoder.encode(1, infinite_rate, [5], [job])
+
+
+def with_variances(row: dict | None, rng: np.random.Generator, prefix: str, width: int) -> dict | None:
+    """The row with a posterior variance beside its mean most of the time (else none: the prior's)."""
+    if row is None or row.get(f"{prefix}_re_mean") is None or rng.random() < 0.3:
+        return row
+    return {**row, f"{prefix}_re_variance": [float(v) for v in rng.uniform(0.01, 2.0, size=width)]}
+
+
+def test_exploring_offsets_equal_the_reference_draws_bit_for_bit():
+    rng = np.random.default_rng(11)
+    models = serving_models()
+    encoder = RequestEncoder(models, MEMBER_COLUMNS, JOB_COLUMNS)
+    jobs = {item: with_variances(random_job(rng), rng, "job", 3) for item in range(100, 140)}
+    for request in range(30):
+        member_id = int(rng.integers(1, 10))
+        member = with_variances(random_member(rng), rng, "member", 4)
+        item_ids = [int(i) for i in rng.choice(list(jobs), size=int(rng.integers(1, 30)), replace=False)]
+        rows = [jobs[i] for i in item_ids]
+        draws = np.random.default_rng(request)
+        encoded = encoder.encode(member_id, member, item_ids, rows, draws)
+        offline = np.random.default_rng(request)
+        batch, offset = reference(models, member_id, member, item_ids, rows)
+        import pandas as pd
+
+        frame_jobs = pd.DataFrame(rows, columns=JOB_COLUMNS)
+        frame_jobs.insert(0, "item_id", np.asarray(item_ids, np.int64))
+        explored = random_effect_offset(candidate_frame(member_id, member, frame_jobs), models.random_effects, offline)
+        assert_same(encoded, batch, explored)
+        assert not np.array_equal(explored, offset)  # the draws moved the offsets off the means
+        # the same inputs without exploration: the means again (the caches hold no draw)
+        np.testing.assert_array_equal(encoder.encode(member_id, member, item_ids, rows).offset, offset)

@@ -19,6 +19,11 @@ def test_integer_and_string_ids_are_the_same_id():
     assert request.member_id == 42 and request.candidates == [1, 2, 3] and request.k == 2
 
 
+def test_explore_is_off_unless_asked_for():
+    assert rank_request_model(10).model_validate({"member_id": 1, "candidates": [1]}).explore is False
+    assert rank_request_model(10).model_validate_json('{"member_id": 1, "candidates": [1], "explore": true}').explore
+
+
 def test_bound_is_configurable():
     model = rank_request_model(3)
     assert len(model.model_validate({"member_id": 1, "candidates": [1, 2, 3]}).candidates) == 3
@@ -31,6 +36,8 @@ def test_bound_is_configurable():
     ({"member_id": 1, "candidates": [1, 2.0]}, ("candidates", 1)),
     ({"member_id": 1, "candidates": [5, 6, 5]}, ("candidates",)),
     ({"member_id": 1, "candidates": [1], "k": 1.5}, ("k",)),
+    ({"member_id": 1, "candidates": [1], "explore": "yes"}, ("explore",)),
+    ({"member_id": 1, "candidates": [1], "explore": 1}, ("explore",)),
     ('{"member_id": 1, "candidates": [1, NaN]}', ("candidates", 1)),
 ])
 def test_bad_values_name_their_field(payload, location):

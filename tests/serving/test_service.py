@@ -84,6 +84,24 @@ def test_service_scores_equal_offline_scores_with_bentoml_client_and_string_ids(
         assert item["score"] == pytest.approx(expected[item["item_id"]], rel=1e-5, abs=1e-7)
 
 
+def test_explore_scores_with_thompson_draws_and_leaves_plain_requests_exact(service, served_settings, known_ids):
+    members, items = known_ids
+    member_id, candidates = members[1], items[:30]
+    request = {"member_id": member_id, "candidates": candidates, "k": len(candidates)}
+    expected = offline_scores(served_settings, member_id, candidates)
+    explored = []
+    for _ in range(2):
+        body = httpx.post(f"{service.url}/rank", json={**request, "explore": True}, timeout=30).json()
+        assert body["explored"] and body["versions"]["models"]["rankflow-glmix"]
+        explored.append(by_item(body["items"]))
+    plain = httpx.post(f"{service.url}/rank", json=request, timeout=30).json()
+    assert not plain["explored"]
+    np.testing.assert_allclose([by_item(plain["items"])[c] for c in candidates], expected, rtol=1e-5, atol=1e-7)
+    for draw in explored:  # each request draws anew: off the means, and off each other
+        assert not np.allclose([draw[c] for c in candidates], expected, rtol=1e-5, atol=1e-7)
+    assert [explored[0][c] for c in candidates] != [explored[1][c] for c in candidates]
+
+
 def metric(text: str, name: str) -> float:
     """The sum over labels of one Prometheus sample name in a /metrics text (0 when absent)."""
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
