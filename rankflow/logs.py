@@ -14,8 +14,11 @@ import warnings
 _NOISY = ("py4j", "httpx", "httpcore", "great_expectations", "feast", "urllib3", "filelock", "matplotlib", "bentoml",
           "alembic", "sqlalchemy", "fsspec", "asyncio", "numexpr")
 _configured = False
-# Third-party deprecations a user cannot act on (pathspec's, through Feast's .feastignore handling).
-_IGNORED_WARNINGS = (r"GitWildMatchPattern \('gitwildmatch'\) is deprecated",)
+# Third-party deprecations a user cannot act on: pathspec's (through Feast's .feastignore handling) and
+# pydantic 2.11's about BentoML 1.4's own models (once per request in the service's log).
+_IGNORED_WARNINGS = (r"GitWildMatchPattern \('gitwildmatch'\) is deprecated",
+                     r"Accessing the 'model_fields' attribute on the instance is deprecated",
+                     r"The `__get_pydantic_core_schema__` method of the `BaseModel` class is deprecated")
 
 
 def _one_line(message, category, filename, lineno, line=None) -> str:

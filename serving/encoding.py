@@ -64,11 +64,17 @@ class EncodedRequest:
         return int(self.sparse.shape[0])
 
     def tensors(self) -> tuple:
-        """(sparse, dense, bag_values, bag_offsets) as torch tensors sharing the arrays' memory."""
+        """(sparse, dense, bag_values, bag_offsets) as torch tensors sharing the arrays' memory.
+
+        Arrays that arrived read-only (the scorer's out-of-band pickle buffers) are copied first: torch
+        tensors are writable, and torch warns on every read-only array it wraps."""
         import torch
 
-        return (torch.from_numpy(self.sparse), torch.from_numpy(self.dense),
-                [torch.from_numpy(v) for v in self.bag_values], [torch.from_numpy(o) for o in self.bag_offsets])
+        def tensor(array: np.ndarray):
+            return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+        return (tensor(self.sparse), tensor(self.dense), [tensor(v) for v in self.bag_values],
+                [tensor(o) for o in self.bag_offsets])
 
     def to_dict(self) -> dict[str, Any]:
         """Plain arrays (what crosses the process boundary to the scorer, pickled with out-of-band buffers)."""

@@ -11,10 +11,11 @@ from rankflow.logs import configure_logging
 configure_logging()
 warnings.warn("data/x.parquet: column c absent; read as 0", UserWarning)
 warnings.warn("GitWildMatchPattern ('gitwildmatch') is deprecated. Use 'gitignore'", DeprecationWarning)
+warnings.warn("Accessing the 'model_fields' attribute on the instance is deprecated", DeprecationWarning)
 """
 
 
-def test_warnings_are_one_log_line_and_pathspecs_deprecation_is_dropped():
+def test_warnings_are_one_log_line_and_third_party_deprecations_are_dropped():
     run = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True)
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1, run.stderr

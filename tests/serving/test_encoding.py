@@ -209,3 +209,21 @@ def test_exploring_offsets_equal_the_reference_draws_bit_for_bit():
         assert not np.array_equal(explored, offset)  # the draws moved the offsets off the means
         # the same inputs without exploration: the means again (the caches hold no draw)
         np.testing.assert_array_equal(encoder.encode(member_id, member, item_ids, rows).offset, offset)
+
+
+def test_read_only_arrays_from_the_scorers_pickle_buffers_score_without_warnings():
+    import pickle
+    import warnings
+
+    models = serving_models()
+    rng = np.random.default_rng(5)
+    encoded = RequestEncoder(models, MEMBER_COLUMNS, JOB_COLUMNS).encode(3, random_member(rng), [1, 2],
+                                                                         [random_job(rng), random_job(rng)])
+    buffers = []
+    payload = pickle.dumps(encoded.to_dict(), protocol=5, buffer_callback=buffers.append)
+    arrived = EncodedRequest.from_dict(pickle.loads(payload, buffers=[bytes(b.raw()) for b in buffers]))
+    assert not arrived.dense.flags.writeable  # as the scorer receives them
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scores = score_requests(models.ranker, [arrived])[0]
+    np.testing.assert_array_equal(scores, score_requests(models.ranker, [encoded])[0])
