@@ -1,11 +1,16 @@
-"""The `rankflow` console script's error boundary (rankflow.cli.main)."""
+"""The `rankflow` console script: its error boundary (rankflow.cli.main), and the success paths of `rankflow train`,
+`rankflow evaluate` and `rankflow personalise`."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from datetime import date, timedelta
 from pathlib import Path
+
+import pytest
 
 
 def _rankflow(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
@@ -90,3 +95,115 @@ def test_sigterm_to_rankflow_serve_stops_the_service_it_started(tmp_path):
     while _alive(worker) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(worker), "the service's worker outlived rankflow"
+
+
+# ---------------------------------------------------------------------------------------------
+# Success paths of the ranker and personalisation commands, on the tiny marketplace with a training set
+# built from its raw zone (tiny_marketplace.write_training_set_from_raw: no Spark) and its truth/.
+
+EVAL_LINE = re.compile(r"eval (?P<days>\S+): AUC (?P<auc>[\d.]+)  log loss (?P<log_loss>[\d.]+)  ECE (?P<ece>[\d.]+)  "
+                       r"NE (?P<normalized_entropy>[\d.]+)  oracle AUC (?P<oracle_auc>[\d.]+)")
+CANDIDATE_LINE = re.compile(r"candidate (?P<tag>rankflow-ranker:\w+) \(warm start from (?P<parent>[^)]+)\) "
+                            r"trained on (?P<days>[\d\-, ]+) in")
+
+
+@pytest.fixture(scope="module")
+def trained_by_cli(tiny_data_dir, tmp_path_factory):
+    """Three `rankflow train` runs on a copy of the tiny marketplace (days 1-4 as a training set):
+    the default (warm start, nothing serving yet) with --promote on days 1-2, then --warm-start and --full on 1-3.
+    Returns (data dir, {run: completed process})."""
+    import shutil
+
+    from tiny_marketplace import write_training_set_from_raw
+
+    root = shutil.copytree(tiny_data_dir, tmp_path_factory.mktemp("cli") / "data")
+    write_training_set_from_raw(root, [date(2026, 1, 1) + timedelta(days=i) for i in range(4)])
+    common = ["--epochs", "2", "--device", "cpu"]
+    runs = {
+        "first": ["train", "--start", "2026-01-01", "--end", "2026-01-02", *common, "--promote"],
+        "warm": ["train", "--start", "2026-01-01", "--end", "2026-01-03", *common, "--warm-start"],
+        "full": ["train", "--start", "2026-01-01", "--end", "2026-01-03", *common, "--full"],
+    }
+    return root, {name: _rankflow(args, root, OMP_NUM_THREADS="1") for name, args in runs.items()}
+
+
+def _printed_run(process: subprocess.CompletedProcess) -> tuple[dict, dict]:
+    """(the candidate line's tag, parent and days; the eval line's numbers as printed) of a `rankflow train`."""
+    assert process.returncode == 0, process.stderr[-3000:]
+    candidate, evaluation = CANDIDATE_LINE.search(process.stdout), EVAL_LINE.search(process.stdout)
+    assert candidate and evaluation, process.stdout
+    return candidate.groupdict(), evaluation.groupdict()
+
+
+@pytest.mark.slow
+def test_rankflow_train_prints_the_metrics_it_stored_warm_started_or_retrained(trained_by_cli):
+    from rankflow.config import load_settings
+    from rankflow.stages import ranker as stage
+
+    root, runs = trained_by_cli
+    settings = load_settings(root)
+    printed = {name: _printed_run(process) for name, process in runs.items()}
+    first, warm, full = (printed[name][0] for name in ("first", "warm", "full"))
+    assert first["parent"] == "nothing: full retrain" and first["days"] == "2026-01-01, 2026-01-02"
+    assert "'status': 'serving'" in runs["first"].stdout and stage.serving_tag(settings) == first["tag"]
+    assert warm["parent"] == first["tag"] and warm["days"] == "2026-01-03"                # the newest day only
+    assert full["parent"] == "nothing: full retrain" and full["days"] == "2026-01-01, 2026-01-02, 2026-01-03"
+    assert len({first["tag"], warm["tag"], full["tag"]}) == 3
+
+    for name, (candidate, evaluation) in printed.items():
+        metadata = stage.model_info(settings, candidate["tag"])["metadata"]
+        assert evaluation["days"] == ", ".join(metadata["eval_days"]), name
+        for key in ("auc", "log_loss", "ece", "normalized_entropy", "oracle_auc"):
+            assert evaluation[key] == f"{metadata['metrics'][key]:.4f}", (name, key)
+    assert printed["first"][1]["days"] == "2026-01-03" and printed["warm"][1]["days"] == "2026-01-04"
+    assert stage.model_info(settings, warm["tag"])["metadata"]["warm_start_from"] == first["tag"]
+    assert float(printed["full"][1]["oracle_auc"]) > float(printed["full"][1]["auc"]) > 0.55
+
+
+def _printed_number(output: str, key: str) -> float:
+    match = re.search(rf"'{key}': (?:np\.float64\()?([\d.e\-]+)", output)
+    assert match, (key, output)
+    return float(match.group(1))
+
+
+@pytest.mark.slow
+def test_rankflow_evaluate_prints_the_metrics_of_the_serving_or_named_model(trained_by_cli):
+    from rankflow.config import load_settings
+    from rankflow.stages import ranker as stage
+
+    root, runs = trained_by_cli
+    settings = load_settings(root)
+    serving = _printed_run(runs["first"])[0]["tag"]
+    warm = _printed_run(runs["warm"])[0]["tag"]
+    for args, tag, day in ((["evaluate", "--date", "2026-01-03"], serving, "2026-01-03"),      # no tag: the serving one
+                           (["evaluate", warm, "--date", "2026-01-04"], warm, "2026-01-04")):
+        process = _rankflow(args, root, OMP_NUM_THREADS="1")
+        assert process.returncode == 0, process.stderr[-3000:]
+        assert f"'tag': '{tag}'" in process.stdout and f"'day': '{day}'" in process.stdout
+        stored = stage.model_info(settings, tag)["metadata"]["metrics"]   # what `train` measured on that day
+        for key in ("auc", "log_loss", "ece", "normalized_entropy", "auc_warm", "oracle_auc"):
+            assert _printed_number(process.stdout, key) == pytest.approx(stored[key], abs=1e-9), (tag, key)
+        assert _printed_number(process.stdout, "rows") == 2000
+
+
+@pytest.mark.slow
+def test_rankflow_personalise_writes_the_days_glmix_state(trained_by_cli, tmp_path):
+    import json
+    import shutil
+
+    root = shutil.copytree(trained_by_cli[0], tmp_path / "data")   # the other tests' data dir stays as it is
+    serving = _printed_run(trained_by_cli[1]["first"])[0]["tag"]
+    state = root / "models" / "glmix" / "dt=2026-01-04"
+    assert not state.exists()
+    process = _rankflow(["personalise", "--date", "2026-01-04"], root, OMP_NUM_THREADS="1")
+    assert process.returncode == 0, process.stderr[-3000:]
+    line = re.search(r"2026-01-04: (\d+) members, (\d+) jobs updated \(prior population, global part ranker\)",
+                     process.stdout)
+    assert line, process.stdout
+    assert sorted(p.name for p in state.iterdir()) == ["job.safetensors", "member.safetensors", "meta.json"]
+    meta = json.loads((state / "meta.json").read_text())
+    assert meta["logical_date"] == "2026-01-04" and meta["global_part"] == "ranker" and meta["ranker_tag"] == serving
+    result = json.loads(process.stdout[process.stdout.index("\n{") + 1:])
+    assert result["state"] == str(state)
+    assert (result["members_updated"], result["jobs_updated"]) == (int(line.group(1)), int(line.group(2)))
+    assert result["members_updated"] > 100 and result["jobs_updated"] > 50

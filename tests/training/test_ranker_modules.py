@@ -15,10 +15,11 @@ from training.ranker.calibration import IsotonicCalibration, pool_adjacent_viola
 from training.ranker.checkpoint import load_checkpoint, save_checkpoint
 from training.ranker.cross import ResidualCrossLayer
 from training.ranker.embeddings import EmbeddingBags, HashedEmbeddings
-from training.ranker.evaluate import auc, expected_calibration_error, normalized_entropy
+from training.ranker.evaluate import auc, evaluate_predictions, expected_calibration_error, normalized_entropy
 from training.ranker.gate import DenseGate
 from training.ranker.model import Ranker, RankerConfig
 from training.ranker.optim import RowWiseAdagrad
+from training.ranker.transformer import FeatureTransformer
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -51,6 +52,55 @@ def test_dense_gate_is_its_equation():
     b, c = gate.linear.bias[:4], gate.linear.bias[4:]
     expected = torch.relu(h @ w.T + b) * torch.sigmoid(h @ g.T + c)
     torch.testing.assert_close(gate(h), expected)
+
+
+def _pre_norm_layer_by_hand(layer: torch.nn.TransformerEncoderLayer, e: torch.Tensor, heads: int) -> torch.Tensor:
+    """h = e + MultiHeadAttention(LN(e)), out = h + W_2 relu(W_1 LN(h)) from the layer's parameters alone."""
+    batch, tokens, dim = e.shape
+    head_dim = dim // heads
+
+    def layer_norm(x, norm):
+        mean = x.mean(-1, keepdim=True)
+        variance = ((x - mean) ** 2).mean(-1, keepdim=True)
+        return (x - mean) / torch.sqrt(variance + norm.eps) * norm.weight + norm.bias
+
+    attention = layer.self_attn
+    q, k, v = (layer_norm(e, layer.norm1) @ attention.in_proj_weight.T + attention.in_proj_bias).split(dim, dim=-1)
+    q, k, v = (t.reshape(batch, tokens, heads, head_dim).transpose(1, 2) for t in (q, k, v))   # [B, heads, F, d_h]
+    weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(head_dim), dim=-1)             # [B, heads, F, F]
+    mixed = (weights @ v).transpose(1, 2).reshape(batch, tokens, dim)
+    h = e + mixed @ attention.out_proj.weight.T + attention.out_proj.bias
+    hidden = torch.relu(layer_norm(h, layer.norm2) @ layer.linear1.weight.T + layer.linear1.bias)
+    return h + hidden @ layer.linear2.weight.T + layer.linear2.bias
+
+
+@pytest.mark.parametrize("grad_enabled", [True, False])
+def test_feature_transformer_is_its_equation(grad_enabled):
+    """Each of the `layers` layers is the docstring's pre-norm equation; without gradients torch takes its fused
+    encoder fast path, which must compute the same thing."""
+    torch.manual_seed(0)
+    heads, dim = 2, 8
+    transformer = FeatureTransformer(dim, heads=heads, layers=2).eval()
+    with torch.no_grad():  # non-trivial norms and biases (they start at 1 and 0)
+        for layer in transformer.encoder.layers:
+            for norm in (layer.norm1, layer.norm2):
+                norm.weight.normal_(1.0, 0.3)
+                norm.bias.normal_(0.0, 0.3)
+            layer.self_attn.in_proj_bias.normal_(0.0, 0.3)
+    e = torch.randn(5, 4, dim)   # 5 rows of F = 4 feature tokens
+    expected = e
+    with torch.no_grad():
+        for layer in transformer.encoder.layers:
+            expected = _pre_norm_layer_by_hand(layer, expected, heads)
+    assert transformer.encoder.layers[0].self_attn.num_heads == heads and transformer.encoder.norm is None
+    with torch.set_grad_enabled(grad_enabled):
+        out = transformer(e)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    # Attention mixes tokens: changing one feature's embedding changes the other features' outputs.
+    moved = e.clone()
+    moved[:, 0] = torch.randn(5, dim)
+    with torch.no_grad():
+        assert (transformer(moved)[:, 1:] - out[:, 1:]).abs().max() > 1e-3
 
 
 def test_hashed_embeddings_use_one_block_per_feature_and_bags_average():
@@ -139,6 +189,46 @@ def test_auc_matches_pairwise_count_and_entropy_metrics():
     assert auc(scores, labels) == pytest.approx(pairwise)
     base = labels.mean()
     assert normalized_entropy(np.full(300, base), labels) == pytest.approx(1.0, abs=1e-9)
+
+
+def _pairwise_auc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> float:
+    """Weighted AUC by counting every (positive, negative) pair, ties as one half."""
+    pos, neg = labels == 1, labels == 0
+    above = (scores[pos][:, None] > scores[neg][None, :]) + 0.5 * (scores[pos][:, None] == scores[neg][None, :])
+    pair_weight = weights[pos][:, None] * weights[neg][None, :]
+    return float((above * pair_weight).sum() / pair_weight.sum())
+
+
+def test_evaluation_splits_auc_by_members_with_and_without_training_rows():
+    """`auc_cold`: rows of members absent from the training days (warm_members), `auc_warm`: the others."""
+    rng = np.random.default_rng(4)
+    rows = 400
+    member_ids = rng.integers(1, 11, rows)                  # members 1..10 in the evaluation day
+    warm_members = np.array([1, 2, 3, 4, 5, 99])            # trained on (99 has no evaluation row)
+    labels = rng.integers(0, 2, rows).astype(np.float64)
+    weights = rng.uniform(0.5, 2.0, rows)
+    cold = member_ids > 5
+    # Warm members ranked well, cold ones backwards; rounded so that there are ties.
+    signal = np.where(cold, -1.0, 1.0) * (labels - 0.5)
+    logits = np.round(signal + rng.normal(0, 0.8, rows), 1)
+    probabilities = 1 / (1 + np.exp(-logits))
+    true_probabilities = np.round(np.clip(0.5 + 0.3 * (labels - 0.5) + rng.normal(0, 0.2, rows), 0.01, 0.99), 2)
+
+    result = evaluate_predictions(logits, probabilities, labels, weights, member_ids, warm_members, true_probabilities)
+
+    assert result.cold_rows == int(cold.sum()) and 0 < result.cold_rows < rows
+    assert result.auc_cold == pytest.approx(_pairwise_auc(logits[cold], labels[cold], weights[cold]), abs=1e-12)
+    assert result.auc_warm == pytest.approx(_pairwise_auc(logits[~cold], labels[~cold], weights[~cold]), abs=1e-12)
+    assert result.auc_cold < 0.4 and result.auc_warm > 0.6       # the buckets really differ
+    assert result.auc == pytest.approx(_pairwise_auc(logits, labels, weights), abs=1e-12)
+    assert result.oracle_auc == pytest.approx(_pairwise_auc(true_probabilities, labels, weights), abs=1e-12)
+    assert result.summary()["auc_gap_to_oracle"] == pytest.approx(result.oracle_auc - result.auc)
+
+    # Every evaluation member trained on: no cold bucket (NaN, reported as None); no truth: no oracle.
+    all_warm = evaluate_predictions(logits, probabilities, labels, weights, member_ids, np.arange(1, 11))
+    assert all_warm.cold_rows == 0 and math.isnan(all_warm.auc_cold)
+    assert all_warm.auc_warm == pytest.approx(result.auc, abs=1e-12)
+    assert all_warm.summary()["auc_cold"] is None and all_warm.summary()["oracle_auc"] is None
 
 
 def _table() -> pa.Table:

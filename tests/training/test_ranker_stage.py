@@ -1,4 +1,5 @@
-"""The ranker stage: register candidates in the BentoML store, promote only a better model, roll back."""
+"""The ranker stage: register candidates in the BentoML store, promote only a better model, roll back; the oracle AUC
+of its evaluation."""
 
 from __future__ import annotations
 
@@ -63,3 +64,65 @@ def test_warm_start_calibrates_on_the_serving_models_held_out_rows_only_when_the
     for other in (replace(config, seed=1), replace(config, holdout_fraction=0.2), replace(config, calibration_days=1)):
         assert stage._shared_holdout_days({"train_config": asdict(other)}, config, first, last, available, []) == []
     assert stage._shared_holdout_days({}, config, first, last, available, []) == []
+
+
+def _write_truth(root, events_per_day: dict) -> None:
+    """truth/events/dt=D/part-0.parquet as the generator writes it (docs/contracts.md, "Ground truth"): event_id and
+    true_prob, here in a shuffled order and with events the training set does not have."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    for day, (event_ids, true_prob) in events_per_day.items():
+        extra = np.arange(10**6, 10**6 + 50) + day.toordinal() * 1000
+        ids = np.concatenate([event_ids, extra])
+        probs = np.concatenate([true_prob, rng.uniform(size=extra.size)])
+        order = rng.permutation(ids.size)
+        folder = root / "truth" / "events" / f"dt={day.isoformat()}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"event_id": pa.array(ids[order], pa.int64()),
+                                 "true_prob": pa.array(probs[order], pa.float64())}), folder / "part-0.parquet")
+
+
+def _pairwise_auc(scores, labels) -> float:
+    """AUC by counting every (positive, negative) pair, ties as one half."""
+    positive, negative = scores[labels == 1], scores[labels == 0]
+    above = (positive[:, None] > negative[None, :]).sum() + 0.5 * (positive[:, None] == negative[None, :]).sum()
+    return float(above / (positive.size * negative.size))
+
+
+def test_evaluation_reports_the_oracle_auc_of_the_true_probabilities(tmp_path):
+    """With the generator's truth/ beside the data, the evaluation adds the AUC of the true click probabilities,
+    matched to the evaluated rows by event id over every evaluation day; without truth for every row, none."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    folder = write_training_set(tmp_path, days=5, rows_per_day=3000)
+    frames = {day: pq.read_table(folder / f"dt={day.isoformat()}" / "part-0.parquet",
+                                 columns=["event_id", "true_prob", "label"]).to_pandas() for day in days(5)}
+    settings = load_settings(tmp_path)
+    no_truth = stage.train(settings, days(3)[0], days(3)[2], eval_days=2, warm_start=False,
+                           train_config=TrainConfig(epochs=1), model_overrides=SMALL)
+    assert no_truth["metrics"]["oracle_auc"] is None and no_truth["metrics"]["auc_gap_to_oracle"] is None
+
+    _write_truth(tmp_path, {day: (frame.event_id.to_numpy(), frame.true_prob.to_numpy()) for day, frame in frames.items()})
+    result = stage.train(settings, days(3)[0], days(3)[2], eval_days=2, warm_start=False,
+                         train_config=TrainConfig(epochs=2), model_overrides=SMALL)
+    assert result["eval_days"] == [d.isoformat() for d in days(5)[3:]]
+    evaluated = [frames[day] for day in days(5)[3:]]
+    oracle = _pairwise_auc(np.concatenate([f.true_prob for f in evaluated]), np.concatenate([f.label for f in evaluated]))
+    metrics = result["metrics"]
+    assert metrics["oracle_auc"] == pytest.approx(oracle, abs=1e-9)
+    assert metrics["auc_gap_to_oracle"] == pytest.approx(oracle - metrics["auc"], abs=1e-9)
+    assert 0.7 < metrics["auc"] < oracle                                      # a real model, short of the truth
+    stored = stage.model_info(settings, result["tag"])["metadata"]["metrics"]
+    assert stored["oracle_auc"] == pytest.approx(oracle, abs=1e-9)
+
+    last = frames[days(5)[4]]
+    one_day = stage.evaluate(settings, result["tag"], days(5)[4])
+    assert one_day["oracle_auc"] == pytest.approx(_pairwise_auc(last.true_prob.to_numpy(), last.label.to_numpy()), abs=1e-9)
+
+    # Truth that lacks one evaluated event: no oracle rather than one over other rows.
+    _write_truth(tmp_path, {days(5)[4]: (last.event_id.to_numpy()[1:], last.true_prob.to_numpy()[1:])})
+    assert stage.evaluate(settings, result["tag"], days(5)[4])["oracle_auc"] is None

@@ -71,6 +71,62 @@ def test_warm_start_continues_from_the_previous_model(training_set):
     assert _next_day_auc(warm.model, training_set) > before - 0.01
 
 
+def test_a_ranker_with_a_transformer_layer_trains(training_set):
+    """transformer_layers=1: the loss falls, every transformer weight moves (gradients reach it through the
+    tower), and the model ranks the next day."""
+    config = _config(training_set, transformer_layers=1)
+    torch.manual_seed(0)  # train_ranker seeds the same way: these are the weights it starts from
+    initial = {k: v.clone() for k, v in Ranker(config).transformer.state_dict().items()}
+    result = train_ranker(training_set, days(2), config, TrainConfig(epochs=1, log_every=1))
+    losses = [h["loss"] for h in result.history]
+    assert result.model.transformer is not None and len(losses) > 8
+    assert sum(losses[-3:]) / 3 < losses[0] - 0.05
+    for name, value in result.model.transformer.state_dict().items():
+        assert (value.cpu() - initial[name]).abs().max() > 1e-3, name
+    assert _next_day_auc(result.model, training_set) > 0.68
+
+
+def _distances(model, reference: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """(embedding tables, dense parameters): Euclidean distance of `model`'s weights from `reference`."""
+    tables = {id(p) for p in model.embedding_parameters()}
+    squares = [0.0, 0.0]
+    for name, parameter in model.named_parameters():
+        squares[id(parameter) not in tables] += float((parameter.detach() - reference[name]).pow(2).sum())
+    return squares[0] ** 0.5, squares[1] ** 0.5
+
+
+def test_warm_start_l2_pulls_every_weight_towards_the_serving_model(training_set):
+    """loss + lambda ||theta - theta_serving||^2: with a large lambda the warm-started tables and dense weights
+    stay much closer to the serving model's than with lambda = 0, with either embedding optimiser.
+
+    The fused table optimiser steps inside the lookup's backward and never reads .grad, where the pull's gradient
+    lands: the tables moved as far with lambda = 100 as with 0 until a pulled warm start trained them by row gradients."""
+    import copy
+
+    serving = train_ranker(training_set, days(2), _config(training_set), TrainConfig(epochs=1)).model
+    weights = {name: p.detach().clone() for name, p in serving.named_parameters()}
+
+    def warm(**settings):
+        model = copy.deepcopy(serving)
+        train_ranker(training_set, [days(3)[2]], None, TrainConfig(**settings), warm_start=model)
+        return model
+
+    assert TrainConfig().warm_start_l2 == 0.0
+    for optimizer in ("fused", "rowwise"):
+        free = warm(embedding_optimizer=optimizer)
+        pulled = warm(embedding_optimizer=optimizer, warm_start_l2=1.0)
+        (free_tables, free_dense), (pulled_tables, pulled_dense) = _distances(free, weights), _distances(pulled, weights)
+        assert free_tables > 0.5 and free_dense > 0.1, optimizer          # one day does move the model
+        assert pulled_tables < 0.2 * free_tables, (optimizer, pulled_tables, free_tables)
+        assert pulled_dense < 0.5 * free_dense, (optimizer, pulled_dense, free_dense)
+
+    # lambda = 0 is the plain warm start, bit for bit (the fused tables, no gradient tensor for them).
+    plain, zero = warm(), warm(warm_start_l2=0.0)
+    for (name, value), other in zip(plain.state_dict().items(), zero.state_dict().values()):
+        assert torch.equal(value, other), name
+    assert all(p.grad is None for p in zero.embedding_parameters())
+
+
 def _one_and_two_processes(training_set, out: Path, device: str, backend: str, batch_size: int = 256):
     """The training script in one process and under torchrun with two, same flags: their history.json."""
     common = ["--training-set", str(training_set), "--first-day", days(2)[0].isoformat(), "--last-day", days(2)[1].isoformat(),

@@ -71,6 +71,8 @@ class TrainConfig:
     # Adam lr of the position logits (position.py): Adam moves a parameter by about lr per step, and these
     # few biases must travel ~1-2 logits in a few hundred steps, far more than any tower weight.
     position_lr: float = 0.03
+    # lambda of a warm start's pull towards the serving model's weights (every parameter, tables included: with
+    # lambda > 0 the tables train by row gradients, as the fused optimiser cannot see the pull's gradient).
     warm_start_l2: float = 0.0
     # A warm start continues the serving model's row-wise Adagrad with its accumulators a_i scaled by this
     # (1: exactly where it stopped; 0: a fresh optimiser). See embeddings.py for why not 0.
@@ -151,7 +153,7 @@ class TrainResult:
     model: nn.Module
     history: list[dict[str, float]] = field(default_factory=list)   # step, epoch, rows, loss, seconds
     seconds: float = 0.0
-    rows: int = 0
+    rows: int = 0                                                    # samples stepped on (rows x epochs)
     holdout: list = field(default_factory=list)                      # data.RowRange of the calibration rows
     holdout_losses: list[float] = field(default_factory=list)        # per epoch, with early stopping
     best_epoch: int | None = None                                    # the epoch whose weights were kept
@@ -303,7 +305,9 @@ def train_model(
 
     if config.embedding_optimizer not in ("fused", "rowwise"):
         raise ValueError(f"embedding_optimizer must be 'fused' or 'rowwise', got {config.embedding_optimizer!r}")
-    fused_embeddings = (config.embedding_optimizer == "fused"
+    # The fused optimiser steps the tables inside the lookup's backward and never reads their .grad, where the
+    # pull towards the previous weights (prior) puts its gradient: with a pull, the tables take row gradients.
+    fused_embeddings = (config.embedding_optimizer == "fused" and prior is None
                         and (config.embedding_weight_decay == 0 or device.type == "cuda"))
     tables = [m for m in model.modules() if isinstance(m, (HashedEmbeddings, EmbeddingBags))]
     if context.enabled:
@@ -554,7 +558,7 @@ def main(argv: list[str] | None = None) -> None:
             {"history": result.history, "seconds": result.seconds, "rows": result.rows,
              "samples_per_second": result.samples_per_second, "world_size": context.world_size,
              "graphed_steps": result.graphed_steps}, indent=1))
-        print(f"trained on {result.rows} rows in {result.seconds:.1f}s "
+        print(f"trained on {result.rows} samples (training rows x epochs) in {result.seconds:.1f}s "
               f"({result.samples_per_second:,.0f} samples/s, {context.world_size} process(es)); "
               f"final loss {result.history[-1]['loss']:.4f}")
     if context.enabled:
