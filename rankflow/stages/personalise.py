@@ -13,6 +13,11 @@ update_random_effects(settings, D):
    reaches the store), then written: models/glmix/dt=D/ (safetensors + JSON, atomic), the day's BentoML model
    `rankflow-glmix` (one per day: a re-run reuses or replaces it), and features glmix_member / glmix_job through
    features.store.write_features (offline partition + online store, newest value wins).
+
+Bad rows (a NaN / inf dense feature or offset, a label not 0 or 1, a weight not finite and > 0) are dropped by
+the library's one rule (training.glmix.random_effects.unusable_events) and reported per reason and column; a
+day with no usable row carries the prior state forward unchanged under D and publishes nothing
+(update_random_effects says how, and in what order it writes).
 """
 
 from __future__ import annotations
@@ -280,16 +285,12 @@ def training_events(frame, spec: dict, member_basis, job_basis, offsets: np.ndar
         None if offsets is None else torch.as_tensor(offsets, dtype=torch.float64))
 
 
-def update_random_effects(settings: Settings, day: date, config: PersonaliseConfig = PersonaliseConfig(),
-                          write_online: bool = True) -> dict[str, Any]:
-    """GLMix posterior update for logical day `day`; validates, then writes state, model store and features."""
+def _prior(settings: Settings, day: date, config: PersonaliseConfig):
+    """(prior day or None, prior GLMixState in float64, fixed effect or None, member basis, job basis)."""
     import torch
 
-    from training.glmix.model import GLMixState, update_day
-    from training.glmix.state import encode_state
-    from validation import check_personalisation
+    from training.glmix.model import GLMixState
 
-    frame, spec = read_training_set(settings, day)
     previous = prior_day(settings, day)
     if previous is not None:
         prior, fixed_effect, prior_meta = load_state(settings, previous)
@@ -298,11 +299,14 @@ def update_random_effects(settings: Settings, day: date, config: PersonaliseConf
     else:
         member_basis = job_basis = basis_from_raw(settings, day, config.basis_attributes)
         prior, fixed_effect = None, None
-    glmix_config = glmix_config_for(config, member_basis, job_basis)
     if prior is None:
-        prior = GLMixState.empty(glmix_config, torch.float64, config.device)
+        prior = GLMixState.empty(glmix_config_for(config, member_basis, job_basis), torch.float64, config.device)
     prior = GLMixState(prior.member.to(config.device, torch.float64), prior.job.to(config.device, torch.float64))
+    return previous, prior, fixed_effect, member_basis, job_basis
 
+
+def _dense_features(settings: Settings, day: date, frame, spec: dict) -> tuple[np.ndarray, list[str]]:
+    """The fixed effect's inputs: the training set's dense columns (spec.json's "dense"), float64."""
     dense_names = list(spec.get("dense", []))
     missing = [c for c in (*dense_names, spec.get("member", "member_id"), spec.get("item", "item_id"),
                            spec.get("label", "label")) if c not in frame.columns]
@@ -310,57 +314,141 @@ def update_random_effects(settings: Settings, day: date, config: PersonaliseConf
         raise KeyError(f"{settings.paths.feature_partition('training_set', day)}: columns {missing} named in "
                        f"training_set/spec.json are missing (partition built with an older spec? rebuild the day)")
     dense = frame[dense_names].to_numpy(dtype=np.float64) if dense_names else np.zeros((len(frame), 0))
+    return dense, dense_names
+
+
+def _published_frames(state, events, keep, day: date):
+    """Feature rows of the entities updated today: ids with a usable row that the new state holds.
+
+    The other entities' stored values are still current, so they are not written again.
+    """
+    import torch
+
+    frames = []
+    for ids, side, key, prefix in ((events.member_ids, state.member, "member_id", "member"),
+                                   (events.item_ids, state.job, "item_id", "job")):
+        used = np.unique(ids[keep].numpy())
+        rows, found = side.locate(torch.as_tensor(used))
+        frames.append(_feature_frame(used[found.cpu().numpy()], key, side, rows[found], prefix, day))
+    return frames
+
+
+def _validate(settings: Settings, day: date, frames: dict) -> dict:
+    """validation.check_personalisation of each view's rows to publish (raises ValidationFailed on a NaN)."""
+    from validation import check_personalisation
+
+    results = {}
+    for view, frame in frames.items():
+        key, prefix = ("member_id", "member") if view == MEMBER_VIEW else ("item_id", "job")
+        results[view] = check_personalisation(view, frame, day, reports_dir=settings.paths.reports, key_column=key,
+                                              vector_columns=[f"{prefix}_re_mean", f"{prefix}_re_variance"]).to_dict()
+    return results
+
+
+def _check_finite_state(state, day: date) -> None:
+    """Refuse to store a state with a NaN / inf mean or precision (the published rows are validated by GX;
+    this covers every entity of the state, precisions included)."""
+    import torch
+
+    for side, effects in (("member", state.member), ("job", state.job)):
+        for name, tensor in (("mean", effects.mean), ("precision", effects.precision)):
+            if tensor.numel() and not bool(torch.isfinite(tensor.sum())):  # one reduction; exact count only then
+                bad = int((~torch.isfinite(tensor)).flatten(1).any(1).sum())
+                if bad:
+                    raise ValueError(f"glmix {day}: the {side} state has {bad} entities with a non-finite {name}; "
+                                     f"nothing was written")
+
+
+def _state_files(state, meta: dict, member_basis, job_basis, day: date) -> dict[str, bytes]:
+    """The bytes of models/glmix/dt=D/: member.safetensors, job.safetensors, meta.json."""
+    from training.glmix.state import encode_state
+
+    files = {}
+    for side, side_state, basis in (("member", state.member, member_basis), ("job", state.job, job_basis)):
+        files[f"{side}.safetensors"] = encode_state(side_state, {"logical_date": day.isoformat(), "side": side,
+                                                                 "basis_version": basis.version})
+    files["meta.json"] = json.dumps(meta, indent=2).encode()
+    return files
+
+
+def update_random_effects(settings: Settings, day: date, config: PersonaliseConfig = PersonaliseConfig(),
+                          write_online: bool = True) -> dict[str, Any]:
+    """GLMix posterior update for logical day `day`; validates, then writes state, model store and features.
+
+    Rows no update can use (training.glmix.random_effects.unusable_events: a NaN / inf dense feature or
+    offset, a label not 0 or 1, a weight not finite and > 0) are dropped and counted: result["rows"] and a
+    log line give the count per reason and per column. A day without a usable row changes no posterior: the
+    state of `day` is the prior carried forward unchanged (meta.json and the result say
+    `carried_forward`, with 0 events), it is stored and registered as any day's, and nothing is published
+    to the feature views (no entity changed; the online store already holds its newest values).
+
+    Nothing half-written: everything that can fail on the data (the update, a finite state, the validation
+    of the published rows, encoding the files, opening the feature store) runs before the first write.
+    Then models/glmix/dt=D/ is swapped in whole (atomic_directory), the BentoML model is created whole
+    before the day's older one goes, and the feature views are written (offline partition atomic, online
+    store newest-wins). Re-running the day gives the same files (same prior: the newest state before D).
+    """
+    from training.glmix.model import update_day, usable_rows
+
+    frame, spec = read_training_set(settings, day)
+    previous, prior, fixed_effect, member_basis, job_basis = _prior(settings, day, config)
+    glmix_config = glmix_config_for(config, member_basis, job_basis)
+    dense, dense_names = _dense_features(settings, day, frame, spec)
     global_part = ranker_logit(settings, day, frame)
     log.info("glmix %s: global part %s: %s", day, global_part.kind, global_part.reason)
     events = training_events(frame, spec, member_basis, job_basis, global_part.offsets)
+    rows = usable_rows(events, dense, dense_names)  # what update_day drops too: here for the report and the ids
+    if rows.dropped:
+        log.warning("glmix %s: %s", day, rows.describe())
+    carried_forward = rows.used == 0
     state, fixed_effect, summary = update_day(prior, events, glmix_config, dense, dense_names, fixed_effect)
+    _check_finite_state(state, day)
 
-    # Rows to publish: the entities updated today (the others' stored values are still current).
-    member_ids = np.unique(events.member_ids.numpy())
-    item_ids = np.unique(events.item_ids.numpy())
-    member_rows, _ = state.member.locate(torch.as_tensor(member_ids))
-    job_rows, _ = state.job.locate(torch.as_tensor(item_ids))
-    member_frame = _feature_frame(member_ids, "member_id", state.member, member_rows, "member", day)
-    job_frame = _feature_frame(item_ids, "item_id", state.job, job_rows, "job", day)
-    reports = settings.paths.reports
-    validation = {
-        MEMBER_VIEW: check_personalisation(MEMBER_VIEW, member_frame, day, reports_dir=reports, key_column="member_id",
-                                           vector_columns=["member_re_mean", "member_re_variance"]).to_dict(),
-        JOB_VIEW: check_personalisation(JOB_VIEW, job_frame, day, reports_dir=reports, key_column="item_id",
-                                        vector_columns=["job_re_mean", "job_re_variance"]).to_dict(),
-    }
+    frames = {}
+    if carried_forward:
+        log.warning("glmix %s: no usable events (%d rows read); the state of %s is carried forward unchanged "
+                    "and nothing is published", day, rows.read, previous or "the population prior")
+    else:
+        frames = dict(zip((MEMBER_VIEW, JOB_VIEW), _published_frames(state, events, rows.keep, day)))
+    validation = _validate(settings, day, frames)
 
     meta = {"logical_date": day.isoformat(), "prior_date": previous.isoformat() if previous else None,
             "global_part": global_part.kind, "ranker_tag": global_part.ranker_tag,
             "global_part_reason": global_part.reason,
             "fixed_effect": fixed_effect.to_json() if fixed_effect is not None else None,
             "member_basis": member_basis.to_json(), "job_basis": job_basis.to_json(),
-            "config": asdict(config), "summary": summary}
+            "config": asdict(config), "summary": summary, "rows": rows.as_dict(),
+            "carried_forward": carried_forward}
+    files = _state_files(state, meta, member_basis, job_basis, day)
+    publish = write_online and bool(frames)
+    if publish:
+        from features.store import feature_store, write_features
+
+        feature_store(settings)  # render and apply the Feast repo now: a failure there writes nothing
+
     folder = state_root(settings) / dt_partition(day)
     with atomic_directory(folder) as staging:
-        for side, side_state, basis in (("member", state.member, member_basis), ("job", state.job, job_basis)):
-            payload = encode_state(side_state, {"logical_date": day.isoformat(), "side": side,
-                                                "basis_version": basis.version})
-            (staging / f"{side}.safetensors").write_bytes(payload)
-        (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+        for name, payload in files.items():
+            (staging / name).write_bytes(payload)
     tag = _register_bentoml(settings, folder, day, {  # BentoML metadata: basic types only, no None
         "logical_date": day.isoformat(), "prior_date": meta["prior_date"] or "",
         "member_basis_version": member_basis.version, "job_basis_version": job_basis.version,
-        "events_used": summary["member"]["events_used"], "events_dropped": summary["member"]["events_dropped"]})
+        "events_used": summary["member"]["events_used"], "events_dropped": summary["member"]["events_dropped"],
+        "carried_forward": carried_forward})
+    written = {view: write_features(settings, view, rows_of_view, day)
+               for view, rows_of_view in frames.items()} if publish else {}
 
-    written = {}
-    if write_online:
-        from features.store import write_features
-
-        written = {MEMBER_VIEW: write_features(settings, MEMBER_VIEW, member_frame, day),
-                   JOB_VIEW: write_features(settings, JOB_VIEW, job_frame, day)}
+    members_updated = len(frames[MEMBER_VIEW]) if frames else 0
+    jobs_updated = len(frames[JOB_VIEW]) if frames else 0
     result = {"day": day.isoformat(), "prior_date": meta["prior_date"], "global_part": meta["global_part"],
               "ranker_tag": global_part.ranker_tag, "global_part_reason": global_part.reason,
-              "members_updated": int(len(member_ids)), "jobs_updated": int(len(item_ids)),
+              "members_updated": members_updated, "jobs_updated": jobs_updated,
               "member_basis_version": member_basis.version, "job_basis_version": job_basis.version,
+              "rows": rows.as_dict(), "carried_forward": carried_forward,
               "summary": summary, "state": str(folder), "bentoml_tag": tag, "validation": validation,
               "written": written}
-    log.info("glmix %s: %d members, %d jobs updated (prior %s)", day, len(member_ids), len(item_ids), previous)
+    log.info("glmix %s: %d of %d rows used, %d members, %d jobs updated (prior %s)", day, rows.used, rows.read,
+             members_updated, jobs_updated, previous)
     return result
 
 

@@ -67,16 +67,19 @@ def _reference(state, events, config):
 
 
 @pytest.mark.parametrize("covariance", ["full", "diagonal"])
-@pytest.mark.parametrize("forgetting", [1.0, 0.8])
+# Forgetting 0.8 in both forms: the paper's (lost precision replaced by the population's) and the plain
+# variance inflation P0 = lambda P, m0 = mu ("Sigma_prev inflated by a forgetting factor").
+@pytest.mark.parametrize("forgetting, revert_to_population", [(1.0, True), (0.8, True), (0.8, False)])
 # 0: every entity in the primal (d x d) form; None: the default split (dual c x c form below d events);
 # 64: the dual form up to 63 events, well past d.
 @pytest.mark.parametrize("dual_below", [0, None, 64])
-def test_batched_update_equals_per_entity_reference(covariance, forgetting, dual_below):
+def test_batched_update_equals_per_entity_reference(covariance, forgetting, revert_to_population, dual_below):
     """Acceptance 1: means and precisions within 1e-5 relative of the reference, entities of 1..5000 events."""
     rng = np.random.default_rng(3)
     dim = 6
     state, events = _problem(rng, dim, EVENT_COUNTS + list(rng.integers(1, 60, size=40)), covariance)
-    config = RandomEffectConfig(dim=dim, covariance=covariance, forgetting=forgetting, prior_variance=2.0,
+    config = RandomEffectConfig(dim=dim, covariance=covariance, forgetting=forgetting,
+                                revert_to_population=revert_to_population, prior_variance=2.0,
                                 chunk_elements=20_000,  # several chunks, to test the chunking too
                                 dual_below=dual_below, dual_min_batch=1)  # dual even for a single entity
     updated, summary = update_random_effects(state, events, config)
@@ -91,6 +94,38 @@ def test_batched_update_equals_per_entity_reference(covariance, forgetting, dual
         np.testing.assert_allclose(updated.precision[row].numpy(), ref_precision, rtol=1e-5, atol=1e-9)
     # Entities without events (none here were untouched) and those in the prior state stay in id order.
     assert torch.all(updated.entity_ids[1:] > updated.entity_ids[:-1])
+
+
+def test_plain_inflation_keeps_the_mean_and_scales_the_precision():
+    """The reference's plain form is what the issue says, and differs from the paper's form it is tested beside."""
+    mean, precision = np.array([0.5, -1.0]), np.array([[4.0, 1.0], [1.0, 3.0]])
+    pop_mean, pop_precision = np.zeros(2), np.ones(2)
+    plain_mean, plain_precision = forgotten_prior(mean, precision, 0.8, pop_mean, pop_precision, False)
+    np.testing.assert_array_equal(plain_mean, mean)
+    np.testing.assert_allclose(plain_precision, 0.8 * precision)
+    paper_mean, paper_precision = forgotten_prior(mean, precision, 0.8, pop_mean, pop_precision, True)
+    np.testing.assert_allclose(paper_precision, 0.8 * precision + 0.2 * np.eye(2))
+    assert np.abs(paper_mean - plain_mean).max() > 0.05
+
+
+@pytest.mark.parametrize("covariance", ["full", "diagonal"])
+def test_variance_diagonal_is_the_diagonal_of_the_inverse_precision(covariance):
+    """The coefficient variances served as features: diag(P^-1), not 1 / diag(P), for a full precision."""
+    rng = np.random.default_rng(12)
+    n, d = 11, 6
+    if covariance == "full":
+        a = rng.normal(size=(n, d, d))
+        precision = a @ a.transpose(0, 2, 1) + 0.05 * np.eye(d)  # strongly correlated coefficients
+        expected = np.linalg.inv(precision).diagonal(axis1=1, axis2=2)
+        assert np.abs(expected * precision.diagonal(axis1=1, axis2=2) - 1).max() > 1.0  # far from 1 / diag(P)
+    else:
+        precision = rng.uniform(0.1, 10.0, size=(n, d))
+        expected = 1.0 / precision
+    state = RandomEffectState(torch.arange(n), torch.zeros(n, d, dtype=torch.float64), torch.tensor(precision))
+    for chunk in (4, 1 << 16):  # several chunks, and one
+        np.testing.assert_allclose(state.variance_diagonal(chunk=chunk).numpy(), expected, rtol=1e-9)
+    empty = RandomEffectState.empty(RandomEffectConfig(dim=d, covariance=covariance), torch.float64)
+    assert empty.variance_diagonal().shape == (0, d)
 
 
 def test_two_workers_give_the_same_state_as_one():
@@ -258,3 +293,67 @@ def test_float32_matches_float64():
     assert summary.not_converged == 0
     torch.testing.assert_close(single.mean.double(), double.mean, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(single.precision.double(), double.precision, rtol=1e-4, atol=1e-3)
+
+
+def _mahalanobis(delta: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """sqrt(delta^T P delta) per entity, for a full (n, d, d) or diagonal (n, d) precision."""
+    if precision.dim() == 2:
+        return torch.sqrt((delta * precision * delta).sum(1))
+    return torch.sqrt(torch.einsum("ni,nij,nj->n", delta, precision, delta))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("covariance", ["full", "diagonal"])
+@pytest.mark.parametrize("dim", [8, 32])
+def test_cuda_float32_and_float64_equal_the_cpu_float64_update(dim, covariance, monkeypatch):
+    """The update on CUDA (all entities in the primal form, one chunk) against the CPU float64 one.
+
+    float64 on CUDA sums the Hessians by batched matmuls (training.glmix.segments' bucketed path) and the
+    gradients by atomic index_add_: only the summation order differs from the CPU. float32 on CUDA takes the
+    Triton kernel kernels.segment.segment_outer_sum (asserted below) and stops at a Newton decrement of 1e-7.
+
+    Tolerances, in the posterior's own scale (a mean's difference as a Mahalanobis distance under the CPU
+    posterior precision, i.e. in posterior standard deviations; a precision's as its relative Frobenius
+    difference, per entity). Newton stops where the decrement g^T H^-1 g, the squared H-norm distance to the
+    mode, is below the tolerance. float64: each run is within sqrt(1e-14) = 1e-7 sd of the same mode, so
+    means within 1e-6 sd and precisions (H at those points) within 1e-6 relative. float32: it stops within
+    sqrt(1e-7) = 3e-4 sd of its mode, or where float32 can no longer decrease f (Armijo stalls), and the
+    rounding of gradients and Hessians over a few hundred events (events x 6e-8 relative) moves that mode
+    further: measured up to 8e-4 sd and 4e-4 relative on the CPU in float32, so means within 5e-3 sd and
+    precisions within 2e-3 relative. A few thousandths of a posterior standard deviation is far below
+    anything the posterior (or a served score) can tell apart, and far above float64's agreement.
+    """
+    from kernels import segment
+
+    rng = np.random.default_rng(21)
+    counts = [1] * 20 + [2, 3, 5, 8, 13, 30, 70, 150, 300] + list(rng.integers(1, 400, size=300))
+    state, events = _problem(rng, dim, counts, covariance)
+    config = RandomEffectConfig(dim=dim, covariance=covariance, forgetting=0.9, prior_variance=2.0)
+    cpu, cpu_summary = update_random_effects(state, events, config)
+    assert cpu_summary.not_converged == 0
+
+    fused_calls = []
+    fused = segment.segment_outer_sum
+
+    def counted(features, *args, **kwargs):
+        fused_calls.append(features.dtype)
+        return fused(features, *args, **kwargs)
+
+    monkeypatch.setattr(segment, "segment_outer_sum", counted)
+    for dtype, mean_sd, precision_relative in ((torch.float64, 1e-6, 1e-6), (torch.float32, 5e-3, 2e-3)):
+        cuda_events = EntityEvents(events.entity_ids.cuda(), *(t.to("cuda", dtype) for t in (
+            events.features, events.labels, events.weights, events.offsets)))
+        updated, summary = update_random_effects(state.to("cuda", dtype), cuda_events, config)
+        assert summary.not_converged == 0 and summary.entities_updated == cpu_summary.entities_updated, dtype
+        assert updated.mean.dtype == dtype and updated.mean.is_cuda
+        assert torch.equal(updated.entity_ids.cpu(), cpu.entity_ids)
+        mean, precision = updated.mean.double().cpu(), updated.precision.double().cpu()
+        distance = _mahalanobis(mean - cpu.mean, cpu.precision)
+        relative = ((precision - cpu.precision).flatten(1).norm(dim=1) / cpu.precision.flatten(1).norm(dim=1))
+        print(f"d={dim} {covariance} {dtype}: max mean distance {float(distance.max()):.2e} sd, "
+              f"max precision difference {float(relative.max()):.2e} relative")
+        assert float(distance.max()) < mean_sd, dtype
+        assert float(relative.max()) < precision_relative, dtype
+    # The float32 run (and only it) summed its Hessians in the Triton kernel.
+    assert fused_calls and set(fused_calls) == {torch.float32}

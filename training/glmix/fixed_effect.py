@@ -49,6 +49,16 @@ class FixedEffectModel:
                    np.asarray(data["weights"]), float(data["bias"]))
 
 
+def _require_finite(features: torch.Tensor, columns: dict[str, torch.Tensor], feature_names: list[str]) -> None:
+    """Refuse NaN / inf input, naming each feature column or field that holds one and how often."""
+    counts = {f"feature {name!r}": int(n) for name, n in zip(feature_names, (~torch.isfinite(features)).sum(0)) if n}
+    counts.update({name: int(n) for name, value in columns.items() if (n := (~torch.isfinite(value)).sum())})
+    if counts:
+        found = ", ".join(f"{name} ({n} rows)" for name, n in counts.items())
+        raise ValueError(f"fit_fixed_effect: non-finite values in {found}; drop those rows first "
+                         f"(training.glmix.model.usable_rows, as update_day does)")
+
+
 def fit_fixed_effect(features: np.ndarray, labels: np.ndarray, feature_names: list[str],
                      weights: np.ndarray | None = None, warm_start: FixedEffectModel | None = None,
                      offsets: np.ndarray | None = None,
@@ -63,8 +73,7 @@ def fit_fixed_effect(features: np.ndarray, labels: np.ndarray, feature_names: li
     y = torch.as_tensor(np.asarray(labels, dtype=np.float64))
     v = torch.ones_like(y) if weights is None else torch.as_tensor(np.asarray(weights, dtype=np.float64))
     o = torch.zeros_like(y) if offsets is None else torch.as_tensor(np.asarray(offsets, dtype=np.float64))
-    if not all(bool(torch.isfinite(t).all()) for t in (x, y, v, o)):
-        raise ValueError("fit_fixed_effect: features, labels, weights and offsets must be finite")
+    _require_finite(x, {"labels": y, "weights": v, "offsets": o}, feature_names)
     # Standardise on today's rows; a constant column (e.g. every member cold on the first day) gets scale 1.
     center = x.mean(0) if len(x) else torch.zeros(x.shape[1], dtype=torch.float64)
     spread = x.std(0) if len(x) > 1 else torch.zeros(x.shape[1], dtype=torch.float64)

@@ -10,7 +10,7 @@ passes refine the other side's offset, never count a day's evidence twice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import torch
@@ -20,7 +20,10 @@ from training.glmix.random_effects import (
     EntityEvents,
     RandomEffectConfig,
     RandomEffectState,
+    UpdateSummary,
+    unusable_events,
     update_random_effects,
+    usable_mask,
 )
 
 
@@ -57,6 +60,95 @@ class GLMixEvents:
     labels: torch.Tensor
     weights: torch.Tensor | None = None
     offsets: torch.Tensor | None = None  # the global part
+
+
+@dataclass
+class UsableRows:
+    """Which rows of one day the GAME update uses, and why the others were dropped.
+
+    The rule is `random_effects.unusable_events` (NaN / inf feature or offset, label not 0 or 1, weight
+    not a finite number > 0), applied to every row's dense features (the fixed effect's inputs), both
+    design vectors, label, weight and global offset.
+    """
+
+    keep: torch.Tensor  # bool (rows,): the row is used
+    dropped_by_reason: dict[str, int]  # unusable_events' reason -> rows failing it (a row may fail several)
+    non_finite_by_column: dict[str, int]  # dense column, or member_design / job_design -> rows with NaN / inf there
+
+    @property
+    def read(self) -> int:
+        return int(self.keep.shape[0])
+
+    @property
+    def used(self) -> int:
+        return int(self.keep.sum())
+
+    @property
+    def dropped(self) -> int:
+        return self.read - self.used
+
+    def take(self, events: GLMixEvents, dense: np.ndarray | None) -> tuple[GLMixEvents, np.ndarray | None]:
+        """The usable rows of `events` and `dense`, in their order."""
+        def rows(value):
+            if value is None:
+                return None
+            value = torch.as_tensor(value)
+            return value[self.keep.to(value.device)]
+
+        kept = GLMixEvents(*(rows(getattr(events, f.name)) for f in fields(GLMixEvents)))
+        return kept, None if dense is None else np.asarray(dense)[self.keep.cpu().numpy()]
+
+    def as_dict(self) -> dict:
+        return {"read": self.read, "used": self.used, "dropped": self.dropped,
+                "dropped_by_reason": dict(self.dropped_by_reason),
+                "non_finite_by_column": dict(self.non_finite_by_column)}
+
+    def describe(self) -> str:
+        """One line for the log, e.g. '3 of 2000 rows dropped: features_not_finite 2 (log_position 2), ...'."""
+        reasons = []
+        for reason, count in self.dropped_by_reason.items():
+            if not count:
+                continue
+            columns = ", ".join(f"{c} {n}" for c, n in self.non_finite_by_column.items())
+            reasons.append(f"{reason} {count}" + (f" ({columns})" if reason == "features_not_finite" else ""))
+        return f"{self.dropped} of {self.read} rows dropped" + (": " + "; ".join(reasons) if reasons else "")
+
+
+def usable_rows(events: GLMixEvents, dense: np.ndarray | None = None,
+                dense_names: list[str] | None = None) -> UsableRows:
+    """The rows of a day that `update_day` can use (rule: `random_effects.unusable_events`), with the counts."""
+    labels = torch.as_tensor(events.labels)
+    device, count = labels.device, labels.shape[0]
+
+    def column(value, default: float) -> torch.Tensor:
+        if value is None:
+            return torch.full((count,), default, dtype=torch.float64, device=device)
+        return torch.as_tensor(value).to(device, torch.float64).reshape(-1)
+
+    blocks = {"member_design": torch.as_tensor(events.member_design).to(device, torch.float64).reshape(count, -1),
+              "job_design": torch.as_tensor(events.job_design).to(device, torch.float64).reshape(count, -1)}
+    if dense is not None:
+        dense_block = torch.as_tensor(np.asarray(dense, dtype=np.float64)).to(device).reshape(count, -1)
+        width = dense_block.shape[1]
+        names = list(dense_names) if dense_names is not None else [f"dense[{i}]" for i in range(width)]
+        if width != len(names):
+            raise ValueError(f"usable_rows: dense features are {tuple(dense_block.shape)}, "
+                             f"expected (rows, {len(names)}) for {names}")
+        blocks = {**{name: dense_block[:, i : i + 1] for i, name in enumerate(names)}, **blocks}
+    features = torch.cat(list(blocks.values()), 1)
+    reasons = unusable_events(features, column(labels, 0.0), column(events.weights, 1.0),
+                              column(events.offsets, 0.0))
+    by_column = {}
+    bad = reasons["features_not_finite"].nonzero().squeeze(1)
+    if bad.numel():  # only the flagged rows are looked at column by column
+        start = 0
+        for name, block in blocks.items():
+            width = block.shape[1]
+            rows_with_bad = int((~torch.isfinite(features[bad, start : start + width])).any(1).sum())
+            if rows_with_bad:
+                by_column[name] = rows_with_bad
+            start += width
+    return UsableRows(usable_mask(reasons), {reason: int(mask.sum()) for reason, mask in reasons.items()}, by_column)
 
 
 def effect_means(state: RandomEffectState, config: RandomEffectConfig, entity_ids: torch.Tensor) -> torch.Tensor:
@@ -121,10 +213,20 @@ def update_day(prior: GLMixState, events: GLMixEvents, config: GLMixConfig, dens
     effect is fitted. Otherwise the fixed-effect logistic regression is refit on `dense`, warm-started from
     yesterday's `fixed_effect`, with the random effects' scores under yesterday's posteriors as offsets,
     and its logit becomes the offset of the random-effect update.
+
+    Rows that cannot be used (`usable_rows`) are dropped first, for both parts; `summary["rows"]` counts
+    them by reason and column, and each side's `events_dropped` includes them. A day without a usable row
+    changes nothing: `prior` and `fixed_effect` come back as they are, with zero events in the summary.
     """
+    if events.offsets is None and (dense is None or dense_names is None):
+        raise ValueError("update_day: give events.offsets (ranker logit) or dense features for the fixed effect")
+    rows = usable_rows(events, dense, dense_names)
+    if rows.dropped:
+        events, dense = rows.take(events, dense)
+    if rows.used == 0:
+        nothing = UpdateSummary(events_dropped=rows.dropped).as_dict()
+        return prior, fixed_effect, {"member": nothing, "job": dict(nothing), "passes": 0, "rows": rows.as_dict()}
     if events.offsets is None:
-        if dense is None or dense_names is None:
-            raise ValueError("update_day: give events.offsets (ranker logit) or dense features for the fixed effect")
         re_scores = random_effect_logit(prior, config, torch.as_tensor(events.member_ids),
                                         torch.as_tensor(events.item_ids), torch.as_tensor(events.member_design),
                                         torch.as_tensor(events.job_design))
@@ -133,4 +235,8 @@ def update_day(prior: GLMixState, events: GLMixEvents, config: GLMixConfig, dens
                                         warm_start=fixed_effect, offsets=re_scores.cpu().numpy())
         events = replace(events, offsets=torch.as_tensor(fixed_effect.logit(dense)))
     state, summary = daily_update(prior, events, config)
-    return state, fixed_effect, summary.as_dict()
+    result = summary.as_dict()
+    for side in ("member", "job"):
+        result[side]["events_dropped"] += rows.dropped
+    result["rows"] = rows.as_dict()
+    return state, fixed_effect, result

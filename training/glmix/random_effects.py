@@ -193,7 +193,7 @@ class UpdateSummary:
     entities_updated: int = 0
     new_entities: int = 0
     events_used: int = 0
-    events_dropped: int = 0  # non-finite feature/offset/label/weight, label outside {0,1}, weight <= 0
+    events_dropped: int = 0  # unusable by `unusable_events`' rule (NaN / inf, label not 0/1, weight not > 0)
     newton_iterations_max: int = 0
     newton_iterations_mean: float = 0.0
     not_converged: int = 0
@@ -217,6 +217,33 @@ def _finite_rows(features: torch.Tensor) -> torch.Tensor:
     return finite
 
 
+def unusable_events(features: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
+                    offsets: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Which events no update may use, per reason: the one cleaning rule of GLMix events.
+
+    An event is unusable when a feature or its offset is NaN or infinite, its label is not 0 or 1, or its
+    weight is not a finite number > 0. `update_random_effects` drops these events, and the daily GAME
+    update (training.glmix.model.usable_rows) drops the day's rows by this same rule before the fixed
+    effect sees them. Returns one (E,) bool mask per reason, True where the reason applies (an event may
+    fail several); their union is what is dropped.
+    """
+    return {
+        "features_not_finite": ~_finite_rows(features),
+        "offset_not_finite": ~torch.isfinite(offsets),
+        "label_not_0_or_1": (labels != 0) & (labels != 1),  # NaN included
+        "weight_not_finite_positive": ~(torch.isfinite(weights) & (weights > 0)),
+    }
+
+
+def usable_mask(reasons: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The events that fail none of `unusable_events`' reasons."""
+    masks = iter(reasons.values())
+    unusable = next(masks).clone()
+    for mask in masks:
+        unusable |= mask
+    return ~unusable
+
+
 def _clean_events(events: EntityEvents, dim: int, dtype: torch.dtype, device: torch.device):
     """Cast, validate shapes, and drop (and count) events a Newton step must never see."""
     ids = torch.as_tensor(events.entity_ids, device=device).long().reshape(-1)
@@ -238,8 +265,7 @@ def _clean_events(events: EntityEvents, dim: int, dtype: torch.dtype, device: to
     labels = column(events.labels, 0.0, "labels")
     weights = column(events.weights, 1.0, "weights")
     offsets = column(events.offsets, 0.0, "offsets")
-    keep = (_finite_rows(features) & torch.isfinite(offsets) & torch.isfinite(weights)
-            & (weights > 0) & ((labels == 0) | (labels == 1)))
+    keep = usable_mask(unusable_events(features, labels, weights, offsets))
     dropped = int(count - keep.sum())
     if dropped:
         ids, features, labels, weights, offsets = ids[keep], features[keep], labels[keep], weights[keep], offsets[keep]
