@@ -319,7 +319,7 @@ class RequestEncoder:
         self._job_overlap[slot] = overlaps
         if self.effects is not None:
             basis = self.effects.member_basis
-            self._job_phi[slot] = basis.design({a: [row.get(f"j_{a}")] for a, _ in basis.columns})[0]
+            self._job_phi[slot] = basis.design({a: [row.get(f"j_{a}")] for a, _ in basis.columns}, rows=1)[0]
             self._job_re[slot] = self._re_mean(row.get(JOB_RE), self.effects.job_prior_mean)
             self._job_re_variance[slot] = self._re_mean(row.get(JOB_RE_VARIANCE), self.effects.prior_variance("job"))
 
@@ -400,7 +400,8 @@ class RequestEncoder:
         if self.effects is not None:
             basis = self.effects.job_basis
             present = row is not None
-            part["phi"] = basis.design({a: [values.get(f"m_{a}") if present else None] for a, _ in basis.columns})[0]
+            part["phi"] = basis.design({a: [values.get(f"m_{a}") if present else None] for a, _ in basis.columns},
+                                       rows=1)[0]
             part["re"] = self._re_mean(values.get(MEMBER_RE), self.effects.member_prior_mean)
             part["re_variance"] = self._re_mean(values.get(MEMBER_RE_VARIANCE), self.effects.prior_variance("member"))
         return part

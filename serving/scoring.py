@@ -137,7 +137,7 @@ def random_effect_offset(frame: pd.DataFrame, effects: RandomEffects | None,
     def design(basis, prefix: str) -> np.ndarray:
         return basis.design({attribute: (frame[f"{prefix}{attribute}"].to_numpy(dtype=object)
                                          if f"{prefix}{attribute}" in frame.columns else np.full(len(frame), None))
-                             for attribute, _ in basis.columns}).astype(np.float64)
+                             for attribute, _ in basis.columns}, rows=len(frame)).astype(np.float64)
 
     beta = stacked(MEMBER_RE, effects.member_prior_mean)
     gamma = stacked(JOB_RE, effects.job_prior_mean)

@@ -152,28 +152,36 @@ def basis_from_raw(settings: Settings, day: date, attributes: tuple[str, ...]):
     """Vocabulary of the attributes over every member and job that arrived up to `day` (raw zone).
 
     Members and jobs share it (a member's industry and a job's industry are one vocabulary), so a value
-    seen so far on one side only still gets its coefficient on the other.
+    seen so far on one side only still gets its coefficient on the other. Only the wanted attributes that
+    both tables declare categorical (raw schema) enter; the others are named in a warning. With none left
+    the basis is the intercept alone: one bias per member and per job.
     Not from the training set: on the first days most rows there are cold (no features before D) and
     carry placeholders. The basis is fixed when the first state is made; later new values score as the
     intercept only (a changed basis needs a new state: its version is stored with every posterior).
     """
-    from features.contract import read_raw
+    from features.contract import load_raw_schema, read_raw
     from training.glmix.design import CategoricalBasis
 
-    vocabularies: dict[str, set[str]] = {a: set() for a in attributes}
+    schema = load_raw_schema(settings.paths)
+    shared = [a for a in attributes if a in schema.members.categorical and a in schema.items.categorical]
+    missing = {table: [a for a in attributes if a not in entity.categorical]
+               for table, entity in (("members", schema.members), ("items", schema.items))}
+    if len(shared) < len(attributes):
+        log.warning("GLMix basis: %s not categorical in both raw tables (%s); random effects over %s",
+                    [a for a in attributes if a not in shared],
+                    "; ".join(f"{table} lacks {names}" for table, names in missing.items() if names),
+                    ["intercept", *shared])
+    vocabularies: dict[str, set[str]] = {a: set() for a in shared}
     for table in ("members", "items"):
         entities = read_raw(settings.paths, table, end=day)
-        missing = [a for a in attributes if a not in entities.columns]
-        if missing:
-            raise KeyError(f"{settings.paths.raw_table(table)}: no attribute column(s) {missing} for the GLMix basis")
-        for attribute in attributes:
+        for attribute in shared:
             vocabularies[attribute].update(str(v) for v in entities[attribute].dropna().unique())
     return CategoricalBasis.from_vocabularies({a: sorted(values) for a, values in vocabularies.items()})
 
 
 def _design(frame, prefix: str, basis) -> np.ndarray:
     return basis.design({attribute: frame[f"{prefix}{attribute}"].to_numpy(dtype=object)
-                         for attribute, _ in basis.columns})
+                         for attribute, _ in basis.columns}, rows=len(frame))
 
 
 def read_training_set(settings: Settings, day: date):

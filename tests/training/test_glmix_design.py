@@ -1,5 +1,8 @@
 """Design vectors phi = [1, onehot(...)]: names, unknown values, basis version."""
 
+import numpy as np
+import pytest
+
 from training.glmix.design import CategoricalBasis
 
 
@@ -11,3 +14,14 @@ def test_design_basis_names_unknown_values_and_version():
     assert CategoricalBasis.from_names(basis.names) == basis
     assert CategoricalBasis.from_json(basis.to_json()).version == basis.version
     assert CategoricalBasis.from_vocabularies({"industry": ["finance"], "seniority": ["entry"]}).version != basis.version
+
+
+def test_an_intercept_only_basis_needs_and_takes_the_row_count():
+    basis = CategoricalBasis.from_vocabularies({})
+    assert basis.names == ["intercept"] and basis.dim == 1
+    np.testing.assert_array_equal(basis.design({}, rows=3), np.ones((3, 1), np.float32))
+    with pytest.raises(ValueError, match="needs the number of rows"):
+        basis.design({})
+    two = CategoricalBasis.from_vocabularies({"industry": ["a", "b"]})
+    with pytest.raises(ValueError, match="different lengths"):
+        two.design({"industry": ["a", "b"]}, rows=3)

@@ -212,3 +212,25 @@ def test_missing_training_set_names_the_partition(tiny_data_dir, tmp_path):
 
 def _names(basis_json):
     return ["intercept"] + [f"{c}={v}" for c, vocab in basis_json["columns"] for v in vocab]
+
+
+@pytest.mark.parametrize(("items_categorical", "basis_columns"), [
+    (["company", "industry", "region"], ["industry"]),   # the README's own example schema has no seniority
+    (["company", "region"], []),                         # nothing shared: one bias per member and per job
+])
+def test_the_basis_takes_the_attributes_both_tables_declare(stage_data, tmp_path, caplog, items_categorical,
+                                                            basis_columns):
+    import yaml
+
+    settings = load_settings(shutil.copytree(stage_data, tmp_path / "data"))
+    schema = yaml.safe_load(settings.paths.raw_schema.read_text())
+    schema["items"]["categorical"] = items_categorical
+    settings.paths.raw_schema.write_text(yaml.safe_dump(schema))
+    with caplog.at_level("WARNING", logger="rankflow.stages.personalise"):
+        results = [update_random_effects(settings, day, write_online=False) for day in DAYS[:2]]
+    assert "not categorical in both raw tables" in caplog.text and "items lacks" in caplog.text
+    state, _, meta = load_state(settings, DAYS[1])
+    assert [column for column, _ in meta["member_basis"]["columns"]] == basis_columns
+    assert state.member.dim == 1 + (8 if basis_columns else 0) and state.job.dim == state.member.dim
+    assert results[1]["summary"]["member"]["not_converged"] == 0
+    assert torch.isfinite(state.member.mean).all() and state.member.mean.abs().sum() > 0

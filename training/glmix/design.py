@@ -51,11 +51,14 @@ class CategoricalBasis:
     def version(self) -> str:
         return hashlib.sha1("\n".join(self.names).encode()).hexdigest()[:12]
 
-    def design(self, values: Mapping[str, Sequence]) -> np.ndarray:
-        """phi for n rows, (n, dim) float32; `values[column]` holds the rows' categories (strings)."""
-        lengths = {len(values[column]) for column, _ in self.columns}
+    def design(self, values: Mapping[str, Sequence], rows: int | None = None) -> np.ndarray:
+        """phi for n rows, (n, dim) float32; `values[column]` holds the rows' categories (strings).
+
+        `rows`: n, needed when the basis has no column (intercept only) and checked otherwise."""
+        lengths = {len(values[column]) for column, _ in self.columns} | ({rows} if rows is not None else set())
         if len(lengths) != 1:
-            raise ValueError(f"design: columns have different lengths {sorted(lengths)}")
+            raise ValueError(f"design: columns have different lengths {sorted(lengths)}" if lengths
+                             else "design: an intercept-only basis needs the number of rows")
         n = lengths.pop()
         phi = np.zeros((n, self.dim), dtype=np.float32)
         phi[:, 0] = 1.0
