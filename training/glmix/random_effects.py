@@ -50,7 +50,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from training.glmix.segments import SortedSegments, segment_sum
+from training.glmix.segments import SortedSegments
 
 Covariance = Literal["full", "diagonal"]
 
@@ -412,11 +412,11 @@ def _newton_chunk(features, labels, weights, offsets, segments, prior_mean, prio
         eta = o + (x * newton.point[seg]).sum(1)
         delta = newton.point - m0
         p0_delta = (p0 @ delta.unsqueeze(-1)).squeeze(-1)
-        objective = segment_sum(w * (F.softplus(eta) - y * eta), seg, k) + 0.5 * (delta * p0_delta).sum(-1)
+        objective = layout.sum(w * (F.softplus(eta) - y * eta)) + 0.5 * (delta * p0_delta).sum(-1)
         accepted, rejected = newton.test(objective)
 
         p = torch.sigmoid(eta)
-        gradient = segment_sum(x * (w * (p - y)).unsqueeze(1), seg, k) + p0_delta
+        gradient = layout.sum(x * (w * (p - y)).unsqueeze(1)) + p0_delta
         hessian = layout.outer_sum(w * p * (1 - p)).add_(p0)
         step = -_solve(_factor(hessian), gradient.unsqueeze(-1)).squeeze(-1)
         decrement = -(gradient * step).sum(-1)

@@ -5,14 +5,18 @@ For events e with segment (entity) s(e):
     segment_sum(v)[s]             = sum_{e: s(e)=s} v_e
     segment_outer_sum(x, w)[s]    = sum_{e: s(e)=s} w_e x_e x_e^T
 
-The outer sum uses the kernels package's fused Triton `kernels.segment.segment_outer_sum` for float32
-CUDA tensors when that module is installed (docs/contracts.md, Kernels: one program per segment, no
-(events, d, d) tensor, deterministic). Otherwise (CPU, float64, or no kernels package) it is `index_add_`
-over blocks of events, so the transient (block, d, d) tensor stays within `block_elements` whatever the
-number of events.
+On float32 CUDA tensors both go through the kernels package's Triton ops, `kernels.segment.segment_sum` and
+`segment_outer_sum` (kernels.dispatch decides, docs/contracts.md, Kernels: one program per segment, no
+(events, d, d) tensor, deterministic where index_add_'s atomics on CUDA are not). Otherwise (CPU; float64,
+which the kernels do not take, said once per process on CUDA; or no kernels package) the sums are
+`index_add_`, the outer sums over blocks of events, so the transient (block, d, d) tensor stays within
+`block_elements` whatever the number of events.
 """
 
 from __future__ import annotations
+
+import functools
+import logging
 
 import torch
 
@@ -23,16 +27,31 @@ def segment_sum(values: torch.Tensor, segment_ids: torch.Tensor, num_segments: i
     return out.index_add_(0, segment_ids, values)
 
 
-def _fused_outer_sum(features: torch.Tensor):
-    """The kernels package's Triton op when it applies to these tensors, else None."""
-    if not features.is_cuda or features.dtype != torch.float32:
-        return None  # its CPU path materialises (events, d, d); ours is blocked
+@functools.cache
+def _say_no_kernel(dtype: torch.dtype) -> None:
+    logging.getLogger(__name__).warning(
+        "GLMix on CUDA in %s: the Triton segment kernels take float32; the PyTorch sums run instead", dtype)
+
+
+def _fused_ops(features: torch.Tensor):
+    """(segment_sum, segment_outer_sum) of the kernels package when they apply to these tensors, else None."""
+    if not features.is_cuda:
+        return None  # the kernels' CPU reference materialises (events, d, d); ours is blocked
+    if features.dtype != torch.float32:
+        _say_no_kernel(features.dtype)
+        return None
     try:
         from kernels.dispatch import use_triton
-        from kernels.segment import segment_outer_sum as fused
+        from kernels.segment import segment_outer_sum, segment_sum
     except ImportError:
         return None
-    return fused if use_triton(features) else None
+    return (segment_sum, segment_outer_sum) if use_triton(features) else None
+
+
+def _fused_outer_sum(features: torch.Tensor):
+    """The kernels package's Triton outer sum when it applies to these tensors, else None."""
+    ops = _fused_ops(features)
+    return None if ops is None else ops[1]
 
 
 def segment_outer_sum(
@@ -107,7 +126,8 @@ class SortedSegments:
     def __init__(self, features: torch.Tensor, segment_ids: torch.Tensor, num_segments: int,
                  block_elements: int = 1 << 24) -> None:
         self.features, self.segment_ids, self.num_segments = features, segment_ids, num_segments
-        self.fused = _fused_outer_sum(features)
+        ops = _fused_ops(features)
+        self.fused_sum, self.fused = ops if ops is not None else (None, None)
         self.blocks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.covers_all = False
         if self.fused is not None or features.shape[0] == 0:
@@ -128,6 +148,14 @@ class SortedSegments:
                 valid = offsets < counts[segments, None]
                 rows = torch.where(valid, starts[segments, None] + offsets, 0)
                 self.blocks.append((segments, rows, valid, features[rows] * valid.unsqueeze(2)))
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Per segment sum of `values` (events,) or (events, d)."""
+        if self.fused_sum is None:
+            return segment_sum(values, self.segment_ids, self.num_segments)
+        columns = values if values.dim() == 2 else values.unsqueeze(1)
+        out = self.fused_sum(columns, self.segment_ids, self.num_segments, ids_sorted=True)
+        return out if values.dim() == 2 else out.squeeze(1)
 
     def outer_sum(self, weights: torch.Tensor) -> torch.Tensor:
         """Per segment sum of w x x^T, (num_segments, d, d)."""
