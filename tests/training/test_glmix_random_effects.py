@@ -311,7 +311,8 @@ def test_cuda_float32_and_float64_equal_the_cpu_float64_update(dim, covariance, 
 
     float64 on CUDA sums the Hessians by batched matmuls (training.glmix.segments' bucketed path) and the
     gradients by atomic index_add_: only the summation order differs from the CPU. float32 on CUDA takes the
-    Triton kernel kernels.segment.segment_outer_sum (asserted below) and stops at a Newton decrement of 1e-7.
+    Triton kernels kernels.segment.segment_sum / segment_outer_sum (asserted below: no atomics, so a second
+    run gives the same bits) and stops at a Newton decrement of 1e-7.
 
     Tolerances, in the posterior's own scale (a mean's difference as a Mahalanobis distance under the CPU
     posterior precision, i.e. in posterior standard deviations; a precision's as its relative Frobenius
@@ -334,13 +335,15 @@ def test_cuda_float32_and_float64_equal_the_cpu_float64_update(dim, covariance, 
     assert cpu_summary.not_converged == 0
 
     fused_calls = []
-    fused = segment.segment_outer_sum
 
-    def counted(features, *args, **kwargs):
-        fused_calls.append(features.dtype)
-        return fused(features, *args, **kwargs)
+    def counted(op):
+        def call(values, *args, **kwargs):
+            fused_calls.append((op.__name__, values.dtype))
+            return op(values, *args, **kwargs)
+        return call
 
-    monkeypatch.setattr(segment, "segment_outer_sum", counted)
+    monkeypatch.setattr(segment, "segment_outer_sum", counted(segment.segment_outer_sum))
+    monkeypatch.setattr(segment, "segment_sum", counted(segment.segment_sum))
     for dtype, mean_sd, precision_relative in ((torch.float64, 1e-6, 1e-6), (torch.float32, 5e-3, 2e-3)):
         cuda_events = EntityEvents(events.entity_ids.cuda(), *(t.to("cuda", dtype) for t in (
             events.features, events.labels, events.weights, events.offsets)))
@@ -355,5 +358,8 @@ def test_cuda_float32_and_float64_equal_the_cpu_float64_update(dim, covariance, 
               f"max precision difference {float(relative.max()):.2e} relative")
         assert float(distance.max()) < mean_sd, dtype
         assert float(relative.max()) < precision_relative, dtype
-    # The float32 run (and only it) summed its Hessians in the Triton kernel.
-    assert fused_calls and set(fused_calls) == {torch.float32}
+        if dtype == torch.float32:
+            again, _ = update_random_effects(state.to("cuda", dtype), cuda_events, config)
+            assert torch.equal(again.mean, updated.mean) and torch.equal(again.precision, updated.precision)
+    # The float32 runs (and only they) summed gradients and Hessians in the Triton kernels.
+    assert set(fused_calls) == {("segment_sum", torch.float32), ("segment_outer_sum", torch.float32)}
