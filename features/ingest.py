@@ -8,23 +8,31 @@ names the user's columns by role (docs/contracts.md, "Raw zone"):
     events:  {member: member_id, item: item_id, timestamp: ts, label: label, weight: weight}
 
 Optional keys may be left out (events: `id`, `weight`, `context`). Timestamps are Unix seconds or ISO-8601
-(no offset means UTC). Output is exactly what the generator writes: canonical column names and types,
-partitioned by event date (members/items by arrival date), sorted, with deterministic bytes, so
-re-ingesting the same input changes nothing.
+(no offset means UTC), between 1970-01-02 and 2100-01-01. Output is exactly what the generator writes:
+canonical column names and types, partitioned by event date (members/items by arrival date), sorted, with
+deterministic bytes, so re-ingesting the same input changes nothing.
+
+Ingesting into a raw zone that already holds data merges: events replace the event days the input covers
+(other days stay); members and items are upserted by id (a row in the file replaces the stored row of that id,
+on whatever arrival day it was stored; ids not in the file stay, and events may refer to them). After the
+merge every member, item and event id must appear once in the whole raw zone, or nothing is written.
 
 Everything is read and checked in memory first; the first problem raises one `IngestError` naming the file,
 the column, the first offending rows and what was expected, before anything is written. Then every
-partition is staged aside and swapped in together (`atomic_directory`), so on any error the raw zone is
-exactly as it was.
+partition that changes is staged aside and swapped in together (`atomic_directory`), so on any error the
+raw zone is exactly as it was.
 """
 
 from __future__ import annotations
 
 import csv
 import difflib
+import gzip
 import re
+import shutil
 from contextlib import ExitStack
 from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -36,14 +44,27 @@ import yaml
 
 from features import contract
 from features.contract import EntitySchema, EventSchema, RawSchema, SchemaError
-from rankflow.paths import DataPaths, atomic_directory
+from rankflow.paths import PART_FILE, DataPaths, atomic_directory, partition_days
 
 MICROS_PER_DAY = 86_400_000_000
 MAX_SHOWN_ROWS = 5
-_EPOCH = pd.Timestamp("1970-01-01")
+MAX_SHOWN_IDS = 10
+_EPOCH = date(1970, 1, 1)
 _INTEGER = re.compile(r"^[+-]?\d+$")
 _DECIMAL = re.compile(r"^([+-]?)(\d+)(?:\.(\d*))?$")
-_WRONG_DELIMITERS = {";": "semicolons", "\t": "tabs", "|": "pipes"}
+# A header line without a comma but with one of these was written with another delimiter.
+_WRONG_DELIMITERS = {";": "';'-separated", "\t": "tab-separated", "|": "'|'-separated"}
+
+# Accepted timestamps: [1970-01-02, 2100-01-01) UTC. Zero, a small or a negative number is nearly always a
+# placeholder or a unit mistake, and pandas cannot even hold Unix milliseconds read as seconds.
+EARLIEST_TS = pd.Timestamp("1970-01-02", tz="UTC")
+LATEST_TS = pd.Timestamp("2100-01-01", tz="UTC")
+_EARLIEST_S, _LATEST_S = int(EARLIEST_TS.timestamp()), int(LATEST_TS.timestamp())
+TIMESTAMP_WINDOW = (f"from 1970-01-02 (Unix {_EARLIEST_S}) up to, not including, 2100-01-01 "
+                    f"(Unix {_LATEST_S}), UTC")
+# Numbers that land in a plausible recent window once divided by one of these were given in that unit.
+_UNIT_HINTS = (("milliseconds", 1_000), ("microseconds", 1_000_000), ("nanoseconds", 1_000_000_000))
+_HINT_FROM_S = int(pd.Timestamp("2000-01-01", tz="UTC").timestamp())
 
 
 class IngestError(ValueError):
@@ -56,10 +77,17 @@ class IngestError(ValueError):
         where = f"{self.file}: column '{column}'" if column else self.file
         message = f"{where}: {problem}; expected {expected}."
         if self.rows:
-            shown = ", ".join(f"row {row}: {value!r}" for row, value in self.rows)
+            shown = ", ".join(f"row {row}: {'empty' if value is None else repr(value)}" for row, value in self.rows)
             count = total if total is not None else len(rows)
-            message += f" First offending rows ({count} in all; data rows counted from 1 after the header): {shown}"
+            message += f" First offending rows ({count} in all; {_row_numbering(self.file)}): {shown}"
         super().__init__(message)
+
+
+def _row_numbering(file: str) -> str:
+    """How the row numbers in a message count, for the file's format (a Parquet file has no header line)."""
+    if file.lower().endswith((".parquet", ".pq")):
+        return "row 1 is the first row of the table"
+    return "row 1 is the first line after the header"
 
 
 @dataclass(frozen=True)
@@ -80,13 +108,18 @@ class _Source:
 
 
 def _plain(value: Any) -> Any:
-    """A value as a person would read it in the message (numpy scalars and arrays to Python)."""
-    if isinstance(value, np.generic):
-        return value.item()
+    """A value as a person would read it in the message (numpy scalars and arrays to Python; missing -> None)."""
     if isinstance(value, np.ndarray):
         return value.tolist()
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if value is None or value is pd.NA or value is pd.NaT or (isinstance(value, (float, np.floating))
+                                                               and np.isnan(value)):
         return None
+    if isinstance(value, (pd.Timestamp, datetime, np.datetime64)):
+        return pd.Timestamp(value).isoformat()
+    if isinstance(value, np.generic):
+        return value.item()
     return value
 
 
@@ -105,13 +138,13 @@ def _read_source(path: Path) -> _Source:
         except (pa.ArrowInvalid, OSError) as error:
             raise IngestError(path, f"not a readable Parquet file ({error})", "a Parquet file") from None
     elif name.endswith((".csv", ".csv.gz")):
+        _check_delimiter(path)
         try:
             frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], quoting=csv.QUOTE_MINIMAL)
         except pd.errors.EmptyDataError:
             raise IngestError(path, "the file is empty", "a header line and at least one row") from None
         except (pd.errors.ParserError, UnicodeDecodeError) as error:
             raise IngestError(path, f"not readable as CSV ({error})", "comma-separated UTF-8 text with a header") from None
-        _check_delimiter(path, frame)
     else:
         raise IngestError(path, "unknown file type", "a .csv, .csv.gz or .parquet file")
     if frame.empty:
@@ -119,16 +152,25 @@ def _read_source(path: Path) -> _Source:
     return _Source(path, frame.reset_index(drop=True))
 
 
-def _check_delimiter(path: Path, frame: pd.DataFrame) -> None:
-    """A CSV read with ',' whose header holds ';' or tabs was written with another delimiter."""
-    for column in frame.columns:
-        for delimiter, name in _WRONG_DELIMITERS.items():
-            if delimiter in str(column) and (delimiter != "|" or len(frame.columns) == 1):
-                mask = frame[column].astype(str).str.contains(re.escape(delimiter), na=False).to_numpy()
-                rows, total = _Source(path, frame).offending(mask, column)
-                raise IngestError(path, f"the header {column!r} looks delimited by {name} ({delimiter!r})",
-                                  "comma-separated values: re-save the file with ',' as the delimiter",
-                                  column=str(column), rows=rows, total=total)
+def _check_delimiter(path: Path) -> None:
+    """A header line with no comma but with ';', a tab or '|' was written with another delimiter.
+
+    Checked on the raw first line, before pandas reads the file: with another delimiter pandas either sees one
+    column named after the whole header or fails on the first data line holding a comma.
+    """
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as handle:
+            header = handle.readline().lstrip("\ufeff").rstrip("\r\n")
+    except (OSError, EOFError):
+        return  # not readable as text: pd.read_csv reports it
+    if "," in header:
+        return
+    for delimiter, name in _WRONG_DELIMITERS.items():
+        if delimiter in header:
+            shown = header if len(header) <= 80 else header[:77] + "..."
+            raise IngestError(path, f"looks like {name}; rankflow reads comma-separated CSV (header line: {shown!r})",
+                              "fields separated by ',': re-save or export the file as comma-separated CSV")
 
 
 def _require(source: _Source, table: str, columns: Sequence[str]) -> None:
@@ -168,38 +210,62 @@ def _ids(source: _Source, column: str) -> np.ndarray:
                           column=column) from None
 
 
-def _decimal_seconds_to_micros(text: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """'1767225600.123456' -> µs exactly (no float rounding); returns (micros, matched)."""
+def _decimal_seconds_to_micros(text: pd.Series) -> np.ndarray:
+    """'1767225600.123456' -> µs exactly (no float rounding); every value must match _DECIMAL and be in range."""
     parts = text.str.extract(_DECIMAL.pattern)
-    matched = parts[1].notna().to_numpy()
-    micros = np.zeros(len(text), dtype=np.int64)
-    if matched.any():
-        sign = np.where(parts[0][matched] == "-", -1, 1)
-        whole = parts[1][matched].astype(np.int64).to_numpy()
-        fraction = parts[2][matched].fillna("").str.ljust(6, "0").str[:6].astype(np.int64).to_numpy()
-        micros[matched] = sign * (whole * 1_000_000 + fraction)
-    return micros, matched
+    sign = np.where(parts[0] == "-", -1, 1)
+    whole = parts[1].astype(np.int64).to_numpy()
+    fraction = parts[2].fillna("").str.ljust(6, "0").str[:6].astype(np.int64).to_numpy()
+    return sign * (whole * 1_000_000 + fraction)
+
+
+def _check_window(source: _Source, column: str, seconds: np.ndarray, checked: np.ndarray, expected: str,
+                  numbers: bool) -> None:
+    """Refuse timestamps outside TIMESTAMP_WINDOW; say so when numbers look like ms, µs or ns since the epoch."""
+    with np.errstate(invalid="ignore"):
+        outside = checked & ~((seconds >= _EARLIEST_S) & (seconds < _LATEST_S))
+    if not outside.any():
+        return
+    problem = "timestamps out of range"
+    if numbers:
+        for unit, per_second in _UNIT_HINTS:
+            scaled = seconds[outside] / per_second
+            if ((scaled >= _HINT_FROM_S) & (scaled < _LATEST_S)).all():
+                problem += (f"; these look like {unit} since the epoch: divide them by {per_second:,} "
+                            "to get Unix seconds")
+                break
+    raise source.fail(column, outside, problem, expected)
 
 
 def _timestamps(source: _Source, column: str, required: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Unix seconds or ISO-8601 (naive = UTC) -> (µs since epoch, missing mask)."""
+    """Unix seconds or ISO-8601 (naive = UTC), inside TIMESTAMP_WINDOW -> (µs since epoch, missing mask)."""
     values = source.frame[column]
     missing = _is_missing(values)
-    expected = "Unix seconds (e.g. 1767225600) or ISO-8601 (e.g. 2026-01-01T09:30:00Z)"
+    present = ~missing
+    expected = ("Unix seconds (e.g. 1767225600) or ISO-8601 (e.g. 2026-01-01T09:30:00Z), "
+                f"{TIMESTAMP_WINDOW}")
     if required and missing.any():
         raise source.fail(column, missing, "missing timestamps", expected)
     micros = np.zeros(len(values), dtype=np.int64)
     if pd.api.types.is_datetime64_any_dtype(values.dtype):
         parsed = values.dt.tz_localize("UTC") if values.dt.tz is None else values.dt.tz_convert("UTC")
-        micros[~missing] = parsed[~missing].astype("datetime64[us, UTC]").astype(np.int64).to_numpy()
+        micros[present] = parsed[present].astype("datetime64[us, UTC]").astype(np.int64).to_numpy()
+        _check_window(source, column, micros / 1e6, present, expected, numbers=False)
         return micros, missing
     if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
-        micros[~missing] = np.round(values[~missing].to_numpy(dtype=np.float64) * 1e6).astype(np.int64)
+        seconds = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        _check_window(source, column, seconds, present, expected, numbers=True)
+        micros[present] = np.round(seconds[present] * 1e6).astype(np.int64)
         return micros, missing
     text = values.astype("string").str.strip()
-    numeric_micros, numeric = _decimal_seconds_to_micros(text.fillna(""))
-    micros[numeric] = numeric_micros[numeric]
-    iso = ~numeric & ~missing
+    numeric = text.fillna("").str.match(_DECIMAL.pattern).to_numpy(dtype=bool) & present
+    if numeric.any():
+        # Range-check as floats first: out-of-range whole seconds would overflow int64 microseconds.
+        seconds = np.full(len(values), np.nan)
+        seconds[numeric] = text[numeric].astype(float).to_numpy()
+        _check_window(source, column, seconds, numeric, expected, numbers=True)
+        micros[numeric] = _decimal_seconds_to_micros(text[numeric])
+    iso = ~numeric & present
     if iso.any():
         parsed = pd.to_datetime(text[iso], format="ISO8601", utc=True, errors="coerce")
         unparsed = np.zeros(len(values), dtype=bool)
@@ -207,6 +273,7 @@ def _timestamps(source: _Source, column: str, required: bool) -> tuple[np.ndarra
         if unparsed.any():
             raise source.fail(column, unparsed, "unparseable timestamps", expected)
         micros[iso] = parsed.astype("datetime64[us, UTC]").astype(np.int64).to_numpy()
+        _check_window(source, column, micros / 1e6, iso, expected, numbers=False)
     return micros, missing
 
 
@@ -326,20 +393,22 @@ def _entities(source: _Source, table: str, schema: EntitySchema) -> _Entities:
     return _Entities(ids, arrived, missing, attributes)
 
 
-def _events(source: _Source, schema: EventSchema, members: _Entities, items: _Entities,
+def _events(source: _Source, schema: EventSchema, known_members: np.ndarray, known_items: np.ndarray,
             member_file: Path, item_file: Path) -> _Events:
+    """The events table; each member / item must be in its file or already in the raw zone (`known_*`)."""
     roles = [c for c in (schema.id, schema.member, schema.item, schema.timestamp, schema.label, schema.weight) if c]
     _require(source, "events", roles + list(schema.context))
     member_id, item_id = _ids(source, schema.member), _ids(source, schema.item)
     ts_us, _ = _timestamps(source, schema.timestamp, required=True)
     label = _labels(source, schema.label)
     weight = _weights(source, schema.weight) if schema.weight else np.ones(len(label), np.float32)
-    for column, ids, known, file in ((schema.member, member_id, members.ids, member_file),
-                                     (schema.item, item_id, items.ids, item_file)):
+    for column, ids, known, file in ((schema.member, member_id, known_members, member_file),
+                                     (schema.item, item_id, known_items, item_file)):
         unknown = ~np.isin(ids, known)
         if unknown.any():
-            raise source.fail(column, unknown, f"events refer to ids that are not in {Path(file).name}",
-                              f"every {column} to appear in {file}")
+            raise source.fail(column, unknown,
+                              f"events refer to ids that are neither in {Path(file).name} nor already in the raw zone",
+                              f"every {column} to appear in {file} or in an earlier ingest into this data directory")
     if schema.id:
         event_id = _ids(source, schema.id)
         _check_unique(source, schema.id, event_id)
@@ -397,20 +466,116 @@ def load_user_schema(path: Path) -> RawSchema:
                           "the schema shape in docs/contracts.md") from None
 
 
-# --- partitioning and writing ----------------------------------------------------------------------------------
+# --- merging with the raw zone, partitioning and writing -------------------------------------------------------
 
 def _day_of(micros: np.ndarray) -> np.ndarray:
     return micros // MICROS_PER_DAY
 
 
-def _arrival_days(entities: _Entities, event_ids: np.ndarray, event_days: np.ndarray) -> np.ndarray:
-    """Arrival date; without a timestamp, the entity's first event day (or the first event day of all)."""
-    days = _day_of(entities.arrived_us)
-    if entities.arrival_missing.any():
-        first = pd.Series(event_days).groupby(event_ids).min()
-        fallback = first.reindex(entities.ids[entities.arrival_missing]).fillna(event_days.min())
-        days[entities.arrival_missing] = fallback.to_numpy(dtype=np.int64)
-    return days
+def _epoch_day(day: date) -> int:
+    return (day - _EPOCH).days
+
+
+@dataclass
+class _Stored:
+    """What a raw table already holds: its rows and the day (since the epoch) of the partition each was read from."""
+
+    table: pa.Table
+    days: np.ndarray
+
+
+def _read_stored(paths: DataPaths, table: str, arrow_schema: pa.Schema | None, skip_days: set[int] = frozenset(),
+                 columns: Sequence[str] | None = None) -> _Stored:
+    """Every partition of a raw table but `skip_days`: all columns cast to `arrow_schema`, or only `columns`."""
+    tables, days = [], []
+    for day in partition_days(paths.raw_table(table)):
+        if _epoch_day(day) in skip_days:
+            continue
+        part = paths.raw_partition(table, day) / PART_FILE
+        try:
+            stored = pq.read_table(part, columns=list(columns) if columns else None)
+            if arrow_schema is not None:
+                stored = stored.select(arrow_schema.names).cast(arrow_schema)
+        except (pa.ArrowException, KeyError, OSError) as error:
+            raise IngestError(part, f"this stored partition cannot be merged with the input ({error})",
+                              f"{table} partitions as rankflow writes them, with the columns of {paths.raw_schema}"
+                              ) from None
+        tables.append(stored)
+        days.append(np.full(stored.num_rows, _epoch_day(day), dtype=np.int64))
+    if not tables:
+        schema = arrow_schema if arrow_schema is not None else pa.schema([(c, contract.ID_TYPE) for c in columns])
+        return _Stored(schema.empty_table(), np.empty(0, np.int64))
+    return _Stored(pa.concat_tables(tables), np.concatenate(days))
+
+
+def _first_days(ids: np.ndarray, days: np.ndarray) -> pd.Series:
+    """id -> earliest day it appears on."""
+    return pd.Series(days, dtype=np.int64).groupby(ids).min()
+
+
+@dataclass
+class _Merged:
+    """A members or items table after the upsert: every row, its arrival day, and the days whose partition changes."""
+
+    table: pa.Table
+    days: np.ndarray
+    changed: set[int]
+
+    def partitions(self) -> list[tuple[int, pa.Table | None]]:
+        """The changed days' new partitions, rows sorted by id; None where no row is left on that day."""
+        ids = self.table.column(0).to_numpy()
+        order = np.argsort(ids, kind="stable")
+        out = []
+        for day in sorted(self.changed):
+            rows = order[self.days[order] == day]
+            out.append((day, self.table.take(pa.array(rows)).combine_chunks() if len(rows) else None))
+        return out
+
+
+def _merge_entities(entities: _Entities, stored: _Stored, arrow_schema: pa.Schema, first_event_day: pd.Series,
+                    default_day: int) -> _Merged:
+    """Upsert the input's rows by id into what the table holds.
+
+    Arrival day: the timestamp's day; without a timestamp, the earliest of the id's first event day (over the raw
+    zone after this ingest) and the day it was stored on before, else the input's first event day. Stored rows
+    without a timestamp move earlier when events now show them earlier, so every event's member and item is
+    known on the event's day.
+    """
+    stored_ids = stored.table.column(0).to_numpy()
+    replaced = np.isin(stored_ids, entities.ids)
+    days = _day_of(entities.arrived_us).copy()
+    missing = entities.arrival_missing
+    if missing.any():
+        ids = entities.ids[missing]
+        earliest = pd.concat([first_event_day.reindex(ids), _first_days(stored_ids, stored.days).reindex(ids)],
+                             axis=1).min(axis=1)
+        days[missing] = earliest.fillna(default_day).to_numpy(dtype=np.int64)
+
+    kept = ~replaced
+    kept_ids, old_days = stored_ids[kept], stored.days[kept]
+    kept_days = old_days.copy()
+    untimed = stored.table.column(1).is_null().to_numpy(zero_copy_only=False)[kept]
+    if untimed.any():
+        first = first_event_day.reindex(kept_ids[untimed]).to_numpy(dtype=np.float64)
+        kept_days[untimed] = np.fmin(old_days[untimed], first).astype(np.int64)
+    moved = kept_days != old_days
+
+    changed = set(days.tolist()) | set(stored.days[replaced].tolist())
+    changed |= set(old_days[moved].tolist()) | set(kept_days[moved].tolist())
+    table = pa.concat_tables([stored.table.filter(pa.array(kept)),
+                              _entity_table(entities, np.arange(len(entities.ids)), arrow_schema)])
+    return _Merged(table, np.concatenate([kept_days, days]), changed)
+
+
+def _check_zone_unique(paths: DataPaths, table: str, id_name: str, ids: np.ndarray, expected: str) -> None:
+    """Every id once in the whole raw table, as it will be after this ingest."""
+    repeated = np.unique(ids[pd.Series(ids).duplicated(keep=False).to_numpy()])
+    if len(repeated):
+        shown = repeated[:MAX_SHOWN_IDS].tolist()
+        more = f" and {len(repeated) - MAX_SHOWN_IDS} more" if len(repeated) > MAX_SHOWN_IDS else ""
+        raise IngestError(paths.raw_table(table),
+                          f"after this ingest, {len(repeated)} {id_name}(s) would be stored more than once in the "
+                          f"raw zone's {table}: {shown}{more}", expected)
 
 
 def _entity_table(entities: _Entities, rows: np.ndarray, arrow_schema: pa.Schema) -> pa.Table:
@@ -436,16 +601,17 @@ def _events_table(events: _Events, rows: np.ndarray) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=arrow_schema)
 
 
-def _partitions(order: np.ndarray, days: np.ndarray) -> list[tuple[pd.Timestamp, np.ndarray]]:
+def _partitions(order: np.ndarray, days: np.ndarray) -> list[tuple[int, np.ndarray]]:
     """Rows (already in output order) grouped by day."""
     ordered_days = days[order]
-    return [(_EPOCH + pd.Timedelta(days=int(day)), order[ordered_days == day]) for day in np.unique(ordered_days)]
+    return [(int(day), order[ordered_days == day]) for day in np.unique(ordered_days)]
 
 
 def ingest(schema_path: Path | str, members_path: Path | str, items_path: Path | str, events_path: Path | str,
            paths: DataPaths) -> dict[str, Any]:
-    """Validate the three tables against the schema and write them into `paths.raw`; return a summary.
+    """Validate the three tables against the schema and merge them into `paths.raw`; return a summary.
 
+    Events replace the event days they cover; members and items are upserted by id (module docstring).
     Raises IngestError (before anything is written) on the first problem found.
     """
     user_schema = load_user_schema(Path(schema_path))
@@ -459,34 +625,58 @@ def ingest(schema_path: Path | str, members_path: Path | str, items_path: Path |
 
     members = _entities(members_source, "members", user_schema.members)
     items = _entities(items_source, "items", user_schema.items)
-    events = _events(events_source, user_schema.events, members, items, members_source.path, items_source.path)
+    schemas = {"members": contract.members_arrow_schema(canonical.members),
+               "items": contract.items_arrow_schema(canonical.items)}
+    stored = {table: _read_stored(paths, table, schemas[table]) for table in schemas}
+    known = {table: np.union1d(entities.ids, stored[table].table.column(0).to_numpy())
+             for table, entities in (("members", members), ("items", items))}
+    events = _events(events_source, user_schema.events, known["members"], known["items"], members_source.path,
+                     items_source.path)
 
+    # The raw zone after this ingest: the input's event days replace the stored ones; other days stay.
     event_days = _day_of(events.ts_us)
-    plan: list[tuple[str, pd.Timestamp, pa.Table]] = []
-    for table, entities, schema, event_owner in (
-            ("members", members, contract.members_arrow_schema(canonical.members), events.member_id),
-            ("items", items, contract.items_arrow_schema(canonical.items), events.item_id)):
-        order = np.argsort(entities.ids, kind="stable")
-        for day, rows in _partitions(order, _arrival_days(entities, event_owner, event_days)):
-            plan.append((table, day, _entity_table(entities, rows, schema)))
+    kept_events = _read_stored(paths, "events", None, skip_days=set(event_days.tolist()),
+                               columns=(contract.EVENT_ID, contract.MEMBER_ID, contract.ITEM_ID))
+    _check_zone_unique(paths, "events", contract.EVENT_ID,
+                       np.concatenate([kept_events.table.column(0).to_numpy(), events.event_id]),
+                       "each event id once over every day in the raw zone: an event of a day this input does not "
+                       "cover has the same id (give ids that are unique over all your ingests)")
+    plan: list[tuple[str, int, pa.Table | None]] = []
+    for table, entities, owner, id_name in (("members", members, events.member_id, contract.MEMBER_ID),
+                                            ("items", items, events.item_id, contract.ITEM_ID)):
+        first_event_day = _first_days(np.concatenate([kept_events.table.column(id_name).to_numpy(), owner]),
+                                      np.concatenate([kept_events.days, event_days]))
+        merged = _merge_entities(entities, stored[table], schemas[table], first_event_day, int(event_days.min()))
+        _check_zone_unique(paths, table, id_name, merged.table.column(0).to_numpy(),
+                           f"each {id_name} once in the raw zone: include these ids in the {table} file (its row "
+                           "replaces every stored copy), or ingest into a new --data-dir")
+        plan += [(table, day, arrow_table) for day, arrow_table in merged.partitions()]
     for day, rows in _partitions(np.lexsort((events.event_id, events.ts_us)), event_days):
         plan.append(("events", day, _events_table(events, rows)))
 
-    # Stage every partition, then swap them all in; an error while staging removes every staged copy.
+    # Stage every changed partition, then swap them all in; an error while staging removes every staged copy.
+    # A partition left without rows is swapped for an empty folder (not a partition: no part file), then removed.
+    emptied = []
     with ExitStack() as stack:
         for table, day, arrow_table in plan:
-            staging = stack.enter_context(atomic_directory(paths.raw_partition(table, day.date())))
-            contract.write_partition(staging, arrow_table)
+            target = paths.raw_partition(table, _EPOCH + timedelta(days=day))
+            staging = stack.enter_context(atomic_directory(target))
+            if arrow_table is None:
+                emptied.append(target)
+            else:
+                contract.write_partition(staging, arrow_table)
+    for target in emptied:
+        shutil.rmtree(target, ignore_errors=True)
     canonical.write(paths)
 
-    event_dates = sorted({day.date() for table, day, _ in plan if table == "events"})
+    input_days = sorted(set(event_days.tolist()))
     return {
         "data_dir": str(paths.root),
         "members": int(len(members.ids)),
         "items": int(len(items.ids)),
         "events": int(len(events.event_id)),
-        "partitions": len(plan),
-        "start": event_dates[0].isoformat(),
-        "end": event_dates[-1].isoformat(),
+        "partitions": sum(1 for _, _, arrow_table in plan if arrow_table is not None),
+        "start": (_EPOCH + timedelta(days=input_days[0])).isoformat(),
+        "end": (_EPOCH + timedelta(days=input_days[-1])).isoformat(),
         "apply_rate": round(float(events.label.mean()), 4),
     }

@@ -24,8 +24,10 @@ byte-identical for the same settings: raw/ (docs/contracts.md, "Raw zone") and t
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -38,7 +40,7 @@ from features import contract
 from features.contract import EntitySchema, EventSchema, RawSchema
 from rankflow.config import GeneratorSettings
 from rankflow.logs import get_logger
-from rankflow.paths import DataPaths, atomic_directory, atomic_write_bytes, dt_partition
+from rankflow.paths import DataPaths, atomic_directory, atomic_write_bytes, dt_partition, partition_days
 
 log = get_logger(__name__)
 
@@ -426,3 +428,85 @@ def generate(settings: GeneratorSettings, paths: DataPaths,
         "seconds": round(time.perf_counter() - started, 2),
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+# The zones a data set consists of: what generate writes, then everything computed from the raw zone
+# (rankflow.paths.DataPaths). run/ (pid files and logs of running services) and rankflow.yaml are not data.
+GENERATED_ZONES = ("raw", "truth")
+DERIVED_ZONES = ("features", "feast", "models", "reports", "quarantine")
+
+
+class DataDirInUse(ValueError):
+    """The data directory already holds a data set, and replacing it was not asked for (`--force`)."""
+
+
+def zones_holding_data(paths: DataPaths) -> list[str]:
+    """The data-set zones of a data directory that hold at least one file, in pipeline order."""
+    return [zone for zone in GENERATED_ZONES + DERIVED_ZONES
+            if (paths.root / zone).is_dir() and any(p.is_file() for p in (paths.root / zone).rglob("*"))]
+
+
+def check_data_dir(paths: DataPaths, replace: bool) -> list[str]:
+    """The zones holding data (see `generate_data_set`); raises DataDirInUse when there are any and not `replace`."""
+    holding = zones_holding_data(paths)
+    if holding and not replace:
+        raise DataDirInUse(f"{paths.root} already holds a data set: {_describe(paths, holding)}. Use another "
+                           "--data-dir, or --force to replace it (this deletes raw/, truth/ and everything derived "
+                           f"from the old raw data: {', '.join(z + '/' for z in DERIVED_ZONES)})")
+    return holding
+
+
+def _describe(paths: DataPaths, zones: list[str]) -> str:
+    days = partition_days(paths.raw_table("events"))
+    raw = f"raw/ ({len(days)} event day(s), {days[0]} .. {days[-1]})" if days else "raw/"
+    return ", ".join(raw if zone == "raw" else f"{zone}/" for zone in zones)
+
+
+def generate_data_set(settings: GeneratorSettings, paths: DataPaths, replace: bool = False,
+                      progress: Callable[[date, int, int, int], None] | None = None,
+                      truth: MarketplaceTruth = MarketplaceTruth()) -> dict[str, Any]:
+    """`rankflow generate`: a new synthetic data set in the data directory, all or nothing.
+
+    Refuses (`DataDirInUse`) when the directory already holds a data set (any file in raw/, truth/ or a zone
+    derived from raw data), unless `replace`: then the old raw/ and truth/ are replaced and the derived zones
+    (DERIVED_ZONES: features, Feast registry and online store, models, reports, quarantine) are deleted, since
+    they describe data that is no longer there. The new data set is generated into a hidden folder of the data
+    directory first, so a failure while generating leaves the old one whole; the swap is a few renames, undone
+    if one of them fails. The summary's "cleared" lists the zones deleted.
+    """
+    holding = check_data_dir(paths, replace)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:8]
+    staging = DataPaths(paths.root / f".generate-{token}")
+    try:
+        summary = generate(settings, staging, progress=progress, truth=truth)
+        _swap_in(paths, staging, paths.root / f".replaced-{token}")
+    finally:
+        shutil.rmtree(staging.root, ignore_errors=True)
+    cleared = [zone for zone in holding if zone in DERIVED_ZONES]
+    if holding:
+        log.info("replaced raw/ and truth/ in %s; deleted the derived zones %s", paths.root, cleared)
+    return {**summary, "data_dir": str(paths.root), "cleared": cleared}
+
+
+def _swap_in(paths: DataPaths, staging: DataPaths, trash: Path) -> None:
+    """Move every data-set zone of `paths` into `trash`, the generated ones in from `staging`; then drop `trash`.
+
+    On an error midway the renames done so far are undone, so the directory holds the old data set.
+    """
+    done: list[tuple[Path, Path]] = []
+    trash.mkdir()
+    try:
+        for zone in GENERATED_ZONES + DERIVED_ZONES:
+            if (paths.root / zone).exists():
+                os.replace(paths.root / zone, trash / zone)
+                done.append((paths.root / zone, trash / zone))
+        for zone in GENERATED_ZONES:
+            os.replace(staging.root / zone, paths.root / zone)
+            done.append((staging.root / zone, paths.root / zone))
+    except BaseException:
+        for source, target in reversed(done):
+            os.replace(target, source)
+        trash.rmdir()  # empty again; never rmtree here: it would hold the old data set if an undo failed
+        raise
+    shutil.rmtree(trash, ignore_errors=True)

@@ -181,7 +181,7 @@ BAD_INPUTS = {
     "unknown member": (bad_unknown_member, "events.csv", "member_id", ["row 7: '999999'", "members.csv"]),
     "duplicate ids": (bad_duplicate_ids, "items.csv", "item_id", ["duplicate ids", "row 2", "row 4", "exactly once"]),
     "empty file": (bad_empty_file, "items.csv", None, ["empty", "a header line"]),
-    "wrong delimiter": (bad_delimiter, "events.csv", "member_id;item_id", ["semicolons", "row 1:", "',' as the"]),
+    "wrong delimiter": (bad_delimiter, "events.csv", None, ["looks like ';'-separated", "comma-separated CSV"]),
     "string ids": (bad_string_ids, "members.csv", "member_id", ["ids must be integers", "row 1: 'm-1'"]),
 }
 
