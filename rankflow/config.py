@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -75,24 +76,123 @@ _ENV_KEYS = {
     "RANKFLOW_ONLINE_STORE": "online_store",
     "RANKFLOW_OFFLINE_STORE": "offline_store",
 }
+OFFLINE_STORES = ("file", "spark")
+
+
+class ConfigError(ValueError):
+    """A configuration value (rankflow.yaml, a RANKFLOW_* variable) that cannot be used; the message names where."""
+
+
+def check_online_store(value: str) -> str:
+    """'sqlite', or a Redis URL redis[s]://[:password@]host[:port][/db]; a ValueError says what was expected."""
+    from urllib.parse import urlparse
+
+    if value == "sqlite":
+        return value
+    parsed = urlparse(value)
+    if parsed.scheme not in ("redis", "rediss") or not parsed.hostname:
+        raise ValueError(f"{value!r}: expected 'sqlite' or a Redis URL such as redis://localhost:6379/0")
+    try:
+        parsed.port
+    except ValueError:
+        raise ValueError(f"{value!r}: the port must be a number") from None
+    db = (parsed.path or "/").strip("/")
+    if db and not db.isdigit():
+        raise ValueError(f"{value!r}: the Redis database must be a number, got {db!r}")
+    return value
+
+
+def check_offline_store(value: str) -> str:
+    if value not in OFFLINE_STORES:
+        raise ValueError(f"{value!r}: expected one of {', '.join(map(repr, OFFLINE_STORES))}")
+    return value
+
+
+def redacted(url: str) -> str:
+    """A store URL fit for a message: its password replaced by ***."""
+    return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
+
+
+def read_yaml_settings(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """A YAML file of settings (name: value) and the line of each name; a ConfigError names the file, the
+    line and column, and what was expected (rankflow.yaml, serving.yaml)."""
+    text = path.read_text()
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        loaded = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        context, context_mark = getattr(error, "context", None), getattr(error, "context_mark", None)
+        started = ""
+        if context:
+            opened = context_mark is not None and (context_mark.line, context_mark.column) != (mark.line, mark.column)
+            started = (f" ({context} that starts on line {context_mark.line + 1}, column {context_mark.column + 1})"
+                       if opened else f" ({context})")
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(f"{path}{where}: not valid YAML: {problem}{started}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings (name: value), got {type(loaded).__name__}")
+    lines = {key.value: key.start_mark.line + 1 for key, _ in root.value} if isinstance(root, yaml.MappingNode) else {}
+    return loaded, lines
+
+
+def _read_config_file(config_file: Path) -> dict[str, Any]:
+    """The settings of a rankflow.yaml, checked; a ConfigError names the file, the line and what was expected."""
+    loaded, lines = read_yaml_settings(config_file)
+
+    def at(key: str) -> str:
+        return f"{config_file}, line {lines[key]}" if key in lines else str(config_file)
+
+    known = {f.name for f in dataclasses.fields(Settings)}
+    for key in loaded:
+        if key not in known:
+            raise ConfigError(f"{at(key)}: unknown setting {key!r}; known: {', '.join(sorted(known))}")
+    for key in ("spark_master", "online_store", "offline_store"):
+        if key in loaded and not isinstance(loaded[key], str):
+            raise ConfigError(f"{at(key)}: {key} must be a string, got {loaded[key]!r}")
+    for key, check in (("online_store", check_online_store), ("offline_store", check_offline_store)):
+        if key in loaded:
+            try:
+                check(loaded[key])
+            except ValueError as error:
+                raise ConfigError(f"{at(key)}: {key} {error}") from None
+    if "generator" in loaded:
+        loaded["generator"] = _generator_settings(loaded["generator"], at("generator"))
+    return loaded
+
+
+def _generator_settings(values: Any, where: str) -> GeneratorSettings:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: generator must be a mapping of {', '.join(GeneratorSettings.__annotations__)}")
+    fields = {f.name: f for f in dataclasses.fields(GeneratorSettings)}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown generator setting {key!r}; known: {', '.join(fields)}")
+        expected = type(fields[key].default)
+        if not isinstance(value, expected) or isinstance(value, bool):
+            kind = "a date (YYYY-MM-DD)" if expected is date else "an integer"
+            raise ConfigError(f"{where}: generator.{key} must be {kind}, got {value!r}")
+    return GeneratorSettings(**values)
 
 
 def load_settings(data_dir: Path | str | None = None, **overrides: Any) -> Settings:
-    """Build the Settings once: defaults, then `<data_dir>/rankflow.yaml`, then env, then flags."""
+    """Build the Settings once: defaults, then `<data_dir>/rankflow.yaml`, then env, then flags.
+
+    A value that cannot be used raises ConfigError naming the file and line, or the variable.
+    """
     env = {field_name: os.environ[key] for key, field_name in _ENV_KEYS.items() if key in os.environ}
+    for key, check in (("RANKFLOW_ONLINE_STORE", check_online_store), ("RANKFLOW_OFFLINE_STORE", check_offline_store)):
+        if key in os.environ:
+            try:
+                check(os.environ[key])
+            except ValueError as error:
+                raise ConfigError(f"environment variable {key}: {error}") from None
     base_dir = Path(data_dir or env.get("data_dir") or DEFAULT_DATA_DIR)
     values: dict[str, Any] = {}
     config_file = base_dir / "rankflow.yaml"
     if config_file.exists():
-        loaded = yaml.safe_load(config_file.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{config_file}: expected a mapping of settings, got {type(loaded).__name__}")
-        unknown = set(loaded) - {f.name for f in dataclasses.fields(Settings)}
-        if unknown:
-            raise ValueError(f"{config_file}: unknown setting(s) {sorted(unknown)}")
-        if "generator" in loaded:
-            loaded["generator"] = GeneratorSettings(**loaded["generator"])
-        values.update(loaded)
+        values.update(_read_config_file(config_file))
     values.update(env)
     values.update({k: v for k, v in overrides.items() if v is not None})
     values["data_dir"] = base_dir

@@ -13,9 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-import yaml
-
-from rankflow.config import Settings
+from rankflow.config import Settings, read_yaml_settings
 
 ENV_PREFIX = "RANKFLOW_SERVING_"
 CONFIG_FILE = "serving.yaml"
@@ -46,34 +44,54 @@ class ServingConfig:
             raise ValueError(f"serving config: feature_deadline_ms must be > 0, got {self.feature_deadline_ms}")
 
 
-def _coerce(field: dataclasses.Field, value: Any) -> Any:
+def _coerce(field: dataclasses.Field, value: Any, source: str) -> Any:
+    """`value` as the field's type; a ValueError names the field and where the value came from."""
     kind = type(field.default)
     if kind is bool and isinstance(value, str):
         if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-            raise ValueError(f"serving config {field.name}: expected a boolean, got {value!r}")
+            raise ValueError(f"{source}: serving setting {field.name}: expected a boolean, got {value!r}")
         return value.lower() in ("1", "true", "yes", "on")
-    return kind(value)
+    if kind is not bool and isinstance(value, bool) or kind is bool and not isinstance(value, (bool, int)):
+        raise ValueError(f"{source}: serving setting {field.name}: expected {kind.__name__}, got {value!r}")
+    try:
+        coerced = kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{source}: serving setting {field.name}: expected {kind.__name__}, got {value!r}") from None
+    if kind is int and isinstance(value, float) and coerced != value:
+        raise ValueError(f"{source}: serving setting {field.name}: expected a whole number, got {value!r}")
+    return coerced
 
 
 def load_serving_config(settings: Settings, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServingConfig:
-    """Defaults < <data_dir>/serving.yaml < RANKFLOW_SERVING_<FIELD> < explicit overrides."""
+    """Defaults < <data_dir>/serving.yaml < RANKFLOW_SERVING_<FIELD> < explicit overrides.
+
+    A value that cannot be used raises ValueError naming the file (and line) or variable and the setting.
+    """
     environ = os.environ if environ is None else environ
     fields = {f.name: f for f in dataclasses.fields(ServingConfig)}
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     path = settings.data_dir / CONFIG_FILE
     if path.exists():
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping of serving settings")
+        loaded, lines = read_yaml_settings(path)
         unknown = set(loaded) - set(fields)
         if unknown:
             raise ValueError(f"{path}: unknown serving setting(s) {sorted(unknown)}; known: {sorted(fields)}")
         values.update(loaded)
+        sources.update({name: f"{path}, line {lines[name]}" if name in lines else str(path) for name in loaded})
     for name in fields:
         if (key := ENV_PREFIX + name.upper()) in environ:
             values[name] = environ[key]
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return ServingConfig(**{name: _coerce(fields[name], value) for name, value in values.items()})
+            sources[name] = f"environment variable {key}"
+    given = {k: v for k, v in overrides.items() if v is not None}
+    values.update(given)
+    sources.update({name: f"the override of {name}" for name in given})
+    coerced = {name: _coerce(fields[name], value, sources[name]) for name, value in values.items()}
+    try:
+        return ServingConfig(**coerced)
+    except ValueError as error:
+        named = [sources[name] for name in coerced if name in str(error)]
+        raise ValueError(f"{named[0]}: {error}" if named else str(error)) from None
 
 
 def serving_environment(config: ServingConfig) -> dict[str, str]:

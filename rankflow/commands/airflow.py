@@ -13,13 +13,20 @@ airflow_app = typer.Typer(help="Run the pipeline's DAGs on an embedded Airflow (
                           no_args_is_help=True)
 
 
+def _postgres_url(value: str | None) -> str | None:
+    """--db is checked before Airflow starts (a usage error), not after the db migration began."""
+    if value is not None and not value.startswith(("postgresql://", "postgresql+psycopg2://")):
+        raise typer.BadParameter(f"expected postgresql://user@host:port/database, got {value!r}")
+    return value
+
+
 @airflow_app.command("up")
 def up(
     data_dir: DataDir = None,
     db: Annotated[Optional[str], typer.Option(
-        "--db", help="Metadata DB: postgresql://user@host:port/database (LocalExecutor, created if missing). "
+        "--db", callback=_postgres_url, help="Metadata DB: postgresql://user@host:port/database (LocalExecutor, created if missing). "
                      "Default: SQLite under <data-dir>/airflow.")] = None,
-    port: Annotated[int, typer.Option("--port", help="Port of the UI and REST API.")] = 8080,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port of the UI and REST API.")] = 8080,
     end_date: Annotated[Optional[str], typer.Option(
         "--end-date", help="Last logical day the schedules create runs for (YYYY-MM-DD, or 'none' for "
                            "open-ended). Default: the last day of raw events in the data dir (without any: the "
@@ -29,6 +36,7 @@ def up(
 ) -> None:
     """Start Airflow in the background (pid files and logs under <data-dir>/run/airflow) and print the login."""
     from rich.console import Console
+    from rich.markup import escape
 
     from rankflow.airflow_local import AirflowOptions, start
 
@@ -47,7 +55,8 @@ def up(
         try:
             info = start(options)
         except (RuntimeError, TimeoutError, ValueError) as error:
-            console.print(f"[red]airflow up failed:[/red] {error}")
+            Console(stderr=True).print(f"[bold red]rankflow airflow up failed:[/] {type(error).__name__}: "
+                                       f"{escape(str(error))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
     console.print(f"Airflow UI:  {info.url}")
     if info.password is None:
@@ -74,7 +83,7 @@ def status(data_dir: DataDir = None) -> None:
     """Which components run (pid) and what the api-server's health endpoint says."""
     from rankflow.airflow_local import COMPONENTS, AirflowOptions, health, running_components
 
-    settings = settings_from(data_dir)
+    settings = settings_from(data_dir, reads=())
     running = running_components(settings.data_dir)
     for name in COMPONENTS:
         typer.echo(f"{name:14s} {'running pid ' + str(running[name]['pid']) if name in running else 'stopped'}")

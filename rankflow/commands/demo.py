@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from rankflow.commands.common import DataDir, OnlineStore, settings_from
+from rankflow.commands.common import DataDir, OnlineStore, check_online_store_answers, settings_from
 
 console = Console()
 
@@ -30,6 +30,7 @@ def demo(
     from rankflow.stages import demo as demo_stage
 
     settings = settings_from(data_dir, online_store=online_store)
+    check_online_store_answers(settings)
     started = time.perf_counter()
     steps = demo_stage.run_demo(settings, fresh=fresh, serve_check=serve_check, console=console)
     table = Table(title=f"rankflow demo — {settings.data_dir.resolve()}")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from rankflow.commands.common import DataDir, DateOpt, EndOpt, OnlineStore, StartOpt, day_range, settings_from
+from rankflow.commands.common import (DataDir, DateOpt, EndOpt, OnlineStore, StartOpt, check_online_store_answers,
+                                      day_range, print_json, settings_from)
 
 console = Console()
 meta_app = typer.Typer(help="Meta-learned personalisation (LiMAML): meta embeddings per member.",
@@ -33,13 +32,14 @@ def refresh(
         return
     from rankflow.stages.meta import refresh_meta_embeddings
 
-    settings = settings_from(data_dir, online_store=online_store)
     days = day_range(day, start, end)
+    settings = settings_from(data_dir, reads=(), online_store=online_store)
+    check_online_store_answers(settings)
     with Progress(TextColumn("meta embeddings"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task("refresh", total=len(days))
         for one_day in days:
-            console.print_json(json.dumps(refresh_meta_embeddings(settings, one_day)))
+            print_json(console, refresh_meta_embeddings(settings, one_day))
             progress.advance(task)
 
 
@@ -52,12 +52,24 @@ def train(data_dir: DataDir = None, day: DateOpt = None) -> None:
 
     if not day:
         raise typer.BadParameter("give --date D")
-    settings = settings_from(data_dir)
+    meta_day = parse_day(day)
+    settings = settings_from(data_dir, reads=())
     steps = MetaConfig().outer.outer_steps
     with Progress(TextColumn("meta-training"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("query loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), console=console,
                   transient=True) as progress:
         task = progress.add_task("train", total=steps, loss=float("nan"))
-        result = train_meta(settings, parse_day(day),
+        result = train_meta(settings, meta_day,
                             progress=lambda step, loss: progress.update(task, completed=step + 1, loss=loss))
-    console.print_json(json.dumps(result))
+    buckets = result["metrics"]["eval"]
+    if buckets:
+        console.print(f"eval on {result['day']}: AUC of each member's events that day, by how many events of theirs "
+                      "the sub-network adapts on (support events):", soft_wrap=True, highlight=False)
+        width = max(len(bucket["bucket"]) for bucket in buckets)
+        for bucket in buckets:
+            auc = {key: "n/a" if bucket[key] != bucket[key] else f"{bucket[key]:.4f}"  # NaN: no member with both labels
+                   for key in ("adapted", "meta_init", "random_init")}
+            console.print(f"  {bucket['bucket']:<{width}}  AUC adapted {auc['adapted']}  meta-init {auc['meta_init']}  "
+                          f"random-init + k steps {auc['random_init']}  ({bucket['members']} members with both labels, "
+                          f"{bucket['events']} events)", soft_wrap=True, highlight=False)
+    print_json(console, {**result, "metrics": {**result["metrics"], "eval_metric": "auc"}})

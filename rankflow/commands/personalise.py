@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from rankflow.commands.common import DataDir, DateOpt, EndOpt, OnlineStore, StartOpt, day_range, settings_from
+from rankflow.commands.common import (DataDir, DateOpt, EndOpt, OnlineStore, StartOpt, check_online_store_answers,
+                                      day_range, print_json, settings_from)
 
 console = Console()
 
@@ -28,7 +27,8 @@ def personalise(
     from rankflow.stages.personalise import update_random_effects
 
     days = day_range(date, start, end)
-    settings = settings_from(data_dir, online_store=online_store)
+    settings = settings_from(data_dir, reads=(), online_store=online_store)
+    check_online_store_answers(settings)
     results = []
     with Progress(TextColumn("personalise {task.fields[day]}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as progress:
@@ -44,4 +44,4 @@ def personalise(
                       f"events dropped {member['events_dropped']}, Newton steps <= "
                       f"{max(member['newton_iterations_max'], job['newton_iterations_max'])}, "
                       f"not converged {member['not_converged'] + job['not_converged']}")
-    console.print_json(json.dumps(results[-1] if len(results) == 1 else [r["day"] for r in results], default=str))
+    print_json(console, results[-1] if len(results) == 1 else [r["day"] for r in results])

@@ -60,8 +60,14 @@ def validate_raw(settings: Settings, day: date) -> dict:
     paths = settings.paths
     partition = paths.raw_partition("events", day)
     if not partition.is_dir():
-        raise FileNotFoundError(f"{partition}: no raw events for {day} (quarantined ones are under "
-                                f"{paths.quarantine('raw_events', day)})")
+        quarantined = paths.quarantine("raw_events", day)
+        if (quarantined / "partition").is_dir():
+            raise FileNotFoundError(
+                f"{partition}: no raw events for {day}: they failed validation and were moved to "
+                f"{quarantined / 'partition'} (why: {quarantined / 'summary.txt'}); fix them and move them back, "
+                "or re-ingest the day, then re-run")
+        raise FileNotFoundError(f"{partition}: no raw events for {day} (`rankflow generate` or `rankflow ingest` "
+                                "writes the raw zone)")
     schema = load_raw_schema(paths)
     events = read_raw(paths, "events", day=day)
     expected = ["event_id", "member_id", "item_id", "ts", "label", "weight", *schema.events.context]

@@ -300,8 +300,9 @@ def train(
         metrics = {**evaluation.summary(), **served_auc(settings, result.model, eval_range)}
         for day in eval_range:
             by_day[day.isoformat()] = evaluate_model(settings, result.model, [day], all_train_days).auc
-    else:
-        log.warning("no training-set partition after %s to evaluate on; metrics left empty", end)
+    elif eval_days:  # none asked for (eval_days 0): nothing to say
+        log.warning("no training-set partition in the %d day(s) after %s to evaluate on; metrics left empty",
+                    eval_days, end)
 
     metadata = {
         "train_start": min(first_day, start).isoformat(), "train_end": end.isoformat(),
@@ -324,9 +325,16 @@ def train(
     report = write_training_report(
         settings.paths.reports / "ranker" / tag.split(":")[1], tag, result.history, by_day, evaluation
     )
+    trained_days_note = None  # why a warm start trained on fewer days than start..end
+    if parent is not None and days != _days(start, end):
+        newest = (f"on the days after its own ({first_day}..{parent_end}): {', '.join(map(str, days))}"
+                  if parent_end < end else f"on the newest day {end} only (it was trained up to {parent_end} already)")
+        trained_days_note = (f"a warm start trains {parent} further {newest}; a full retrain (--full) trains on "
+                             f"{start}..{end}")
     return {"tag": tag, "warm_start_from": parent, "trained_days": metadata["trained_days"],
-            "eval_days": metadata["eval_days"], "train_seconds": metadata["train_seconds"],
-            "samples_per_second": metadata["samples_per_second"], "metrics": metrics, "report": str(report)}
+            "trained_days_note": trained_days_note, "eval_days": metadata["eval_days"],
+            "train_seconds": metadata["train_seconds"], "samples_per_second": metadata["samples_per_second"],
+            "metrics": metrics, "report": str(report)}
 
 
 def _architecture(config, overrides: dict[str, Any] | None) -> dict[str, Any]:
