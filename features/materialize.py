@@ -798,15 +798,16 @@ def materialize_day(settings: Settings, day: date, tables: tuple[str, ...] | Non
     from features.spark.build import FEATURE_TABLES
     from features.store import feature_store
 
+    parts = {table: settings.paths.feature_partition(table, day) / PART_FILE for table in tables or FEATURE_TABLES}
+    for part in parts.values():  # before the store opens (and maybe runs feast apply): nothing written, at once
+        if not part.exists():
+            raise FileNotFoundError(f"{part.parent}: build the day before materialising it "
+                                    f"(`rankflow features build --date {day}`)")
     store = feature_store(settings)
     fast = _fast_path(store) is not None
     started = time.perf_counter()
     results = {}
-    for table in tables or FEATURE_TABLES:
-        part = settings.paths.feature_partition(table, day) / PART_FILE
-        if not part.exists():
-            raise FileNotFoundError(f"{part.parent}: build the day before materialising it "
-                                    f"(`rankflow features build --date {day}`)")
+    for table, part in parts.items():
         results[table] = online_write(store, table, _read_partition(part, dictionaries=fast), guard=guard).to_dict()
     seconds = time.perf_counter() - started
     rows = sum(r["written"] + r["skipped_older"] for r in results.values())

@@ -303,6 +303,7 @@ def test_failures_name_the_full_command_path(data_dir):
     unbuilt = _rankflow(["features", "materialize", "--date", "2026-01-02", "--data-dir", str(data_dir)])
     line = _one_line_failure(unbuilt, "rankflow features materialize")
     assert "FileNotFoundError:" in line and "build the day before materialising it" in line, line
+    assert not (data_dir / "feast").exists()  # said before the store opened: no feast apply, nothing written
     rollback = _rankflow(["serve", "rollback", "--data-dir", str(data_dir)])
     assert "no previous rankflow-ranker to roll back to" in _one_line_failure(rollback, "rankflow serve rollback")
 

@@ -51,15 +51,15 @@ def generated_days(settings: Settings) -> list[date]:
 def run_demo(settings: Settings, fresh: bool = False, serve_check: bool = True,
              console: Console | None = None) -> list[DemoStep]:
     """Run every stage on the demo data set; returns the summary lines. Re-running reuses what exists."""
-    from features.synthetic import generate
+    from features.synthetic import generate_data_set
     from rankflow.stages import features, meta, personalise, ranker
 
     console = console or Console()
     paths = settings.paths
     steps: list[DemoStep] = []
 
-    if fresh or not paths.raw_schema.exists():
-        _timed(steps, "generate", str(paths.raw), lambda: generate(settings.generator, paths),
+    if fresh or not paths.raw_schema.exists():  # --fresh: a new data set, and nothing derived from the old one
+        _timed(steps, "generate", str(paths.raw), lambda: generate_data_set(settings.generator, paths, replace=fresh),
                lambda s: f"{s.get('events', '?'):,} events over {s.get('days', '?')} days")
     days = generated_days(settings)
     if not days:
