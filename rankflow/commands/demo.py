@@ -23,7 +23,9 @@ def register(app: typer.Typer) -> None:
 def demo(
     data_dir: DataDir = None,
     online_store: OnlineStore = None,
-    fresh: Annotated[bool, typer.Option("--fresh/--reuse", help="Regenerate the data set even if it exists (deletes what was derived from the old one: features, models, reports).")] = False,
+    fresh: Annotated[bool, typer.Option("--fresh/--reuse", help=(
+        "Regenerate the data set even if it exists (deletes what was derived from the old one: features, "
+        "models, reports)."))] = False,
     serve_check: Annotated[bool, typer.Option("--serve/--no-serve", help="End by starting the service and ranking once.")] = True,
 ) -> None:
     """Run the whole loop on the default synthetic marketplace: data, features, personalisation, ranker, service."""
