@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 
 _NOISY = ("py4j", "httpx", "httpcore", "great_expectations", "feast", "urllib3", "filelock", "matplotlib", "bentoml",
@@ -19,6 +20,16 @@ _configured = False
 _IGNORED_WARNINGS = (r"GitWildMatchPattern \('gitwildmatch'\) is deprecated",
                      r"Accessing the 'model_fields' attribute on the instance is deprecated",
                      r"The `__get_pydantic_core_schema__` method of the `BaseModel` class is deprecated")
+
+
+class _DropKnownWarnings(logging.Filter):
+    """Drops captured warnings matching _IGNORED_WARNINGS. A logging filter, not a warnings filter: imports
+    that run later (Airflow, Feast, GX) install warnings filters in front of any we would add."""
+
+    pattern = re.compile("|".join(_IGNORED_WARNINGS))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.pattern.search(record.getMessage())
 
 
 def _one_line(message, category, filename, lineno, line=None) -> str:
@@ -37,10 +48,9 @@ def configure_logging(level: int | str = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in _NOISY:
         logging.getLogger(name).setLevel(logging.WARNING)
-    for pattern in _IGNORED_WARNINGS:
-        warnings.filterwarnings("ignore", message=pattern)
     warnings.formatwarning = _one_line
     logging.captureWarnings(True)
+    logging.getLogger("py.warnings").addFilter(_DropKnownWarnings())
 
 
 def get_logger(name: str) -> logging.Logger:

@@ -9,6 +9,7 @@ SCRIPT = """
 import warnings
 from rankflow.logs import configure_logging
 configure_logging()
+warnings.simplefilter("default")  # what a later import may do: filters in front of any the setup added
 warnings.warn("data/x.parquet: column c absent; read as 0", UserWarning)
 warnings.warn("GitWildMatchPattern ('gitwildmatch') is deprecated. Use 'gitignore'", DeprecationWarning)
 warnings.warn("Accessing the 'model_fields' attribute on the instance is deprecated", DeprecationWarning)
