@@ -405,11 +405,11 @@ def update_random_effects(settings: Settings, day: date, config: PersonaliseConf
     global_part = ranker_logit(settings, day, frame)
     log.info("glmix %s: global part %s: %s", day, global_part.kind, global_part.reason)
     events = training_events(frame, spec, member_basis, job_basis, global_part.offsets)
-    rows = usable_rows(events, dense, dense_names)  # what update_day drops too: here for the report and the ids
+    rows = usable_rows(events, dense, dense_names)  # what update_day drops (handed to it), the report, the ids
     if rows.dropped:
         log.warning("glmix %s: %s", day, rows.describe())
     carried_forward = rows.used == 0
-    state, fixed_effect, summary = update_day(prior, events, glmix_config, dense, dense_names, fixed_effect)
+    state, fixed_effect, summary = update_day(prior, events, glmix_config, dense, dense_names, fixed_effect, rows)
     _check_finite_state(state, day)
 
     frames = {}

@@ -206,7 +206,7 @@ def daily_update(prior: GLMixState, events: GLMixEvents, config: GLMixConfig) ->
 
 def update_day(prior: GLMixState, events: GLMixEvents, config: GLMixConfig, dense: np.ndarray | None = None,
                dense_names: list[str] | None = None, fixed_effect: FixedEffectModel | None = None,
-               ) -> tuple[GLMixState, FixedEffectModel | None, dict]:
+               rows: UsableRows | None = None) -> tuple[GLMixState, FixedEffectModel | None, dict]:
     """One logical day of GAME: the global part, then the random effects.
 
     With `events.offsets` set (e.g. the serving ranker's logit), that is the global part and no fixed
@@ -214,13 +214,14 @@ def update_day(prior: GLMixState, events: GLMixEvents, config: GLMixConfig, dens
     yesterday's `fixed_effect`, with the random effects' scores under yesterday's posteriors as offsets,
     and its logit becomes the offset of the random-effect update.
 
-    Rows that cannot be used (`usable_rows`) are dropped first, for both parts; `summary["rows"]` counts
-    them by reason and column, and each side's `events_dropped` includes them. A day without a usable row
+    Rows that cannot be used (`usable_rows`, or `rows` when the caller has them already) are dropped first,
+    for both parts; `summary["rows"]` counts them by reason and column, and each side's `events_dropped`
+    includes them. A day without a usable row
     changes nothing: `prior` and `fixed_effect` come back as they are, with zero events in the summary.
     """
     if events.offsets is None and (dense is None or dense_names is None):
         raise ValueError("update_day: give events.offsets (ranker logit) or dense features for the fixed effect")
-    rows = usable_rows(events, dense, dense_names)
+    rows = usable_rows(events, dense, dense_names) if rows is None else rows
     if rows.dropped:
         events, dense = rows.take(events, dense)
     if rows.used == 0:
