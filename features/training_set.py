@@ -41,7 +41,7 @@ from features.contract import PART_FILE, parquet_bytes, read_raw
 from features.spark.build import AFFINITY_TABLE, JOB_TABLE, MEMBER_TABLE
 from features.store import feature_store
 from rankflow.config import Settings
-from rankflow.paths import atomic_directory, atomic_write_bytes
+from rankflow.paths import atomic_directory, atomic_write_bytes, partition_days
 
 TABLE = "training_set"
 SOURCE_VIEWS = (MEMBER_TABLE, JOB_TABLE, AFFINITY_TABLE)
@@ -135,7 +135,13 @@ def build_training_set(settings: Settings, day: date) -> tuple[pd.DataFrame, dic
 
 
 def write_training_set(settings: Settings, day: date, frame: pd.DataFrame, spec: dict) -> None:
-    """Swap the day's partition in atomically, then spec.json (the same for every day of one schema)."""
+    """Swap the day's partition in atomically, then spec.json when D is the newest day built.
+
+    spec.json describes the newest partition: its columns are the same for every day of one schema, but its
+    "embeddings" appear only from the first day meta embeddings exist, so a backfill of an older day must not
+    overwrite the newest day's spec (a ranker trained after it would silently drop the meta embedding).
+    """
+    newer = [built for built in partition_days(settings.paths.feature_table(TABLE)) if built > day]
     with atomic_directory(settings.paths.feature_partition(TABLE, day)) as staging:
         table = pa.Table.from_pandas(frame, preserve_index=False)
         # A bag column whose lists are all empty (day 1: no job or member has features yet) would be typed
@@ -145,7 +151,10 @@ def write_training_set(settings: Settings, day: date, frame: pd.DataFrame, spec:
                 index = table.column_names.index(column)
                 table = table.set_column(index, column, table.column(column).cast(pa.list_(pa.string())))
         (staging / PART_FILE).write_bytes(parquet_bytes(table))
-    atomic_write_bytes(settings.paths.feature_table(TABLE) / "spec.json", json.dumps(spec, indent=2).encode())
+    spec_path = settings.paths.feature_table(TABLE) / "spec.json"
+    if newer and spec_path.exists():
+        return
+    atomic_write_bytes(spec_path, json.dumps(spec, indent=2).encode())
 
 
 def read_spec(settings: Settings) -> dict:
