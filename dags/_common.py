@@ -98,11 +98,20 @@ def _validation_failure(error: BaseException) -> bool:
     return failure_type is not None and isinstance(error, failure_type)
 
 
+def _input_failure(error: BaseException) -> bool:
+    """An input that is missing (rankflow.errors.MissingInput) or unreadable (pyarrow's ArrowInvalid: a
+    truncated or corrupt Parquet file): waiting does not fix either."""
+    from rankflow.errors import MissingInput
+
+    return isinstance(error, MissingInput) or type(error).__name__ == "ArrowInvalid"
+
+
 def run_stage(area: str, function: str, *args: Any, **kwargs: Any) -> dict:
     """Call `rankflow.stages.<area>.<function>(settings, *args, **kwargs)` from inside a task.
 
     A validation failure fails the task at once (no retry can fix bad data) with the report path
-    in the task log; any other error propagates and is retried by DEFAULT_ARGS.
+    in the task log, and so does a missing or unreadable input (its message says what to do); any other
+    error propagates and is retried by DEFAULT_ARGS.
     """
     import importlib
 
@@ -116,6 +125,9 @@ def run_stage(area: str, function: str, *args: Any, **kwargs: Any) -> dict:
     try:
         result = stage(settings, *args, **kwargs)
     except Exception as error:
+        if _input_failure(error):
+            log.error("%s.%s: %s", area, function, error)
+            raise AirflowFailException(f"input missing or unreadable, not retrying: {error}") from error
         if not _validation_failure(error):
             raise
         # ValidationFailed.summary names the failed expectations, the report and the Data Docs page.

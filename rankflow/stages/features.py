@@ -20,6 +20,7 @@ from typing import Callable
 import pandas as pd
 
 from rankflow.config import Settings
+from rankflow.errors import MissingInput
 from rankflow.logs import get_logger
 
 log = get_logger(__name__)
@@ -62,12 +63,12 @@ def validate_raw(settings: Settings, day: date) -> dict:
     if not partition.is_dir():
         quarantined = paths.quarantine("raw_events", day)
         if (quarantined / "partition").is_dir():
-            raise FileNotFoundError(
+            raise MissingInput(
                 f"{partition}: no raw events for {day}: they failed validation and were moved to "
                 f"{quarantined / 'partition'} (why: {quarantined / 'summary.txt'}); fix them and move them back, "
                 "or re-ingest the day, then re-run")
-        raise FileNotFoundError(f"{partition}: no raw events for {day} (`rankflow generate` or `rankflow ingest` "
-                                "writes the raw zone)")
+        raise MissingInput(f"{partition}: no raw events for {day} (`rankflow generate` or `rankflow ingest` "
+                           "writes the raw zone)")
     schema = load_raw_schema(paths)
     events = read_raw(paths, "events", day=day)
     expected = ["event_id", "member_id", "item_id", "ts", "label", "weight", *schema.events.context]
@@ -84,6 +85,23 @@ def validate_raw(settings: Settings, day: date) -> dict:
     return {"day": day.isoformat(), "rows": len(events), "validation": result.to_dict()}
 
 
+def _refuse_quarantined_earlier_days(settings: Settings, day: date) -> None:
+    """Day D's windows count every earlier day's events: an earlier day whose raw events are in quarantine
+    (and not back in the raw zone) would be left out silently, and D's features would stay wrong after the
+    earlier day is repaired. So D waits for it."""
+    paths = settings.paths
+    root = paths.quarantine("raw_events", day).parent
+    held = sorted(date.fromisoformat(folder.name[3:]) for folder in root.glob("dt=*")
+                  if (folder / "partition").is_dir()) if root.is_dir() else []
+    missing = [d for d in held if d < day and not paths.raw_partition("events", d).is_dir()]
+    if missing:
+        first = missing[0]
+        raise MissingInput(
+            f"{paths.raw_partition('events', first)}: the raw events of {', '.join(map(str, missing))} are in "
+            f"quarantine ({paths.quarantine('raw_events', first)}), so the windows of {day} would leave them out: "
+            f"fix and restore {first} and build it (`rankflow features build --date {first}`), then build {day}")
+
+
 def build_features(settings: Settings, day: date) -> dict:
     """Spark feature tables of D and the training set of D, validated, then written atomically."""
     from features.spark.build import ENTITY_OF_TABLE, build_day
@@ -95,6 +113,7 @@ def build_features(settings: Settings, day: date) -> dict:
 
     started = time.perf_counter()
     paths = settings.paths
+    _refuse_quarantined_earlier_days(settings, day)
     built = build_day(spark_session(settings), paths, day)
     spark_seconds = time.perf_counter() - started
     checks = {}

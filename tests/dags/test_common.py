@@ -73,6 +73,22 @@ def test_validation_failure_fails_fast_with_the_report_and_other_errors_propagat
     assert run_stage("features", "materialize", date(2026, 1, 2))["args"] == ["2026-01-02"]
 
 
+def test_a_missing_or_unreadable_input_fails_fast_with_its_message(fake_stages, rankflow_data_dir, tmp_path):
+    import pyarrow as pa
+
+    from rankflow.errors import MissingInput
+
+    fake_stages.failures["validate_raw"] = MissingInput("raw/events/dt=2026-01-06: no raw events for 2026-01-06")
+    with pytest.raises(AirflowFailException, match="not retrying: raw/events/dt=2026-01-06: no raw events"):
+        run_stage("features", "validate_raw", date(2026, 1, 6))
+    fake_stages.failures["build_features"] = pa.ArrowInvalid("Parquet magic bytes not found in footer")
+    with pytest.raises(AirflowFailException, match="magic bytes"):
+        run_stage("features", "build_features", date(2026, 1, 6))
+    fake_stages.failures["materialize"] = FileNotFoundError("transient")  # a plain one stays retried
+    with pytest.raises(FileNotFoundError):
+        run_stage("features", "materialize", date(2026, 1, 6))
+
+
 def test_schedules_cover_the_raw_zones_event_days_else_the_generators_range(tmp_path):
     from rankflow.config import GeneratorSettings, Settings
     from rankflow.paths import PART_FILE
