@@ -99,11 +99,11 @@ def _validation_failure(error: BaseException) -> bool:
 
 
 def _input_failure(error: BaseException) -> bool:
-    """An input that is missing (rankflow.errors.MissingInput) or unreadable (pyarrow's ArrowInvalid: a
-    truncated or corrupt Parquet file): waiting does not fix either."""
-    from rankflow.errors import MissingInput
+    """An input that is missing (rankflow.errors.MissingInput) or unreadable (UnreadableInput, or pyarrow's
+    ArrowInvalid: a truncated or corrupt Parquet file): waiting does not fix either."""
+    from rankflow.errors import MissingInput, UnreadableInput
 
-    return isinstance(error, MissingInput) or type(error).__name__ == "ArrowInvalid"
+    return isinstance(error, (MissingInput, UnreadableInput)) or type(error).__name__ == "ArrowInvalid"
 
 
 def run_stage(area: str, function: str, *args: Any, **kwargs: Any) -> dict:

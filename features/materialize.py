@@ -56,6 +56,7 @@ import pyarrow.compute as pc
 
 from features.entity_key import int64_key_prefix
 from rankflow.config import Settings
+from rankflow.errors import UnreadableInput
 
 WRITE_BATCH_ROWS = 20_000  # rows per Redis round trip / SQLite transaction: bounded memory, few round trips
 CRLF = b"\r\n"
@@ -692,11 +693,25 @@ def _sqlite_write(store, feature_view, rows: ViewRows) -> tuple[int, int]:
     config = store.config
     table = compute_table_id(config.project, feature_view, config.registry.enable_online_feature_view_versioning)
     quoted = '"' + table.replace('"', '""') + '"'
+    try:
+        return _sqlite_upsert(store, table, quoted, rows)
+    except sqlite3.OperationalError:
+        raise
+    except sqlite3.DatabaseError as error:  # damaged pages behind the header and schema features.store checks
+        from features.store import REBUILD_SQLITE_ONLINE_STORE
+
+        raise ValueError(f"{_sqlite_path(store)}: the SQLite online store is damaged ({error}); "
+                         f"{REBUILD_SQLITE_ONLINE_STORE}") from None
+
+
+def _sqlite_upsert(store, table: str, quoted: str, rows: ViewRows) -> tuple[int, int]:
     n = len(rows.keys)
     with closing(sqlite3.connect(_sqlite_path(store))) as connection, connection:
         try:
             stored = dict(connection.execute(f"SELECT entity_key, MAX(event_ts) FROM {quoted} GROUP BY entity_key"))
         except sqlite3.OperationalError as error:
+            if "no such table" not in str(error):
+                raise
             raise RuntimeError(f"{_sqlite_path(store)}: no table {table} ({error}); feast apply creates it "
                                "(features.store.feature_store(settings) applies the repo)") from error
         keys = rows.keys.to_pylist()
@@ -778,22 +793,58 @@ def _feast_write(store, feature_view, rows: ViewRows) -> tuple[int, int]:
     return len(protos), 0
 
 
+def unreadable_partition(path: Path, error: BaseException) -> UnreadableInput:
+    """The error for a feature partition that cannot be read: the file first, then what to do."""
+    reason = " ".join(str(error).split()) or type(error).__name__
+    return UnreadableInput(f"{path}: not a readable Parquet partition ({type(error).__name__}: {reason}); rebuild its "
+                      f"day (`rankflow features build --date {path.parent.name.removeprefix('dt=')}`)")
+
+
+def _partition_schema(path: Path) -> pa.Schema:
+    """The Arrow schema from a partition's Parquet footer (the end of the file: a cut-off file fails here)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path).schema_arrow
+    except (pa.ArrowException, OSError) as error:
+        raise unreadable_partition(path, error) from None
+
+
 def _read_partition(path: Path, dictionaries: bool) -> pa.Table:
     """A feature partition; with `dictionaries` its string columns (and list elements) come as Parquet keeps
     them, dictionary-encoded, so each distinct string is encoded once (our writers take such columns).
-    One thread: on two cores the other one is Redis's."""
+    One thread: on two cores the other one is Redis's. A file that cannot be read raises ValueError naming it."""
     import pyarrow.parquet as pq
 
-    if not dictionaries:
-        return pq.read_table(path)
-    footer = pq.ParquetFile(path)
-    strings = [column.path for column in footer.schema if column.logical_type.type == "STRING"]
-    return pq.ParquetFile(path, read_dictionary=strings, metadata=footer.metadata).read(use_threads=False)
+    try:
+        if not dictionaries:
+            return pq.read_table(path)
+        footer = pq.ParquetFile(path)
+        strings = [column.path for column in footer.schema if column.logical_type.type == "STRING"]
+        return pq.ParquetFile(path, read_dictionary=strings, metadata=footer.metadata).read(use_threads=False)
+    except (pa.ArrowException, OSError) as error:
+        raise unreadable_partition(path, error) from None
+
+
+def _check_partition_columns(store, table: str, path: Path, schema: pa.Schema) -> None:
+    """The view's join keys, features and timestamp are all in the partition (else: which are missing)."""
+    feature_view = store.get_feature_view(table)
+    needed = [store.get_entity(name).join_key for name in feature_view.entities]
+    needed += [f.name for f in feature_view.features] + [feature_view.batch_source.timestamp_field]
+    missing = [name for name in needed if name not in schema.names]
+    if missing:
+        raise ValueError(f"{path}: lacks column(s) {missing} of the feature view {table}; rebuild its day "
+                         f"(`rankflow features build --date {path.parent.name.removeprefix('dt=')}`)")
 
 
 def materialize_day(settings: Settings, day: date, tables: tuple[str, ...] | None = None,
                     guard: str = "hmget") -> dict:
-    """Write day D's rows of every feature table into the online store; newer stored values are kept."""
+    """Write day D's rows of every feature table into the online store; newer stored values are kept.
+
+    Every partition's footer and columns are checked before the first write: a missing, cut-off or wrong file
+    stops the day with nothing written (a body that is damaged behind a whole footer is found when its table is
+    read; the tables before it are then written already, and re-running the day after a rebuild replaces them).
+    """
     from features.contract import PART_FILE
     from features.spark.build import FEATURE_TABLES
     from features.store import feature_store
@@ -803,7 +854,10 @@ def materialize_day(settings: Settings, day: date, tables: tuple[str, ...] | Non
         if not part.exists():
             raise FileNotFoundError(f"{part.parent}: build the day before materialising it "
                                     f"(`rankflow features build --date {day}`)")
+    schemas = {table: _partition_schema(part) for table, part in parts.items()}
     store = feature_store(settings)
+    for table, part in parts.items():
+        _check_partition_columns(store, table, part, schemas[table])
     fast = _fast_path(store) is not None
     started = time.perf_counter()
     results = {}

@@ -3,7 +3,12 @@
 `feature_store(settings)` renders the declarations of `features/repo/` into `<data_dir>/feast/` with a
 `feature_store.yaml` made from Settings (registry, SQLite or Redis online store, file or Spark offline
 store), applies them when they changed, and returns a `feast.FeatureStore`. Any process can then open
-`FeatureStore(repo_path=<data_dir>/feast)` on its own.
+`FeatureStore(repo_path=<data_dir>/feast)` on its own. Stages call it before their first write, so it checks
+what would otherwise fail half-way through a stage: a SQLite online store that is not a readable database
+stops it with the file's name. `feast apply` runs against a copy of registry.db that is swapped in whole (Feast
+rewrites the file in place: a kill mid-write left a truncated registry), and a registry.db that is not what the
+last apply wrote, or cannot be parsed at all, is applied again (the registry holds only derived data: the
+declarations, which are re-applied, and Feast's bookkeeping).
 
 `write_features(settings, view, frame, day)` writes the offline partition atomically, then pushes the
 rows to the online store through `online_write`, which never rolls a value back: the online store must
@@ -17,8 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 import shutil
+import sqlite3
 import sys
+import time
+import uuid
+from contextlib import closing, suppress
 from datetime import date
 from pathlib import Path
 from urllib.parse import urlparse
@@ -28,8 +38,9 @@ import pyarrow as pa
 import yaml
 
 from features.contract import PART_FILE, parquet_bytes
-from features.materialize import WRITE_BATCH_ROWS, OnlineWrite
+from features.materialize import WRITE_BATCH_ROWS, OnlineWrite, unreadable_partition
 from rankflow.config import Settings
+from rankflow.errors import UnreadableInput
 from rankflow.logs import get_logger
 from rankflow.paths import DataPaths, atomic_directory, atomic_write_bytes
 
@@ -38,7 +49,12 @@ log = get_logger(__name__)
 PROJECT = "rankflow"
 TEMPLATE = Path(__file__).resolve().parent / "repo"
 DECLARATION_FILES = ("definitions.py", ".feastignore")
-_APPLIED_MARK = ".applied"
+REGISTRY_FILE = "registry.db"
+SQLITE_ONLINE_FILE = "online_store.db"
+REBUILD_SQLITE_ONLINE_STORE = ("move it away (the next command creates an empty one), then re-materialise the days "
+                               "it should serve (`rankflow features materialize --date D`) and re-run "
+                               "`rankflow personalise --date D` and `rankflow meta --date D` for the newest day")
+_APPLIED_MARK = ".applied"  # the fingerprint applied, then the sha256 of the registry.db that apply wrote
 
 
 def redis_connection_string(url: str) -> str:
@@ -62,7 +78,7 @@ def redis_connection_string(url: str) -> str:
 def feature_store_yaml(settings: Settings) -> dict:
     """The feature_store.yaml of a data dir, from Settings alone (paths relative to the repo)."""
     if settings.online_store == "sqlite":
-        online = {"type": "sqlite", "path": "online_store.db"}
+        online = {"type": "sqlite", "path": SQLITE_ONLINE_FILE}
     else:
         online = {"type": "redis", "connection_string": redis_connection_string(settings.online_store)}
     if settings.offline_store == "file":  # Feast's file store, reading one partition of daily snapshots
@@ -77,7 +93,7 @@ def feature_store_yaml(settings: Settings) -> dict:
     return {
         "project": PROJECT,
         "provider": "local",
-        "registry": {"registry_type": "file", "path": "registry.db", "cache_ttl_seconds": 60},
+        "registry": {"registry_type": "file", "path": REGISTRY_FILE, "cache_ttl_seconds": 60},
         "online_store": online,
         "offline_store": offline,
         "entity_key_serialization_version": 3,
@@ -117,7 +133,12 @@ def _declared_objects(repo: Path) -> list:
     spec = importlib.util.spec_from_file_location(module_name, repo / "definitions.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except yaml.YAMLError as error:  # feature_store.yaml is rendered just before: the raw schema is the suspect
+        raw_schema = repo.parent / "raw" / "schema.yaml"
+        raise ValueError(f"{raw_schema}: not readable YAML ({' '.join(str(error).split())}); the feature "
+                         "declarations read it (`rankflow ingest` writes it)") from None
     kinds = (Entity, FeatureView, FeatureService)
     return [value for value in vars(module).values() if isinstance(value, kinds)]
 
@@ -125,8 +146,88 @@ def _declared_objects(repo: Path) -> list:
 _stores: dict[tuple, object] = {}
 
 
+def check_online_store(settings: Settings) -> None:
+    """Fail, naming the file, when the SQLite online store exists but is not a readable, whole database.
+
+    Cheap enough for every call (the header and the schema table, never a scan of the file, which can be GBs):
+    the stages call feature_store() before their first write, so a bad store stops them before they write
+    anything. Redis: the CLI pings it (rankflow.commands.common.check_online_store_answers).
+    """
+    if settings.online_store != "sqlite":
+        return
+    path = settings.paths.feast / SQLITE_ONLINE_FILE
+    if not path.exists():
+        return
+    remedy = f"it is the SQLite online store (derived data): {REBUILD_SQLITE_ONLINE_STORE}"
+    try:
+        with closing(sqlite3.connect(path)) as connection:
+            # Page 1 and the schema pages; SQLite also compares the page count in the header with the file's size.
+            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError as error:
+        if "locked" in str(error) or "busy" in str(error):
+            return  # a long writer elsewhere: the write itself will wait for it
+        raise UnreadableInput(f"{path}: cannot be opened as a SQLite database ({error}); {remedy}") from None
+    except sqlite3.DatabaseError as error:
+        raise UnreadableInput(f"{path}: not a readable SQLite database ({error}); {remedy}") from None
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else ""
+
+
+def _registry_parses(path: Path) -> bool:
+    from feast.protos.feast.core.Registry_pb2 import Registry as RegistryProto
+    from google.protobuf.message import DecodeError
+
+    try:
+        RegistryProto.FromString(path.read_bytes())
+    except DecodeError:
+        return False
+    return True
+
+
+def _apply(settings: Settings, repo: Path) -> str:
+    """`feast apply` of the rendered declarations into a copy of registry.db, swapped in whole; returns the
+    new registry's sha256.
+
+    Feast's file registry rewrites registry.db in place (FileRegistryStore._write_registry), so a kill during
+    apply would leave half a file that every later command fails to parse. A registry that cannot be parsed
+    is not copied: apply rebuilds it from the declarations.
+    """
+    from feast import FeatureStore
+    from feast.repo_config import RepoConfig
+
+    registry = repo / REGISTRY_FILE
+    for stale in repo.glob(f".{REGISTRY_FILE}.applying-*"):  # left by a killed apply; a live one is seconds old
+        with suppress(FileNotFoundError):  # another process's, just swapped in
+            if time.time() - stale.stat().st_mtime > 3600:
+                stale.unlink()
+    staging = repo / f".{REGISTRY_FILE}.applying-{uuid.uuid4().hex[:8]}"
+    try:
+        if registry.exists():
+            if _registry_parses(registry):
+                shutil.copyfile(registry, staging)
+            else:
+                log.warning("%s: cannot be parsed (an interrupted `feast apply`?): rebuilding it from the "
+                            "declarations", registry)
+        declared = feature_store_yaml(settings)
+        config = RepoConfig(**{**declared, "registry": {**declared["registry"], "path": staging.name}})
+        config.repo_path = repo
+        log.info("feast apply: %s", repo)
+        FeatureStore(repo_path=str(repo), config=config).apply(_declared_objects(repo))
+        digest = _digest(staging)
+        os.replace(staging, registry)
+    finally:
+        staging.unlink(missing_ok=True)
+    return digest
+
+
 def feature_store(settings: Settings):
-    """The data dir's `feast.FeatureStore`, rendered and applied when the declarations changed."""
+    """The data dir's `feast.FeatureStore`, rendered and applied when the declarations changed.
+
+    Raises ValueError naming the file when the SQLite online store is not a readable database (before any
+    apply, so nothing is written); a registry.db that is not the one the last apply wrote is applied again.
+    """
     from feast import FeatureStore
 
     from features import dask_tokens
@@ -135,16 +236,20 @@ def feature_store(settings: Settings):
 
     key = (str(settings.data_dir.resolve()), settings.online_store, settings.offline_store)
     repo = render_repo(settings)
+    check_online_store(settings)
     fingerprint = _fingerprint(settings)
-    mark = repo / _APPLIED_MARK
-    applied = mark.exists() and mark.read_text() == fingerprint and (repo / "registry.db").exists()
+    mark, registry = repo / _APPLIED_MARK, repo / REGISTRY_FILE
+    applied_mark = mark.read_text().split("\n") if mark.exists() else []
+    applied = applied_mark[:1] == [fingerprint] and registry.exists() and \
+        (settings.online_store != "sqlite" or (repo / SQLITE_ONLINE_FILE).exists())  # apply creates its tables
     if key in _stores and applied:
         return _stores[key]
+    # First use in this process: the registry must be the one apply wrote (a kill during Feast's own write of
+    # it, or an older rankflow's in-place apply, leaves a truncated file that may even parse).
+    if not (applied and applied_mark[1:2] == [_digest(registry)]):
+        digest = _apply(settings, repo)
+        atomic_write_bytes(mark, f"{fingerprint}\n{digest}".encode())
     store = FeatureStore(repo_path=str(repo))
-    if not applied:
-        log.info("feast apply: %s", repo)
-        store.apply(_declared_objects(repo))
-        atomic_write_bytes(mark, fingerprint.encode())
     _stores[key] = store
     return store
 
@@ -152,7 +257,12 @@ def feature_store(settings: Settings):
 def read_offline_partition(paths: DataPaths, table: str, day: date) -> pd.DataFrame | None:
     """One day's partition of a feature table, or None when it was never written."""
     path = paths.feature_partition(table, day) / PART_FILE
-    return pd.read_parquet(path) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        return pd.read_parquet(path)
+    except (pa.ArrowException, OSError) as error:
+        raise unreadable_partition(path, error) from None
 
 
 def write_offline_partition(paths: DataPaths, table: str, day: date, frame: pd.DataFrame,

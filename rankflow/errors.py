@@ -5,3 +5,7 @@ from __future__ import annotations
 
 class MissingInput(FileNotFoundError):
     """An input the day needs is not there (no raw events, an earlier day quarantined); the message says what to do."""
+
+
+class UnreadableInput(ValueError):
+    """An input file that cannot be read (cut off, corrupt, not what it should be); the message names it."""

@@ -76,7 +76,7 @@ def test_validation_failure_fails_fast_with_the_report_and_other_errors_propagat
 def test_a_missing_or_unreadable_input_fails_fast_with_its_message(fake_stages, rankflow_data_dir, tmp_path):
     import pyarrow as pa
 
-    from rankflow.errors import MissingInput
+    from rankflow.errors import MissingInput, UnreadableInput
 
     fake_stages.failures["validate_raw"] = MissingInput("raw/events/dt=2026-01-06: no raw events for 2026-01-06")
     with pytest.raises(AirflowFailException, match="not retrying: raw/events/dt=2026-01-06: no raw events"):
@@ -84,6 +84,9 @@ def test_a_missing_or_unreadable_input_fails_fast_with_its_message(fake_stages, 
     fake_stages.failures["build_features"] = pa.ArrowInvalid("Parquet magic bytes not found in footer")
     with pytest.raises(AirflowFailException, match="magic bytes"):
         run_stage("features", "build_features", date(2026, 1, 6))
+    fake_stages.failures["materialize"] = UnreadableInput("features/x/dt=2026-01-06/part-0.parquet: not readable")
+    with pytest.raises(AirflowFailException, match="part-0.parquet: not readable"):
+        run_stage("features", "materialize", date(2026, 1, 6))
     fake_stages.failures["materialize"] = FileNotFoundError("transient")  # a plain one stays retried
     with pytest.raises(FileNotFoundError):
         run_stage("features", "materialize", date(2026, 1, 6))
