@@ -6,6 +6,7 @@ Resolution (docs/contracts.md, "Model store"):
   (the personalisation stage stores one per day); its meta.json gives the design bases;
 - meta-initialisation: likewise for `rankflow-meta`; its head weights, flattened, are the meta embedding
   of a member with no history.
+A version a killed save left incomplete is moved out of the store and never resolved (rankflow.model_store).
 
 The ranker's input layout comes from its own checkpoint config (the spec it was trained on), so a
 training-set spec that changed later cannot silently feed it different columns.
@@ -47,13 +48,10 @@ def _store(settings: Settings):
 
 
 def _newest(settings: Settings, name: str) -> str | None:
-    from bentoml.exceptions import NotFound
+    """The newest complete, not rejected stored version of `name` by `logical_date`, then creation time."""
+    from rankflow.model_store import complete_models
 
-    try:
-        models = _store(settings).list(name)
-    except NotFound:
-        return None
-    models = [m for m in models if m.info.labels.get("status") != "rejected"]
+    models = [m for m in complete_models(settings, name) if m.info.labels.get("status") != "rejected"]
     if not models:
         return None
     newest = max(models, key=lambda m: (m.info.labels.get("logical_date", ""), m.info.creation_time))
@@ -61,17 +59,34 @@ def _newest(settings: Settings, name: str) -> str | None:
 
 
 def resolve_tags(settings: Settings) -> dict[str, str | None]:
-    """The tags that should serve now: {rankflow-ranker, rankflow-glmix, rankflow-meta} -> tag or None."""
+    """The tags that should serve now: {rankflow-ranker, rankflow-glmix, rankflow-meta} -> tag or None.
+
+    Incomplete versions (a save cut short, rankflow.model_store) are moved out of the store first when no
+    save is in progress, and are never resolved: a pinned GLMix / meta version that is incomplete gives way
+    to the newest complete one; an incomplete serving ranker is an error (roll back to the previous one).
+    """
+    from rankflow.model_store import incomplete_reason, sweep_incomplete
     from rankflow.stages.ranker import serving_state
 
+    sweep_incomplete(settings)
     state = serving_state(settings)
     ranker = state.get(RANKER, {}).get("tag")
+    serving_json = settings.paths.models / "serving.json"
     if not ranker:
-        raise NoServingModel(f"{settings.paths.models / 'serving.json'}: no serving {RANKER}; "
+        raise NoServingModel(f"{serving_json}: no serving {RANKER}; "
                              f"train and promote one first (`rankflow train --promote`)")
+    reason = incomplete_reason(settings, ranker)
+    if reason is not None:
+        raise NoServingModel(f"{serving_json}: the serving {ranker} cannot be loaded: {reason}; "
+                             f"`rankflow rollback` serves the previous one, or promote another")
     tags = {RANKER: ranker}
     for name in (GLMIX, META):
-        tags[name] = state.get(name, {}).get("tag") or _newest(settings, name)
+        pinned = state.get(name, {}).get("tag")
+        reason = incomplete_reason(settings, pinned) if pinned else None
+        if reason is not None:
+            log.warning("%s: pinned %s cannot be loaded (%s); the newest complete %s serves instead",
+                        serving_json, pinned, reason, name)
+        tags[name] = pinned if pinned and reason is None else _newest(settings, name)
     return tags
 
 

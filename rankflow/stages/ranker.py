@@ -9,7 +9,12 @@ Models live in the BentoML model store at <data_dir>/models/bentoml (name `rankf
 holding a safetensors checkpoint (training.ranker.checkpoint) and labels `logical_date` and `status`
 (`candidate` | `serving` | `rejected`); metrics and the rejection reason are custom metadata.
 `models/serving.json` is the one pointer to what serves (written atomically), with the history of
-previous serving tags for rollback. Training reports go to reports/ranker/<version>/.
+previous serving tags for rollback. It is the source of truth: promote and rollback switch it first (the
+commit point), then bring the `status` labels in line (`reconcile_labels`); a label update that fails or is
+killed after the switch leaves the switch in place and said so, and the next promote or rollback (an
+"already serving" one included) reconciles the labels before anything else. Candidates are registered
+under rankflow.model_store.registering (incomplete versions of a killed save moved out first).
+Training reports go to reports/ranker/<version>/.
 """
 
 from __future__ import annotations
@@ -313,11 +318,14 @@ def train(
     }
     import bentoml
 
-    with tempfile.TemporaryDirectory(prefix="rankflow-ranker-") as scratch:
+    from rankflow.model_store import file_sizes, registering
+
+    with tempfile.TemporaryDirectory(prefix="rankflow-ranker-") as scratch, registering(settings):
         save_checkpoint(result.model, Path(scratch), metadata)
         with bentoml.models.create(
             MODEL_NAME, labels={"logical_date": end.isoformat(), "status": "candidate"},
-            metadata=_jsonable(metadata), _model_store=model_store(settings),
+            metadata=_jsonable({**metadata, "file_sizes": file_sizes(Path(scratch))}),
+            _model_store=model_store(settings),
         ) as stored:
             for item in Path(scratch).iterdir():
                 shutil.copy2(item, Path(stored.path) / item.name)
@@ -365,27 +373,80 @@ def _jsonable(values: Any) -> Any:
     return clean(values)
 
 
+def reconcile_labels(settings: Settings) -> list[str]:
+    """Make the ranker models' `status` labels say what serving.json says; the changes made ("tag: old -> new").
+
+    The tag serving.json names is `serving`. Any other model still labelled `serving` was switched away from
+    by a promote or rollback whose label update did not happen: `candidate` (replaced_by the next one) when
+    it is in the history (a promotion replaced it), else `rejected` (a rollback left it).
+    """
+    from rankflow.model_store import complete_models
+
+    state = serving_state(settings).get(MODEL_NAME, {})
+    current, history = state.get("tag"), list(state.get("history", []))
+    chain = [current, *history]  # newest first: chain[i - 1] replaced chain[i]
+    changes = []
+    for model in complete_models(settings, MODEL_NAME):
+        tag, status = str(model.tag), model.info.labels.get("status")
+        if tag == current and status != "serving":
+            _relabel(settings, tag, "serving")
+            changes.append(f"{tag}: {status} -> serving")
+        elif tag != current and status == "serving":
+            if tag in history:
+                newer = chain[chain.index(tag) - 1]
+                _relabel(settings, tag, "candidate", **({"replaced_by": newer} if newer else {}))
+                changes.append(f"{tag}: serving -> candidate")
+            else:
+                _relabel(settings, tag, "rejected", rejection_reason="rolled back")
+                changes.append(f"{tag}: serving -> rejected")
+    if changes:
+        log.warning("%s: status labels brought in line with it (an earlier promote or rollback was cut short "
+                    "after switching): %s", settings.paths.models / SERVING_FILE, "; ".join(changes))
+    return changes
+
+
+def _label_switch(settings: Settings, labels: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """After serving.json switched: set these labels ({tag: (status, metadata)}); a failure is reported, not raised.
+
+    The switch has happened and stays; the labels follow at the next promote or rollback (reconcile_labels).
+    """
+    try:
+        for tag, (status, metadata) in labels.items():
+            _relabel(settings, tag, status, **metadata)
+    except Exception as error:  # the pointer is the truth: say what happened instead of failing a done switch
+        message = (f"{type(error).__name__}: {error}; {settings.paths.models / SERVING_FILE} switched all the same, "
+                   "and the next promote or rollback brings the labels in line")
+        log.warning("status labels not updated: %s", message)
+        return {"labels_error": message}
+    return {}
+
+
 def promote(settings: Settings, tag: str, policy: PromotionPolicy = PromotionPolicy()) -> dict[str, Any]:
     """Make `tag` the serving model if it beats the current one on the same evaluation day by the margin.
 
     Both models are scored afresh on the candidate's first evaluation day. Otherwise the candidate
-    is labelled `rejected` with the reason, and the serving model stays as it is.
+    is labelled `rejected` with the reason, and the serving model stays as it is. Labels left out of line
+    by an earlier cut-short promote or rollback are reconciled first (`labels_reconciled` in the result).
+    A promotion writes serving.json first, then the labels: when the label update fails the result still
+    says `serving` (the switch happened) with `labels_error`.
     """
     candidate_model, candidate = _load_model(settings, tag)
     tag = str(candidate.tag)
+    reconciled = reconcile_labels(settings)
+    noted = {"labels_reconciled": reconciled} if reconciled else {}
     current = serving_tag(settings)
     history = serving_state(settings).get(MODEL_NAME, {}).get("history", [])
     if current == tag:
-        return {"tag": tag, "status": "serving", "reason": "already serving"}
+        return {"tag": tag, "status": "serving", "reason": "already serving", **noted}
     eval_days = candidate.info.metadata.get("eval_days") or []
     if current is None:
         _write_serving(settings, MODEL_NAME, tag, history)
-        _relabel(settings, tag, "serving", promoted_at=datetime.now(timezone.utc).isoformat())
-        return {"tag": tag, "status": "serving", "reason": "no model was serving"}
+        labelled = _label_switch(settings, {tag: ("serving", {"promoted_at": datetime.now(timezone.utc).isoformat()})})
+        return {"tag": tag, "status": "serving", "reason": "no model was serving", **noted, **labelled}
     if not eval_days:
         reason = "candidate has no evaluation day (no training-set partition after its last training day)"
         _relabel(settings, tag, "rejected", rejection_reason=reason)
-        return {"tag": tag, "status": "rejected", "reason": reason, "serving": current}
+        return {"tag": tag, "status": "rejected", "reason": reason, "serving": current, **noted}
 
     day = date.fromisoformat(eval_days[0])
     serving_model, serving = _load_model(settings, current)
@@ -396,24 +457,30 @@ def promote(settings: Settings, tag: str, policy: PromotionPolicy = PromotionPol
                   "serving": theirs_value, "margin": policy.margin, "serving_tag": current}
     if ours_value is not None and theirs_value is not None and ours_value >= theirs_value + policy.margin:
         _write_serving(settings, MODEL_NAME, tag, [current, *history])
-        _relabel(settings, current, "candidate", replaced_by=tag)
-        _relabel(settings, tag, "serving", promotion=_jsonable(comparison))
-        return {"tag": tag, "status": "serving", "reason": f"{policy.metric} {ours_value:.4f} >= {theirs_value:.4f} + {policy.margin}", **comparison}
+        labelled = _label_switch(settings, {current: ("candidate", {"replaced_by": tag}),
+                                            tag: ("serving", {"promotion": _jsonable(comparison)})})
+        return {"tag": tag, "status": "serving",
+                "reason": f"{policy.metric} {ours_value:.4f} >= {theirs_value:.4f} + {policy.margin}",
+                **comparison, **noted, **labelled}
     reason = (f"{policy.metric} {ours_value:.4f} on {day} does not beat the serving model's "
               f"{theirs_value:.4f} by the margin {policy.margin}")
     _relabel(settings, tag, "rejected", rejection_reason=reason, promotion=_jsonable(comparison))
-    return {"tag": tag, "status": "rejected", "reason": reason, **comparison}
+    return {"tag": tag, "status": "rejected", "reason": reason, **comparison, **noted}
 
 
 def rollback(settings: Settings) -> dict[str, Any]:
-    """Serve the previous serving model again; the one serving now is labelled rejected."""
+    """Serve the previous serving model again; the one serving now is labelled rejected.
+
+    Like promote: labels reconciled first, serving.json switched, then the labels (`labels_error` when that fails).
+    """
+    reconciled = reconcile_labels(settings)
     state = serving_state(settings).get(MODEL_NAME, {})
     history = list(state.get("history", []))
     if not history:
         raise ValueError(f"{settings.paths.models / SERVING_FILE}: no previous {MODEL_NAME} to roll back to")
     previous, current = history.pop(0), state.get("tag")
     _write_serving(settings, MODEL_NAME, previous, history)
-    if current:
-        _relabel(settings, current, "rejected", rejection_reason="rolled back")
-    _relabel(settings, previous, "serving")
-    return {"tag": previous, "status": "serving", "rolled_back": current}
+    labels = {current: ("rejected", {"rejection_reason": "rolled back"})} if current else {}
+    labelled = _label_switch(settings, {**labels, previous: ("serving", {})})
+    return {"tag": previous, "status": "serving", "rolled_back": current,
+            **({"labels_reconciled": reconciled} if reconciled else {}), **labelled}

@@ -19,11 +19,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_promotion_refuses_a_worse_model_and_keeps_the_serving_one(tmp_path):
     write_training_set(tmp_path, days=4, rows_per_day=3000)
     settings = load_settings(tmp_path)
+    leftover = settings.paths.bentoml_home / "models" / stage.MODEL_NAME / "killedsave1234"  # a save cut short
+    leftover.mkdir(parents=True)
+    (leftover / "model.safetensors").write_bytes(b"x")
     good = stage.train(settings, days(3)[0], days(3)[2], eval_days=1, warm_start=False,
                        train_config=TrainConfig(epochs=3), model_overrides=SMALL)
     assert good["metrics"]["auc"] > 0.7 and good["eval_days"] == [days(4)[3].isoformat()]
     assert stage.promote(settings, good["tag"])["status"] == "serving"
     assert stage.serving_tag(settings) == good["tag"]
+    assert not leftover.exists()  # moved aside by the registration, so BentoML can list the name again
+    assert (settings.paths.bentoml_home / "incomplete" / stage.MODEL_NAME / "killedsave1234").is_dir()
     assert (tmp_path / "reports" / "ranker" / good["tag"].split(":")[1] / "report.png").stat().st_size > 10_000
 
     # Deliberately worse: one pass with learning rates too small to learn anything.
@@ -46,6 +51,79 @@ def test_promotion_refuses_a_worse_model_and_keeps_the_serving_one(tmp_path):
     assert history == [good["tag"]]
     assert stage.rollback(settings)["tag"] == good["tag"] and stage.serving_tag(settings) == good["tag"]
     assert stage.evaluate(settings, good["tag"], days(4)[3])["auc"] == pytest.approx(good["metrics"]["auc"])
+
+
+class _Evaluation:
+    def __init__(self, auc: float):
+        self.auc = auc
+
+    def summary(self) -> dict:
+        return {"auc": self.auc}
+
+
+def _stored_ranker(settings, day: str) -> str:
+    """A registered candidate (a few bytes per checkpoint file: its evaluation is stubbed, it is never loaded)."""
+    from pathlib import Path
+
+    import bentoml
+
+    metadata = {"train_start": day, "train_end": day, "eval_days": [day]}
+    with bentoml.models.create(stage.MODEL_NAME, labels={"logical_date": day, "status": "candidate"},
+                               metadata=metadata, _model_store=stage.model_store(settings)) as stored:
+        for file in ("config.json", "model.safetensors"):
+            (Path(stored.path) / file).write_bytes(b"x")
+        tag = str(stored.tag)
+    return tag
+
+
+class Killed(BaseException):
+    """What a SIGKILL does to the rest of the command: nothing after it runs."""
+
+
+def _status(settings, tag: str) -> str:
+    return stage.model_info(settings, tag)["labels"]["status"]
+
+
+def test_a_switch_whose_label_update_fails_or_is_killed_says_so_and_the_next_command_reconciles(tmp_path, monkeypatch):
+    """serving.json is the truth: once it switched, promote/rollback report the switch (no error exit) even when the
+    label update after it fails, and the next promote or rollback (an "already serving" one too) fixes the labels."""
+    settings = load_settings(tmp_path)
+    first, second = _stored_ranker(settings, "2026-01-02"), _stored_ranker(settings, "2026-01-03")
+    monkeypatch.setattr(stage, "_load_model", lambda settings, tag: (tag, stage.stored_model(settings, tag)))
+    monkeypatch.setattr(stage, "evaluate_model", lambda settings, model, days, train_days: _Evaluation(
+        0.8 if model == second else 0.7))
+    relabel = stage._relabel
+    assert stage.promote(settings, first)["status"] == "serving"
+
+    def failing(settings, tag, status, **metadata):
+        if status == "candidate":  # the replaced model's label, after serving.json switched
+            raise OSError(28, "No space left on device")
+        relabel(settings, tag, status, **metadata)
+
+    monkeypatch.setattr(stage, "_relabel", failing)
+    decision = stage.promote(settings, second)  # returns: the command exits 0, and says what happened
+    assert decision["status"] == "serving" and stage.serving_tag(settings) == second
+    assert "No space left on device" in decision["labels_error"] and "switched" in decision["labels_error"]
+    assert _status(settings, first) == "serving"  # out of line until the next command
+
+    monkeypatch.setattr(stage, "_relabel", relabel)
+    again = stage.promote(settings, second)
+    assert again["reason"] == "already serving" and again["labels_reconciled"]
+    assert (_status(settings, first), _status(settings, second)) == ("candidate", "serving")
+    assert stage.model_info(settings, first)["metadata"]["replaced_by"] == second
+
+    def killed(settings, tag, status, **metadata):
+        raise Killed
+
+    monkeypatch.setattr(stage, "_relabel", killed)  # a rollback killed right after switching serving.json
+    with pytest.raises(Killed):
+        stage.rollback(settings)
+    assert stage.serving_tag(settings) == first and _status(settings, second) == "serving"
+    monkeypatch.setattr(stage, "_relabel", relabel)
+    assert stage.promote(settings, first)["labels_reconciled"]
+    assert (_status(settings, first), _status(settings, second)) == ("serving", "rejected")
+    assert stage.model_info(settings, second)["metadata"]["rejection_reason"] == "rolled back"
+    assert "labels_reconciled" not in stage.promote(settings, first)  # in line: nothing more to do
 
 
 def test_warm_start_calibrates_on_the_serving_models_held_out_rows_only_when_they_are_the_same_draw():

@@ -1,0 +1,209 @@
+"""The BentoML model store kept whole: a version a killed save left half-copied is moved aside, never served.
+
+BentoML 1.4 saves a model (`Model.save` -> `Store.register`) by copying it straight into
+<bentoml_home>/models/<name>/<version>/ (shutil.copytree; model.yaml is one of the files, in directory
+order) and only after the copy writes <name>/latest, the version `store.get(name)` answers. A kill during
+the copy leaves a version directory that BentoML cannot list (no model.yaml: every `store.list(name)`
+raises) or lists as a model without its files. A version directory is *incomplete* when
+
+- it has no model.yaml, or its model.yaml does not parse (BentoML's ModelInfo.from_yaml_file);
+- a file its metadata `file_sizes` lists (`file_sizes(folder)`, written at registration) is missing or has
+  another size (a copy cut short);
+- a file every version of its name has (`MODEL_FILES`) is missing.
+
+`sweep_incomplete` moves incomplete versions of our model names to <bentoml_home>/incomplete/<name>/<version>
+(outside the store: BentoML takes every directory there for a model name) with one warning line naming
+them, and points `latest` at the newest remaining version. A version being copied right now looks
+incomplete too, so writers register under `registering(settings)`, which holds <bentoml_home>/store.lock
+(flock) and sweeps first; readers sweep only when that lock is free, and otherwise still skip incomplete
+versions (`complete_models`, `incomplete_reason`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from rankflow.config import Settings
+from rankflow.logs import get_logger
+from rankflow.paths import atomic_write_bytes
+
+log = get_logger(__name__)
+
+MODEL_YAML = "model.yaml"  # bentoml._internal.models.model.MODEL_YAML_FILENAME
+LATEST = "latest"          # bentoml's Tag.latest_path(): <name>/latest holds the newest version
+MODEL_FILES = {            # what every stored version of each name holds (besides model.yaml)
+    "rankflow-ranker": ("config.json", "model.safetensors"),   # training.ranker.checkpoint
+    "rankflow-glmix": ("member.safetensors", "job.safetensors", "meta.json"),  # personalise._register_bentoml
+    "rankflow-meta": ("config.json", "model.safetensors"),     # training.meta.state
+}
+MODEL_NAMES = tuple(MODEL_FILES)
+
+_held = threading.local()  # this thread's depth in store_lock (the flock is per open file, not per process)
+_checked: dict[tuple, tuple[str | None, Any]] = {}  # version dir listing -> (reason, Model); a listing changes on any write
+
+
+def store_root(settings: Settings) -> Path:
+    return settings.paths.bentoml_home / "models"
+
+
+def file_sizes(folder: Path) -> dict[str, int]:
+    """{file name: bytes} of the files in `folder`, for a model's metadata `file_sizes` (checked on every read)."""
+    return {item.name: item.stat().st_size for item in sorted(Path(folder).iterdir()) if item.is_file()}
+
+
+def _listing(version_dir: Path) -> tuple:
+    entries = []
+    with os.scandir(version_dir) as scan:
+        for entry in scan:
+            stat = entry.stat(follow_symlinks=False)
+            entries.append((entry.name, stat.st_size, stat.st_mtime_ns, stat.st_ino))
+    return (str(version_dir), tuple(sorted(entries)))
+
+
+def _check(version_dir: Path, name: str) -> tuple[str | None, Any]:
+    """(why `version_dir` is incomplete or None, its bentoml Model when complete); cached by directory listing."""
+    try:
+        key = _listing(version_dir)
+    except OSError as error:
+        return f"unreadable ({error.strerror})", None
+    if key in _checked:
+        return _checked[key]
+    sizes = {entry[0]: entry[1] for entry in key[1]}
+    verdict: tuple[str | None, Any]
+    if MODEL_YAML not in sizes:
+        verdict = (f"no {MODEL_YAML}", None)
+    else:
+        from bentoml._internal.models.model import Model
+
+        try:
+            model = Model.from_path(str(version_dir))
+        except Exception as error:  # yaml, schema or BentoML's own validation: all mean "not a readable model"
+            verdict = (f"unreadable {MODEL_YAML} ({type(error).__name__}: {str(error).splitlines()[0][:120]})", None)
+        else:
+            listed = model.info.metadata.get("file_sizes") or {}
+            wrong = [f"{file} {sizes.get(file, 'missing')} of {size} bytes" for file, size in listed.items()
+                     if sizes.get(file) != size]
+            missing = [file for file in MODEL_FILES.get(name, ()) if file not in sizes]
+            if wrong:
+                verdict = ("files cut short: " + ", ".join(wrong), None)
+            elif missing:
+                verdict = ("missing " + ", ".join(missing), None)
+            else:
+                verdict = (None, model)
+    if len(_checked) > 4096:  # a long-running service: forget old listings rather than grow
+        _checked.clear()
+    _checked[key] = verdict
+    return verdict
+
+
+def _versions(settings: Settings, name: str) -> list[Path]:
+    folder = store_root(settings) / name
+    try:
+        return sorted(item for item in folder.iterdir() if item.is_dir())
+    except FileNotFoundError:
+        return []
+
+
+def incomplete_reason(settings: Settings, tag: str) -> str | None:
+    """Why the stored version `tag` ("name:version") cannot serve (incomplete or absent), or None when it can."""
+    name, _, version = tag.partition(":")
+    folder = store_root(settings) / name / version
+    if not version or not folder.is_dir():
+        return f"not in the model store {store_root(settings)}"
+    return _check(folder, name)[0]
+
+
+def complete_models(settings: Settings, name: str) -> list:
+    """The complete stored versions of `name` (bentoml Models, by version); incomplete ones are left out."""
+    return [model for model in (_check(folder, name)[1] for folder in _versions(settings, name)) if model is not None]
+
+
+@contextmanager
+def store_lock(settings: Settings, wait: bool = True) -> Iterator[bool]:
+    """Hold <bentoml_home>/store.lock (re-entrant in a thread); yields False when `wait` is off and another holds it."""
+    depth = getattr(_held, "depth", 0)
+    if depth:
+        _held.depth = depth + 1
+        try:
+            yield True
+        finally:
+            _held.depth -= 1
+        return
+    path = settings.paths.bentoml_home / "store.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        _held.depth = 1
+        try:
+            yield True
+        finally:
+            _held.depth = 0
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def sweep_incomplete(settings: Settings, names: tuple[str, ...] = MODEL_NAMES, wait: bool = False) -> list[str]:
+    """Move incomplete versions of `names` out of the store (one warning naming them); the tags moved.
+
+    Only while holding the store lock (no save can be in progress then); with the lock busy, nothing moves
+    (readers skip incomplete versions anyway). One directory listing per name, one per version.
+    """
+    with store_lock(settings, wait=wait) as held:
+        if not held:
+            return []
+        moved, aside = [], settings.paths.bentoml_home / "incomplete"
+        for name in names:
+            for folder in _versions(settings, name):
+                reason = _check(folder, name)[0]
+                if reason is None:
+                    continue
+                target = aside / name / folder.name
+                for attempt in range(1, 100):
+                    if not target.exists():
+                        break
+                    target = aside / name / f"{folder.name}-{attempt}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(folder, target)
+                moved.append(f"{name}:{folder.name} ({reason})")
+            _repoint_latest(settings, name)
+        if moved:
+            log.warning("moved %d incomplete model version(s) out of the model store to %s (a save was cut short): %s",
+                        len(moved), aside, "; ".join(moved))
+        return [entry.split(" ", 1)[0] for entry in moved]
+
+
+def _repoint_latest(settings: Settings, name: str) -> None:
+    """<name>/latest names an existing complete version (the newest by creation time, as BentoML picks), or is gone."""
+    latest = store_root(settings) / name / LATEST
+    try:
+        version = latest.read_text().strip()
+    except OSError:
+        return
+    if version and _check(store_root(settings) / name / version, name)[0] is None:
+        return
+    remaining = complete_models(settings, name)
+    if remaining:
+        newest = max(remaining, key=lambda model: model.info.creation_time)
+        atomic_write_bytes(latest, str(newest.tag.version).encode())
+    else:
+        latest.unlink(missing_ok=True)
+
+
+@contextmanager
+def registering(settings: Settings) -> Iterator[None]:
+    """Hold the store lock for a registration (`bentoml.models.create` ... inside), after moving incomplete versions out.
+
+    Wrap every write into the store in it: a reader that finds the lock free knows an incomplete version is
+    a dead save's leftover, not a copy in progress.
+    """
+    with store_lock(settings, wait=True):
+        sweep_incomplete(settings)
+        yield
