@@ -19,8 +19,9 @@ merge every member, item and event id must appear once in the whole raw zone, or
 
 Everything is read and checked in memory first; the first problem raises one `IngestError` naming the file,
 the column, the first offending rows and what was expected, before anything is written. Then every
-partition that changes is staged aside and swapped in together (`atomic_directory`), so on any error the
-raw zone is exactly as it was.
+partition that changes is staged aside and all are swapped in together (`replace_all_or_nothing`): on any
+error the raw zone is exactly as it was, and an ingest killed midway is rolled back (or, if every partition
+had been swapped in, completed) by the next ingest or generate into the same data directory.
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ import csv
 import difflib
 import gzip
 import re
-import shutil
-from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -44,7 +43,7 @@ import yaml
 
 from features import contract
 from features.contract import EntitySchema, EventSchema, RawSchema, SchemaError
-from rankflow.paths import PART_FILE, DataPaths, atomic_directory, partition_days
+from rankflow.paths import PART_FILE, DataPaths, partition_days, recover_replacement, replace_all_or_nothing
 
 MICROS_PER_DAY = 86_400_000_000
 MAX_SHOWN_ROWS = 5
@@ -612,8 +611,10 @@ def ingest(schema_path: Path | str, members_path: Path | str, items_path: Path |
     """Validate the three tables against the schema and merge them into `paths.raw`; return a summary.
 
     Events replace the event days they cover; members and items are upserted by id (module docstring).
-    Raises IngestError (before anything is written) on the first problem found.
+    Raises IngestError (before anything is written) on the first problem found. First rolls back (or completes)
+    a replacement that a killed ingest or generate left half done, so the stored zone read here is whole.
     """
+    recover_replacement(paths.root)
     user_schema = load_user_schema(Path(schema_path))
     members_source, items_source, events_source = (_read_source(Path(p)) for p in (members_path, items_path,
                                                                                     events_path))
@@ -654,20 +655,18 @@ def ingest(schema_path: Path | str, members_path: Path | str, items_path: Path |
     for day, rows in _partitions(np.lexsort((events.event_id, events.ts_us)), event_days):
         plan.append(("events", day, _events_table(events, rows)))
 
-    # Stage every changed partition, then swap them all in; an error while staging removes every staged copy.
-    # A partition left without rows is swapped for an empty folder (not a partition: no part file), then removed.
-    emptied = []
-    with ExitStack() as stack:
+    # Stage every changed partition (and the schema of a new raw zone), then swap them all in together.
+    with replace_all_or_nothing(paths.root) as replacement:
         for table, day, arrow_table in plan:
             target = paths.raw_partition(table, _EPOCH + timedelta(days=day))
-            staging = stack.enter_context(atomic_directory(target))
-            if arrow_table is None:
-                emptied.append(target)
+            if arrow_table is None:  # a partition left without rows
+                replacement.remove(target)
             else:
+                staging = replacement.stage(target)
+                staging.mkdir()
                 contract.write_partition(staging, arrow_table)
-    for target in emptied:
-        shutil.rmtree(target, ignore_errors=True)
-    canonical.write(paths)
+        if not paths.raw_schema.exists():  # else it holds this schema already (checked above)
+            replacement.stage(paths.raw_schema).write_bytes(canonical.to_yaml().encode())
 
     input_days = sorted(set(event_days.tolist()))
     return {

@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -40,7 +39,8 @@ from features import contract
 from features.contract import EntitySchema, EventSchema, RawSchema
 from rankflow.config import GeneratorSettings
 from rankflow.logs import get_logger
-from rankflow.paths import DataPaths, atomic_directory, atomic_write_bytes, dt_partition, partition_days
+from rankflow.paths import (DataPaths, atomic_directory, atomic_write_bytes, dt_partition, partition_days,
+                            recover_replacement, replace_all_or_nothing, staging_directory)
 
 log = get_logger(__name__)
 
@@ -447,7 +447,12 @@ def zones_holding_data(paths: DataPaths) -> list[str]:
 
 
 def check_data_dir(paths: DataPaths, replace: bool) -> list[str]:
-    """The zones holding data (see `generate_data_set`); raises DataDirInUse when there are any and not `replace`."""
+    """The zones holding data (see `generate_data_set`); raises DataDirInUse when there are any and not `replace`.
+
+    First rolls back (or completes) a replacement that a killed generate or ingest left half done, so the answer
+    describes a whole data set.
+    """
+    recover_replacement(paths.root)
     holding = zones_holding_data(paths)
     if holding and not replace:
         raise DataDirInUse(f"{paths.root} already holds a data set: {_describe(paths, holding)}. Use another "
@@ -471,16 +476,21 @@ def generate_data_set(settings: GeneratorSettings, paths: DataPaths, replace: bo
     derived from raw data), unless `replace`: then the old raw/ and truth/ are replaced and the derived zones
     (DERIVED_ZONES: features, Feast registry and online store, models, reports, quarantine) are deleted, since
     they describe data that is no longer there. The new data set is generated into a hidden folder of the data
-    directory first, so a failure while generating leaves the old one whole; the swap is a few renames, undone
-    if one of them fails. The summary's "cleared" lists the zones deleted.
+    directory first (`.data-set.tmp-<pid>-*`), so a failure while generating leaves the old one whole; then the
+    zones are swapped with `replace_all_or_nothing`: an error while swapping is undone, and a generate killed
+    while swapping is rolled back (or completed) by the next generate or ingest into the data directory, which
+    also deletes the hidden folder a killed generate left. The summary's "cleared" lists the zones deleted.
     """
     holding = check_data_dir(paths, replace)
-    paths.root.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:8]
-    staging = DataPaths(paths.root / f".generate-{token}")
+    staging = DataPaths(staging_directory(paths.root / "data-set"))
     try:
         summary = generate(settings, staging, progress=progress, truth=truth)
-        _swap_in(paths, staging, paths.root / f".replaced-{token}")
+        with replace_all_or_nothing(paths.root) as replacement:
+            for zone in GENERATED_ZONES:
+                os.replace(staging.root / zone, replacement.stage(paths.root / zone))
+            for zone in DERIVED_ZONES:
+                if os.path.lexists(paths.root / zone):
+                    replacement.remove(paths.root / zone)
     finally:
         shutil.rmtree(staging.root, ignore_errors=True)
     cleared = [zone for zone in holding if zone in DERIVED_ZONES]
@@ -488,25 +498,3 @@ def generate_data_set(settings: GeneratorSettings, paths: DataPaths, replace: bo
         log.info("replaced raw/ and truth/ in %s; deleted the derived zones %s", paths.root, cleared)
     return {**summary, "data_dir": str(paths.root), "cleared": cleared}
 
-
-def _swap_in(paths: DataPaths, staging: DataPaths, trash: Path) -> None:
-    """Move every data-set zone of `paths` into `trash`, the generated ones in from `staging`; then drop `trash`.
-
-    On an error midway the renames done so far are undone, so the directory holds the old data set.
-    """
-    done: list[tuple[Path, Path]] = []
-    trash.mkdir()
-    try:
-        for zone in GENERATED_ZONES + DERIVED_ZONES:
-            if (paths.root / zone).exists():
-                os.replace(paths.root / zone, trash / zone)
-                done.append((paths.root / zone, trash / zone))
-        for zone in GENERATED_ZONES:
-            os.replace(staging.root / zone, paths.root / zone)
-            done.append((staging.root / zone, paths.root / zone))
-    except BaseException:
-        for source, target in reversed(done):
-            os.replace(target, source)
-        trash.rmdir()  # empty again; never rmtree here: it would hold the old data set if an undo failed
-        raise
-    shutil.rmtree(trash, ignore_errors=True)

@@ -1,5 +1,6 @@
 """`rankflow generate` into a data directory that already holds data: refused unless --force, and --force
-replaces the whole data set (raw/, truth/ and every zone derived from the old raw data) or nothing at all.
+replaces the whole data set (raw/, truth/ and every zone derived from the old raw data) or nothing at all,
+also when it is killed while swapping (the next generate rolls the swap back or completes it).
 Also: `rankflow generate --help` shows the defaults the code uses."""
 
 from __future__ import annotations
@@ -7,7 +8,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,20 +120,88 @@ def test_help_shows_the_defaults_the_code_uses():
     assert dataclasses.asdict(defaults)["members"] == 4_000  # the README's number
 
 
-def test_a_rename_failing_during_the_swap_is_undone(used_data_dir, monkeypatch):
-    import features.synthetic as synthetic
+class Killed(BaseException):
+    """Stands for SIGKILL: no rename after it happens, so nothing is undone."""
 
-    before = tree_digest(used_data_dir)
-    real_replace = synthetic.os.replace
+
+def die(*args) -> None:
+    raise Killed()
+
+
+def break_zone_renames(monkeypatch, root: Path, position: int = 0, error: BaseException | None = None,
+                       every_later: bool = False) -> list[int]:
+    """Count the renames into or out of `root` itself (whole zones, the swap's journal); the position-th (from 1)
+    raises `error`, and every later one too if asked. Returns the counter."""
+    count = [0]
+    real_replace = os.replace
 
     def replace(source, target):
-        if Path(source).parent.name.startswith(".generate-") and Path(source).name == "truth":
-            raise OSError("rename failed")
+        if root in (Path(source).parent, Path(target).parent):
+            count[0] += 1
+            if count[0] == position or (every_later and count[0] > position):
+                raise error
         return real_replace(source, target)
 
-    monkeypatch.setattr(synthetic.os, "replace", replace)
-    with pytest.raises(OSError, match="rename failed"):
-        synthetic.generate_data_set(GeneratorSettings(members=40, jobs=20, days=2, impressions_per_day=200, seed=4),
-                                    DataPaths(used_data_dir), replace=True)
-    assert tree_digest(used_data_dir) == before
-    assert not [p.name for p in used_data_dir.iterdir() if p.name.startswith(".")], "staging left behind"
+    monkeypatch.setattr(os, "replace", replace)
+    return count
+
+
+FORCED = GeneratorSettings(members=40, jobs=20, days=2, impressions_per_day=200, seed=4)
+
+
+@pytest.fixture()
+def forced_clean(used_data_dir, tmp_path, monkeypatch) -> tuple[dict[str, str], int]:
+    """The data directory after a forced generate that nothing interrupts, and how many zone renames it does."""
+    import features.synthetic as synthetic
+
+    clean = tmp_path / "clean"
+    shutil.copytree(used_data_dir, clean)
+    count = break_zone_renames(monkeypatch, clean)
+    synthetic.generate_data_set(FORCED, DataPaths(clean), replace=True)
+    monkeypatch.undo()
+    return tree_digest(clean), count[0]
+
+
+def test_a_rename_failing_at_any_point_of_the_swap_is_undone(used_data_dir, monkeypatch, forced_clean):
+    import features.synthetic as synthetic
+
+    before, (_, renames) = tree_digest(used_data_dir), forced_clean
+    for position in range(1, renames + 1):
+        break_zone_renames(monkeypatch, used_data_dir, position, OSError(28, "No space left on device"))
+        with pytest.raises(OSError, match="No space left"):
+            synthetic.generate_data_set(FORCED, DataPaths(used_data_dir), replace=True)
+        monkeypatch.undo()
+        assert tree_digest(used_data_dir) == before, f"rename {position} of {renames} failed"
+        assert not [p.name for p in used_data_dir.iterdir() if p.name.startswith(".")], "staging left behind"
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", ""])
+    process.wait()
+    return process.pid
+
+
+def test_a_forced_generate_killed_at_any_point_of_the_swap_is_undone_or_completed_by_the_next_generate(
+        used_data_dir, tmp_path, monkeypatch, forced_clean):
+    import features.synthetic as synthetic
+    import rankflow.paths
+
+    before, (after, renames) = tree_digest(used_data_dir), forced_clean
+    for position in range(1, renames + 2):  # renames + 1: killed after the last one, before deleting the old zones
+        root = tmp_path / f"run{position}"
+        shutil.copytree(used_data_dir, root)
+        if position <= renames:
+            break_zone_renames(monkeypatch, root, position, Killed(), every_later=True)
+        else:
+            monkeypatch.setattr(rankflow.paths, "_finish", die, raising=False)
+        with pytest.raises(Killed):
+            synthetic.generate_data_set(FORCED, DataPaths(root), replace=True)
+        monkeypatch.undo()
+        # what a SIGKILL while generating leaves besides: the half-generated data set
+        (root / f".data-set.tmp-{dead_pid()}-0a1b2c3d" / "raw").mkdir(parents=True)
+
+        result = invoke("generate", "--data-dir", str(root), *SMALL)  # without --force: refused, after recovery
+        assert result.exit_code == 2, result.output
+        expected = after if position > renames else before
+        assert tree_digest(root) == expected, f"killed at rename {position} of {renames}"
+        assert not [p.name for p in root.iterdir() if p.name.startswith(".")], "leftovers not removed"
