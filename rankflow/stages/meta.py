@@ -2,19 +2,22 @@
 
 `train_meta(settings, day)` meta-trains the sub-network (training/meta/maml.py) on the training-set window
 ending the day before `day`, warm-started from the newest meta-initialisation before `day`, reports the
-personalisation AUCs on `day` (held out), and saves the state to <data_dir>/models/meta/dt=D/ (atomic) and,
-when BentoML is importable, to the model store as `rankflow-meta`.
+personalisation AUCs on `day` (held out), and saves the state to the model store as `rankflow-meta` (when
+BentoML is importable) and then, last, to <data_dir>/models/meta/dt=D/ (atomic), which later days start from.
 
 `refresh_meta_embeddings(settings, day)` adapts the newest meta-initialisation at or before `day` on every
 active member's capped recent history (the training set's events in [day - window + 1, day]; active = had an
 event on `day`), flattens the adapted head into the member's meta embedding, gives members who arrived on
 `day` without any event the meta-initialisation itself (cold start), validates the frame
-(validation.check_personalisation) and writes it with features.store.write_features: the day's rows to the online
-store (never replacing a newer value), and to the offline partition features/meta_embedding/dt=D the day's
-snapshot (`daily_snapshot`: those rows and, for every other member with an embedding, its newest one, all
-stamped end of D, so the ranker's point-in-time join serves them to events of D + 1 onwards and reads that one
-partition, not every day's). With no meta-initialisation yet, it meta-trains one first (`bootstrapped` in the
-result says so).
+(validation.check_personalisation) and writes it: first the day's rows to the online store (never replacing a
+newer value), then last the offline partition features/meta_embedding/dt=D, the day's snapshot
+(`daily_snapshot`: those rows and, for every other member with an embedding, its newest one, all stamped end of
+D, so the ranker's point-in-time join serves them to events of D + 1 onwards and reads that one partition, not
+every day's). That partition is what the next day starts from, so it is written last: a day with a partition is
+fully published. A day is refused, before any write, when an earlier training-set day has no partition after
+the newest earlier one (it failed or was never run: the next snapshot would carry on without it, and its
+members' online values would stay stale); the error names the day(s) and the `rankflow meta` command to run
+first. With no meta-initialisation yet, it meta-trains one first (`bootstrapped` in the result says so).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from rankflow.config import Settings
+from rankflow.errors import MissingInput
 from rankflow.logs import get_logger
 from rankflow.paths import atomic_directory
 
@@ -131,9 +135,9 @@ def train_meta(settings: Settings, day: date, config=None, progress=None) -> dic
                 "query_days": [str(date(1970, 1, 1) + timedelta(days=int(d))) for d in query_days],
                 "metrics": metrics, "embedding_length": config.subnetwork.embedding_length}
     target = meta_root(settings) / f"dt={day.isoformat()}"
-    with atomic_directory(target) as staging:
+    with atomic_directory(target) as staging:  # the state later days start from: swapped in last
         save_state(staging, net, config, metadata)
-    bento_tag = _register_bentoml(settings, target, day, metrics)
+        bento_tag = _register_bentoml(settings, staging, day, metrics)
     log.info("meta-init %s: %d tasks, query loss (mean of the first / last %d outer steps) %.4f -> %.4f", day,
              len(tasks), LOSS_STEPS, loss_first, loss_last)
     return {"day": day.isoformat(), "state": str(target), "warm_started": previous is not None,
@@ -153,9 +157,10 @@ def _register_bentoml(settings: Settings, state_dir: Path, day: date, metrics: d
         return None
     import shutil
 
+    from rankflow.model_store import registering
     from rankflow.stages.ranker import model_store
 
-    with bentoml.models.create(MODEL_NAME, labels={"logical_date": day.isoformat(), "status": "serving"},
+    with registering(settings), bentoml.models.create(MODEL_NAME, labels={"logical_date": day.isoformat(), "status": "serving"},
                                metadata={"eval": json.dumps(metrics["eval"])},
                                _model_store=model_store(settings)) as stored:
         for item in state_dir.iterdir():
@@ -244,12 +249,39 @@ def daily_snapshot(settings: Settings, day: date, frame):
     return pd.concat([carried, frame], ignore_index=True).sort_values("member_id", kind="stable", ignore_index=True)
 
 
+def check_no_skipped_day(settings: Settings, day: date) -> None:
+    """Refuse `day` when an earlier training-set day has no meta_embedding partition after the newest earlier
+    one (nothing written): the day's snapshot would carry on without it."""
+    from rankflow.paths import partition_days
+    from rankflow.stages.personalise import run_first, skipped_days
+
+    table = settings.paths.feature_table(VIEW)
+    done = partition_days(table)
+    skipped = skipped_days(partition_days(settings.paths.feature_table(TRAINING_SET)), done, day)
+    if skipped:
+        one, newest = len(skipped) == 1, max(d for d in done if d < day)
+        raise MissingInput(
+            f"meta embeddings {day}: {', '.join(map(str, skipped))} {'has' if one else 'have'} a training set but "
+            f"no partition in {table} (never run, or failed before the partition was written), so {day} would "
+            f"carry on from {newest}'s and {'its' if one else 'their'} members' embeddings would never be "
+            f"published; nothing was written. Run {run_first('rankflow meta', skipped)} first, then {day}")
+
+
 def refresh_meta_embeddings(settings: Settings, day: date) -> dict:
-    """Daily: adapted meta embeddings of the day's active (and newly arrived) members -> offline + online."""
-    from features.store import write_features
+    """Daily: adapted meta embeddings of the day's active (and newly arrived) members -> online, then offline.
+
+    Refused before any write when an earlier day was skipped (check_no_skipped_day). After the bootstrap
+    meta-training (if any), everything that can fail on the data (the embeddings, their validation, the
+    snapshot, opening the feature store) runs before the first write; then the online store gets the day's
+    rows and the offline partition, which the next day's snapshot starts from, is swapped in last. A failure
+    in between leaves no partition of D: the next day is refused, and re-running D writes the same rows again
+    (deterministic given the same meta-init and inputs).
+    """
+    from features.store import feature_store, online_write, write_offline_partition
     from training.meta.state import latest_state
     from validation.personalisation import check_personalisation
 
+    check_no_skipped_day(settings, day)
     started = time.perf_counter()
     bootstrapped = None
     if latest_state(meta_root(settings), day) is None:
@@ -260,6 +292,10 @@ def refresh_meta_embeddings(settings: Settings, day: date) -> dict:
     check_personalisation(VIEW, frame, day, reports_dir=settings.paths.reports,
                           key_column="member_id", vector_columns=[VIEW])
     snapshot = daily_snapshot(settings, day, frame)
-    written = write_features(settings, VIEW, frame, day, snapshot=snapshot)
+    # Not features.store.write_features: that writes the offline partition first, and here the partition is
+    # the commit point the next day reads, so the online store goes first.
+    online = online_write(feature_store(settings), VIEW, frame)
+    partition = write_offline_partition(settings.paths, VIEW, day, snapshot, mark_snapshot=True)
+    written = {"partition": str(partition), **online.to_dict()}
     return {"day": day.isoformat(), **summary, "snapshot_members": len(snapshot), "bootstrapped": bootstrapped,
             "write": written, "seconds": round(time.perf_counter() - started, 2)}

@@ -10,9 +10,14 @@ update_random_effects(settings, D):
    strictly before D), else the fixed-effect logistic regression refit on D's dense features (warm-started,
    random effects as offsets); meta.json records which, the ranker's tag and why;
 4. the batched Laplace update (training.glmix), validated (validation.check_personalisation: no NaN ever
-   reaches the store), then written: models/glmix/dt=D/ (safetensors + JSON, atomic), the day's BentoML model
-   `rankflow-glmix` (one per day: a re-run reuses or replaces it), and features glmix_member / glmix_job through
-   features.store.write_features (offline partition + online store, newest value wins).
+   reaches the store), then written: features glmix_member / glmix_job through features.store.write_features
+   (offline partition + online store, newest value wins), the day's BentoML model `rankflow-glmix` (one per
+   day: a re-run reuses or replaces it), and last models/glmix/dt=D/ (safetensors + JSON, atomic): the state
+   later days start from, so a day with a state is a fully published day.
+
+A day D is refused, before any write, when an earlier day has a training set but no state while an older state
+exists (check_no_skipped_day): D would silently start from the older state and the skipped day's random effects
+would never be published. The error names the day(s) and the `rankflow personalise` command to run first.
 
 Bad rows (a NaN / inf dense feature or offset, a label not 0 or 1, a weight not finite and > 0) are dropped by
 the library's one rule (training.glmix.random_effects.unusable_events) and reported per reason and column; a
@@ -33,8 +38,9 @@ from typing import Any
 import numpy as np
 
 from rankflow.config import Settings
+from rankflow.errors import MissingInput
 from rankflow.logs import get_logger
-from rankflow.paths import atomic_directory, dt_partition
+from rankflow.paths import atomic_directory, dt_partition, partition_days
 
 log = get_logger(__name__)
 
@@ -61,13 +67,50 @@ def state_root(settings: Settings) -> Path:
     return settings.paths.models / STATE_DIR
 
 
+def state_days(settings: Settings) -> list[date]:
+    """The logical days with a stored GLMix state, oldest first."""
+    root = state_root(settings)
+    return sorted(date.fromisoformat(p.name[3:]) for p in root.glob("dt=*") if (p / "meta.json").exists()) \
+        if root.exists() else []
+
+
 def prior_day(settings: Settings, day: date) -> date | None:
     """The newest logical day before `day` with a stored state (None: start from the population prior)."""
-    root = state_root(settings)
-    days = sorted(date.fromisoformat(p.name[3:]) for p in root.glob("dt=*") if (p / "meta.json").exists()) \
-        if root.exists() else []
-    earlier = [d for d in days if d < day]
+    earlier = [d for d in state_days(settings) if d < day]
     return earlier[-1] if earlier else None
+
+
+def skipped_days(input_days: list[date], output_days: list[date], day: date) -> list[date]:
+    """Days before `day` that have input but no output, after the newest output before `day`.
+
+    A daily stage whose day D starts from the newest earlier output must not skip such a day: its output
+    would never be made. Days before the first output are not skipped (the stage had not started yet).
+    """
+    earlier = [d for d in output_days if d < day]
+    return [d for d in input_days if earlier[-1] < d < day] if earlier else []
+
+
+def run_first(command: str, days: list[date]) -> str:
+    """The command line(s) that run `days`, oldest first: one --date, a --start/--end range, or one per day."""
+    if len(days) == 1:
+        return f"`{command} --date {days[0]}`"
+    if (days[-1] - days[0]).days == len(days) - 1:
+        return f"`{command} --start {days[0]} --end {days[-1]}`"
+    return ", then ".join(f"`{command} --date {d}`" for d in days)
+
+
+def check_no_skipped_day(settings: Settings, day: date) -> None:
+    """Refuse `day` when an earlier training-set day has no state after the newest earlier state (nothing written)."""
+    from features.training_set import TABLE
+
+    skipped = skipped_days(partition_days(settings.paths.feature_table(TABLE)), state_days(settings), day)
+    if skipped:
+        one = len(skipped) == 1
+        raise MissingInput(
+            f"glmix {day}: {', '.join(map(str, skipped))} {'has' if one else 'have'} a training set but no state in "
+            f"{state_root(settings)} (never run, or failed before the state was stored), so {day} would start from "
+            f"{prior_day(settings, day)}'s state and {'its' if one else 'their'} random effects would never be "
+            f"published; nothing was written. Run {run_first('rankflow personalise', skipped)} first, then {day}")
 
 
 def load_state(settings: Settings, day: date):
@@ -238,30 +281,32 @@ def _register_bentoml(settings: Settings, folder: Path, day: date, metadata: dic
         from bentoml.exceptions import NotFound
     except ImportError:
         return None
+    from rankflow.model_store import registering
     from rankflow.stages.ranker import model_store, serving_tag
 
-    store = model_store(settings)
-    names = sorted(item.name for item in folder.iterdir())
-    wanted = _file_digests(folder, names)
-    try:
-        same_day = [m for m in store.list(MODEL_NAME) if m.info.labels.get("logical_date") == day.isoformat()]
-    except NotFound:
-        same_day = []
-    keep = next((m for m in sorted(same_day, key=lambda m: m.info.creation_time, reverse=True)
-                 if _file_digests(Path(m.path), names) == wanted and dict(m.info.metadata) == metadata), None)
-    if keep is not None:
-        tag = str(keep.tag)
-    else:
-        with bentoml.models.create(MODEL_NAME, labels={"logical_date": day.isoformat(), "status": "serving"},
-                                   metadata=metadata, _model_store=store) as stored:
-            for name in names:
-                shutil.copy2(folder / name, Path(stored.path) / name)
-            tag = str(stored.tag)
-    pinned = serving_tag(settings, MODEL_NAME)
-    for old in same_day:
-        if str(old.tag) not in (tag, pinned):
-            store.delete(old.tag)
-    return tag
+    with registering(settings):  # incomplete versions of a killed save moved out first; readers wait
+        store = model_store(settings)
+        names = sorted(item.name for item in folder.iterdir())
+        wanted = _file_digests(folder, names)
+        try:
+            same_day = [m for m in store.list(MODEL_NAME) if m.info.labels.get("logical_date") == day.isoformat()]
+        except NotFound:
+            same_day = []
+        keep = next((m for m in sorted(same_day, key=lambda m: m.info.creation_time, reverse=True)
+                     if _file_digests(Path(m.path), names) == wanted and dict(m.info.metadata) == metadata), None)
+        if keep is not None:
+            tag = str(keep.tag)
+        else:
+            with bentoml.models.create(MODEL_NAME, labels={"logical_date": day.isoformat(), "status": "serving"},
+                                       metadata=metadata, _model_store=store) as stored:
+                for name in names:
+                    shutil.copy2(folder / name, Path(stored.path) / name)
+                tag = str(stored.tag)
+        pinned = serving_tag(settings, MODEL_NAME)
+        for old in same_day:
+            if str(old.tag) not in (tag, pinned):
+                store.delete(old.tag)
+        return tag
 
 
 def glmix_config_for(config: PersonaliseConfig, member_basis, job_basis):
@@ -390,15 +435,21 @@ def update_random_effects(settings: Settings, day: date, config: PersonaliseConf
     `carried_forward`, with 0 events), it is stored and registered as any day's, and nothing is published
     to the feature views (no entity changed; the online store already holds its newest values).
 
+    A day is refused before any write when an earlier training-set day has no state after the newest
+    earlier state (check_no_skipped_day names it and the command to run first).
+
     Nothing half-written: everything that can fail on the data (the update, a finite state, the validation
     of the published rows, encoding the files, opening the feature store) runs before the first write.
-    Then models/glmix/dt=D/ is swapped in whole (atomic_directory), the BentoML model is created whole
-    before the day's older one goes, and the feature views are written (offline partition atomic, online
-    store newest-wins). Re-running the day gives the same files (same prior: the newest state before D).
+    Then the feature views are written (offline partition atomic, online store newest-wins), the BentoML
+    model is created whole before the day's older one goes, and last models/glmix/dt=D/ is swapped in whole
+    (atomic_directory): the state is the commit point later days read, so a failure before it leaves no
+    state of D, the next day is refused, and re-running D repeats the same writes. Re-running the day gives
+    the same files (same prior: the newest state before D).
     """
     from training.glmix.model import update_day, usable_rows
 
     frame, spec = read_training_set(settings, day)
+    check_no_skipped_day(settings, day)
     previous, prior, fixed_effect, member_basis, job_basis = _prior(settings, day, config)
     glmix_config = glmix_config_for(config, member_basis, job_basis)
     dense, dense_names = _dense_features(settings, day, frame, spec)
@@ -435,16 +486,16 @@ def update_random_effects(settings: Settings, day: date, config: PersonaliseConf
         feature_store(settings)  # render and apply the Feast repo now: a failure there writes nothing
 
     folder = state_root(settings) / dt_partition(day)
-    with atomic_directory(folder) as staging:
+    with atomic_directory(folder) as staging:  # swapped in only when the block ends without an error
         for name, payload in files.items():
             (staging / name).write_bytes(payload)
-    tag = _register_bentoml(settings, folder, day, {  # BentoML metadata: basic types only, no None
-        "logical_date": day.isoformat(), "prior_date": meta["prior_date"] or "",
-        "member_basis_version": member_basis.version, "job_basis_version": job_basis.version,
-        "events_used": summary["member"]["events_used"], "events_dropped": summary["member"]["events_dropped"],
-        "carried_forward": carried_forward})
-    written = {view: write_features(settings, view, rows_of_view, day)
-               for view, rows_of_view in frames.items()} if publish else {}
+        written = {view: write_features(settings, view, rows_of_view, day)
+                   for view, rows_of_view in frames.items()} if publish else {}
+        tag = _register_bentoml(settings, staging, day, {  # BentoML metadata: basic types only, no None
+            "logical_date": day.isoformat(), "prior_date": meta["prior_date"] or "",
+            "member_basis_version": member_basis.version, "job_basis_version": job_basis.version,
+            "events_used": summary["member"]["events_used"], "events_dropped": summary["member"]["events_dropped"],
+            "carried_forward": carried_forward})
 
     members_updated = len(frames[MEMBER_VIEW]) if frames else 0
     jobs_updated = len(frames[JOB_VIEW]) if frames else 0

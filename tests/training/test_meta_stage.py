@@ -126,18 +126,19 @@ def test_each_days_partition_is_a_snapshot_of_every_members_newest_embedding(set
     from rankflow.stages.meta import VIEW, refresh_meta_embeddings, train_meta
 
     start = settings.generator.start_date
-    first, second = start + timedelta(days=2), start + timedelta(days=3)
-    stamp = pd.Timestamp(start + timedelta(days=1), tz="UTC")
+    before, first, second = start + timedelta(days=1), start + timedelta(days=2), start + timedelta(days=3)
+    stamp = pd.Timestamp(before + timedelta(days=1), tz="UTC")
     old = pd.DataFrame({"member_id": np.array([888_001, 888_002], np.int64),
                         VIEW: [np.full(33, 0.5, np.float32), np.full(33, 0.25, np.float32)],
                         "version": "meta-old", "event_timestamp": stamp, "created_ts": stamp})
-    write_offline_partition(settings.paths, VIEW, start, old)  # unmarked, as before snapshots
+    # Unmarked, as before snapshots; the day before `first`, so that `first` skips no day.
+    write_offline_partition(settings.paths, VIEW, before, old)
     train_meta(settings, first, config=SMALL)
     day_one = refresh_meta_embeddings(settings, first)
     day_two = refresh_meta_embeddings(settings, second)
     one = pd.read_parquet(settings.paths.feature_partition(VIEW, first)).set_index("member_id")
     two = pd.read_parquet(settings.paths.feature_partition(VIEW, second)).set_index("member_id")
-    assert not is_marked_snapshot(settings.paths.feature_partition(VIEW, start))
+    assert not is_marked_snapshot(settings.paths.feature_partition(VIEW, before))
     assert is_marked_snapshot(settings.paths.feature_partition(VIEW, first))
     assert is_marked_snapshot(settings.paths.feature_partition(VIEW, second))
     assert {888_001, 888_002} <= set(one.index) and set(one.index) <= set(two.index)
