@@ -126,7 +126,6 @@ def run_stage(area: str, function: str, *args: Any, **kwargs: Any) -> dict:
         result = stage(settings, *args, **kwargs)
     except Exception as error:
         if _input_failure(error):
-            log.error("%s.%s: %s", area, function, error)
             raise AirflowFailException(f"input missing or unreadable, not retrying: {error}") from error
         if not _validation_failure(error):
             raise
@@ -135,7 +134,6 @@ def run_stage(area: str, function: str, *args: Any, **kwargs: Any) -> dict:
         report = getattr(error, "report_path", None)
         if report is not None and str(report) not in summary:
             summary += f"\n  report: {report}"
-        log.error("validation failed in %s.%s:\n%s", area, function, summary)
         raise AirflowFailException(f"validation failed, not retrying:\n{summary}") from error
     log.info("%s.%s -> %s", area, function, result)
     return result

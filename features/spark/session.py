@@ -9,10 +9,14 @@ Any master URL (`spark://...`, `k8s://...`) comes from `Settings.spark_master`; 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
 from rankflow.config import Settings
+
+
+LOG_CONFIG = Path(__file__).resolve().parent / "log4j2.properties"  # the JVM logs errors only
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,7 @@ def spark_session(settings: Settings, tuning: SparkTuning = SparkTuning()) -> Sp
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.driver.extraJavaOptions", "-Duser.timezone=UTC")
+        .config("spark.driver.extraJavaOptions", f"-Duser.timezone=UTC -Dlog4j2.configurationFile={LOG_CONFIG.as_uri()}")
         .config("spark.executor.extraJavaOptions", "-Duser.timezone=UTC")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         # Tiny inputs: adaptive execution only adds planning time here.
