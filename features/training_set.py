@@ -41,7 +41,7 @@ from features.contract import PART_FILE, parquet_bytes, read_raw
 from features.spark.build import AFFINITY_TABLE, JOB_TABLE, MEMBER_TABLE
 from features.store import feature_store
 from rankflow.config import Settings
-from rankflow.paths import atomic_directory, atomic_write_bytes, partition_days
+from rankflow.paths import atomic_directory, atomic_write_bytes, partition_days, read_json
 
 TABLE = "training_set"
 SOURCE_VIEWS = (MEMBER_TABLE, JOB_TABLE, AFFINITY_TABLE)
@@ -161,4 +161,4 @@ def read_spec(settings: Settings) -> dict:
     path = settings.paths.feature_table(TABLE) / "spec.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no training set yet; run `rankflow features build` first")
-    return json.loads(path.read_text())
+    return read_json(path)

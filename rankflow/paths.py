@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from rankflow.logs import get_logger
 
@@ -115,6 +115,16 @@ class DataPaths:
     def run(self) -> Path:
         """Pid files, logs and sockets of services rankflow starts (airflow, serve)."""
         return self.root / "run"
+
+
+def read_json(path: Path) -> Any:
+    """A stored JSON file; one that is cut off or corrupt raises UnreadableInput naming it."""
+    from rankflow.errors import UnreadableInput
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as error:  # json.JSONDecodeError is a ValueError
+        raise UnreadableInput(f"{path}: not readable JSON ({error}); the file is cut off or corrupt") from None
 
 
 # --- replacing files and folders safely ------------------------------------------------------------------------

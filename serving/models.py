@@ -20,7 +20,6 @@ The previous set stays available (`previous`) and the previous tags stay in serv
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 
 from rankflow.config import Settings
 from rankflow.logs import get_logger
+from rankflow.paths import read_json
 from serving.scoring import MetaInit, RandomEffects, ServingModels
 
 log = get_logger(__name__)
@@ -126,7 +126,7 @@ def load_random_effects(settings: Settings, tag: str | None) -> RandomEffects | 
     if not meta_path.exists():
         log.warning("%s has no meta.json (design bases): random effects not used", tag)
         return None
-    meta = json.loads(meta_path.read_text())
+    meta = read_json(meta_path)
     member_basis = CategoricalBasis.from_json(meta["member_basis"])
     job_basis = CategoricalBasis.from_json(meta["job_basis"])
     prior = lambda dim: RandomEffectConfig(dim=dim).population_mean(torch.float64, "cpu").numpy()  # noqa: E731

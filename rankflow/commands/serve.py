@@ -53,12 +53,12 @@ def serve(
     from serving.models import resolve_tags
 
     settings = settings_from(data_dir, reads=(), online_store=online_store)
-    resolve_tags(settings)  # no promoted ranker: say so now, not through the service workers' crash loop
     options = ServeOptions(port=port, host=host, adaptive_batching=batching, max_candidates=max_candidates,
                            feature_deadline_ms=deadline_ms)
     # serving.yaml and the flags, checked as the service will read them: a bad value fails here, before "serving ..."
     load_serving_config(settings, environ={}, adaptive_batching=batching, max_candidates=max_candidates,
                         feature_deadline_ms=deadline_ms)
+    resolve_tags(settings)  # no loadable serving ranker: say so now, not through the service workers' crash loop
     store = redacted(settings.online_store)
     if settings.online_store != "sqlite":
         from redis.exceptions import RedisError

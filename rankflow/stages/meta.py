@@ -31,7 +31,7 @@ from pathlib import Path
 from rankflow.config import Settings
 from rankflow.errors import MissingInput
 from rankflow.logs import get_logger
-from rankflow.paths import atomic_directory
+from rankflow.paths import atomic_directory, read_json
 
 log = get_logger(__name__)
 
@@ -59,7 +59,7 @@ def read_training_window(settings: Settings, start: date, end: date):
     spec_path = table_dir / "spec.json"
     if not spec_path.exists():
         raise FileNotFoundError(f"{spec_path}: no training set yet; run `rankflow features build` first")
-    spec = json.loads(spec_path.read_text())
+    spec = read_json(spec_path)
     frame = read_partitions(table_dir, start=start, end=end)
     return frame, spec
 

@@ -40,7 +40,7 @@ import numpy as np
 from rankflow.config import Settings
 from rankflow.errors import MissingInput
 from rankflow.logs import get_logger
-from rankflow.paths import atomic_directory, dt_partition, partition_days
+from rankflow.paths import atomic_directory, dt_partition, partition_days, read_json
 
 log = get_logger(__name__)
 
@@ -122,7 +122,7 @@ def load_state(settings: Settings, day: date):
     from training.glmix.state import decode_state
 
     folder = state_root(settings) / dt_partition(day)
-    meta = json.loads((folder / "meta.json").read_text())
+    meta = read_json(folder / "meta.json")
     member, _ = decode_state((folder / "member.safetensors").read_bytes(), str(folder / "member.safetensors"))
     job, _ = decode_state((folder / "job.safetensors").read_bytes(), str(folder / "job.safetensors"))
     fixed = FixedEffectModel.from_json(meta["fixed_effect"]) if meta.get("fixed_effect") else None

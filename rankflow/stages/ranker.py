@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from rankflow.config import Settings
 from rankflow.logs import get_logger
-from rankflow.paths import atomic_write_bytes
+from rankflow.paths import atomic_write_bytes, read_json
 
 log = get_logger(__name__)
 
@@ -74,7 +74,7 @@ def stored_model(settings: Settings, tag: str):
 
 def serving_state(settings: Settings) -> dict[str, Any]:
     path = settings.paths.models / SERVING_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_json(path) if path.exists() else {}
 
 
 def serving_tag(settings: Settings, name: str = MODEL_NAME) -> str | None:

@@ -29,9 +29,14 @@ def encode_state(state: RandomEffectState, metadata: dict) -> bytes:
 
 def decode_state(payload: bytes, source: str = "state") -> tuple[RandomEffectState, dict]:
     """(state, metadata) from `encode_state` bytes; `source` names the file in errors."""
+    from safetensors import SafetensorError
     from safetensors.torch import load
 
-    tensors = load(payload)
+    try:
+        tensors = load(payload)
+    except SafetensorError as error:
+        raise ValueError(f"{source}: not a readable safetensors file ({error}); the file is cut off or corrupt") \
+            from None
     missing = {"entity_ids", "mean", "precision"} - set(tensors)
     if missing:
         raise ValueError(f"{source}: not a GLMix state, missing tensors {sorted(missing)}")

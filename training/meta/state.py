@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from training.files import load_safetensors, read_json
 from training.meta.config import MetaConfig
 from training.meta.subnetwork import SubNetwork
 
@@ -37,16 +38,14 @@ def save_state(directory: Path, net: SubNetwork, config: MetaConfig, metadata: d
 
 def load_state(directory: Path) -> tuple[SubNetwork, MetaConfig, dict[str, Any]]:
     """Rebuild the sub-network saved by `save_state`; errors name the folder and what is missing."""
-    from safetensors.torch import load_file
-
     directory = Path(directory)
     for name in (WEIGHTS_FILE, CONFIG_FILE):
         if not (directory / name).exists():
             raise FileNotFoundError(f"{directory}: no {name}; not a meta-initialisation folder")
-    document = json.loads((directory / CONFIG_FILE).read_text())
+    document = read_json(directory / CONFIG_FILE)
     config = MetaConfig.from_dict(document["config"])
     net = SubNetwork(config.subnetwork)
-    tensors = load_file(str(directory / WEIGHTS_FILE))
+    tensors = load_safetensors(directory / WEIGHTS_FILE)
     missing, unexpected = net.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise ValueError(f"{directory / WEIGHTS_FILE}: missing tensors {missing}, unexpected {unexpected} "

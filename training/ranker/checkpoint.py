@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from training.files import load_safetensors, read_json
 from training.ranker.model import MODEL_VERSION, Ranker, RankerConfig
 
 CHECKPOINT_FORMAT = 1
@@ -66,7 +67,7 @@ def read_checkpoint_config(directory: Path) -> dict[str, Any]:
     path = Path(directory) / CONFIG_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path}: not a ranker checkpoint (no {CONFIG_FILE})")
-    description = json.loads(path.read_text())
+    description = read_json(path)
     if description.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: checkpoint format {description.get('format')!r}, this code reads {CHECKPOINT_FORMAT}")
     return description
@@ -74,8 +75,6 @@ def read_checkpoint_config(directory: Path) -> dict[str, Any]:
 
 def load_checkpoint(directory: Path, device: str | torch.device = "cpu", sparse_gradients: bool = True) -> nn.Module:
     """Rebuild the model from config.json and load its tensors from model.safetensors (no pickle)."""
-    from safetensors.torch import load_file
-
     from training.ranker.logistic import LogisticRegression
 
     description = read_checkpoint_config(directory)
@@ -84,7 +83,7 @@ def load_checkpoint(directory: Path, device: str | torch.device = "cpu", sparse_
         raise ValueError(f"{directory}: model version {config.version!r}, this code builds {MODEL_VERSION!r}")
     cls = {"ranker": Ranker, "logistic": LogisticRegression}[description["kind"]]
     model = cls(config, sparse_gradients=sparse_gradients)
-    tensors = load_file(str(Path(directory) / WEIGHTS_FILE), device="cpu")
+    tensors = load_safetensors(Path(directory) / WEIGHTS_FILE)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     # Checkpoints written before the embedding tables kept their row-wise Adagrad accumulators (embeddings.py)
     # load with zeros there: a warm start from them restarts the optimiser, as it always did then.

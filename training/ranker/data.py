@@ -17,7 +17,6 @@ decides the order) gives `position=None`, which the model scores as position 1. 
 from __future__ import annotations
 
 import hashlib
-import json
 import queue
 import threading
 import warnings
@@ -29,6 +28,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from training.files import read_json
 from training.ranker.model import RankerConfig
 
 SPEC_FILE = "spec.json"
@@ -287,7 +287,7 @@ def read_spec(training_set: Path) -> dict[str, Any]:
     path = Path(training_set) / SPEC_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path}: training-set spec not found (build the training set first)")
-    spec = json.loads(path.read_text())
+    spec = read_json(path)
     for key in ("label", "member", "item"):
         if key not in spec:
             raise ValueError(f"{path}: spec has no {key!r} entry (docs/contracts.md, 'Training set')")
