@@ -22,6 +22,7 @@ import pandas as pd
 from rankflow.config import Settings
 from rankflow.errors import MissingInput
 from rankflow.logs import get_logger
+from rankflow.paths import recover_replacement
 
 log = get_logger(__name__)
 
@@ -59,6 +60,7 @@ def validate_raw(settings: Settings, day: date) -> dict:
     from validation import ValidationFailed, check_raw_events, quarantine
 
     paths = settings.paths
+    recover_replacement(paths.root)  # an ingest / generate killed while swapping: rolled back before reading
     partition = paths.raw_partition("events", day)
     if not partition.is_dir():
         quarantined = paths.quarantine("raw_events", day)

@@ -25,3 +25,13 @@ def test_a_later_day_waits_for_a_quarantined_earlier_day(tmp_path):
 
     paths.raw_partition("events", date(2026, 1, 4)).mkdir(parents=True)  # restored (the quarantine copy stays)
     _refuse_quarantined_earlier_days(settings, date(2026, 1, 5))
+
+
+def test_validating_a_day_first_rolls_back_an_interrupted_ingest(tmp_path, monkeypatch):
+    from rankflow.stages import features
+
+    recovered = []
+    monkeypatch.setattr(features, "recover_replacement", recovered.append)
+    with pytest.raises(MissingInput, match="no raw events for 2026-01-05"):
+        features.validate_raw(Settings(data_dir=tmp_path), date(2026, 1, 5))
+    assert recovered == [tmp_path]
