@@ -205,3 +205,20 @@ def test_a_forced_generate_killed_at_any_point_of_the_swap_is_undone_or_complete
         expected = after if position > renames else before
         assert tree_digest(root) == expected, f"killed at rename {position} of {renames}"
         assert not [p.name for p in root.iterdir() if p.name.startswith(".")], "leftovers not removed"
+
+
+def test_a_command_that_reads_the_raw_zone_first_rolls_back_a_killed_generate(used_data_dir, tmp_path, monkeypatch,
+                                                                              forced_clean):
+    import features.synthetic as synthetic
+    from rankflow.commands.common import settings_from
+
+    before, (_, renames) = tree_digest(used_data_dir), forced_clean
+    for position in range(1, renames + 1):
+        root = tmp_path / f"run{position}"
+        shutil.copytree(used_data_dir, root)
+        break_zone_renames(monkeypatch, root, position, Killed(), every_later=True)
+        with pytest.raises(Killed):
+            synthetic.generate_data_set(FORCED, DataPaths(root), replace=True)
+        monkeypatch.undo()
+        settings_from(root, reads=("raw",))  # `rankflow features build` etc.: raw/ may be moved aside right now
+        assert tree_digest(root) == before, f"killed at rename {position} of {renames}"

@@ -12,6 +12,7 @@ import typer
 
 from rankflow.config import Settings, check_online_store, load_settings
 from rankflow.logs import configure_logging
+from rankflow.paths import recover_replacement
 
 
 def _online_store_flag(value: str | None) -> str | None:
@@ -66,6 +67,8 @@ def settings_from(data_dir: Path | None, *, reads: tuple[str, ...] | None = None
         if not settings.data_dir.is_dir():
             raise FileNotFoundError(f"{settings.data_dir}: no such data directory (give --data-dir or set "
                                     "RANKFLOW_DATA_DIR; `rankflow generate` or `rankflow ingest` make one)")
+        if "raw" in reads:  # an ingest / generate killed while swapping the raw zone: rolled back first
+            recover_replacement(settings.paths.root)
         for zone in reads:
             path = getattr(settings.paths, zone)
             if not path.is_dir():

@@ -1,4 +1,5 @@
-"""Starting Spark prints nothing but errors (Airflow shows a task's stderr at ERROR level)."""
+"""Starting Spark prints nothing but errors (Airflow shows a task's stderr at ERROR level); the JVM's own
+"WARNING: Using incubator modules" line, printed before any logging starts, is the one exception."""
 
 import subprocess
 import sys
@@ -20,3 +21,4 @@ def test_the_spark_jvm_starts_without_its_default_profile_and_warn_lines(tmp_pat
     assert "an error from the JVM" in done.stderr  # errors still reach stderr
     assert "a warning from the JVM" not in done.stderr
     assert "default log4j profile" not in done.stderr and " WARN " not in done.stderr, done.stderr
+    assert "Setting default log level" not in done.stderr, done.stderr

@@ -32,10 +32,12 @@ def decode_state(payload: bytes, source: str = "state") -> tuple[RandomEffectSta
     from safetensors import SafetensorError
     from safetensors.torch import load
 
+    from training.files import UnreadableFile
+
     try:
         tensors = load(payload)
     except SafetensorError as error:
-        raise ValueError(f"{source}: not a readable safetensors file ({error}); the file is cut off or corrupt") \
+        raise UnreadableFile(f"{source}: not a readable safetensors file ({error}); the file is cut off or corrupt") \
             from None
     missing = {"entity_ids", "mean", "precision"} - set(tensors)
     if missing:
