@@ -277,11 +277,12 @@ def refresh_meta_embeddings(settings: Settings, day: date) -> dict:
     in between leaves no partition of D: the next day is refused, and re-running D writes the same rows again
     (deterministic given the same meta-init and inputs).
     """
-    from features.store import feature_store, online_write, write_offline_partition
+    from features.store import check_online_store, feature_store, online_write, write_offline_partition
     from training.meta.state import latest_state
     from validation.personalisation import check_personalisation
 
     check_no_skipped_day(settings, day)
+    check_online_store(settings)  # a broken one: said now, not after the day's work and its validation report
     started = time.perf_counter()
     bootstrapped = None
     if latest_state(meta_root(settings), day) is None:

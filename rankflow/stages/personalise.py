@@ -450,6 +450,10 @@ def update_random_effects(settings: Settings, day: date, config: PersonaliseConf
 
     frame, spec = read_training_set(settings, day)
     check_no_skipped_day(settings, day)
+    if write_online:
+        from features.store import check_online_store
+
+        check_online_store(settings)  # a broken one: said now, not after the update and its validation report
     previous, prior, fixed_effect, member_basis, job_basis = _prior(settings, day, config)
     glmix_config = glmix_config_for(config, member_basis, job_basis)
     dense, dense_names = _dense_features(settings, day, frame, spec)

@@ -88,3 +88,18 @@ def test_skipped_days_are_those_with_input_after_the_newest_output():
     assert run_first("rankflow personalise", days[1:4]) == "`rankflow personalise --start 2026-01-02 --end 2026-01-04`"
     assert run_first("rankflow personalise", [days[1], days[3]]) == \
         "`rankflow personalise --date 2026-01-02`, then `rankflow personalise --date 2026-01-04`"
+
+
+def test_a_broken_online_store_stops_the_day_before_its_update(published_day_one, tmp_path, monkeypatch):
+    import rankflow.stages.personalise as personalise
+    from rankflow.errors import UnreadableInput
+
+    settings = _copy(published_day_one, tmp_path / "broken")
+    before, online = _stores(settings), settings.paths.feast / "online_store.db"
+    good = online.read_bytes()
+    online.write_bytes(b"not a database" * 100)
+    monkeypatch.setattr(personalise, "_prior", lambda *args: pytest.fail("the update ran"))
+    with pytest.raises(UnreadableInput, match="online_store.db: not a readable SQLite database"):
+        update_random_effects(settings, DAY_TWO)
+    online.write_bytes(good)  # _stores reads it
+    assert _stores(settings) == before
