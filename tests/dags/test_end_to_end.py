@@ -270,29 +270,45 @@ def test_rerunning_a_backfilled_day_gives_byte_identical_outputs(airflow):
     assert not kept, f"files the re-run did not rewrite: {kept}"
 
 
-def test_a_bad_raw_day_fails_at_validation_and_later_days_still_run(airflow):
+def test_a_bad_raw_day_fails_at_validation_and_the_next_day_waits_for_its_repair(airflow):
     import pyarrow.parquet as pq
 
     api, data_dir = airflow["api"], airflow["data_dir"]
     bad, good = DAYS[4], DAYS[5]
     events_file = data_dir / "raw" / "events" / f"dt={bad}" / "part-0.parquet"
+    original = events_file.read_bytes()
     events = pq.read_table(events_file).to_pandas()
     events.loc[events.index[:5], "label"] = 3  # labels must be 0/1
     events.to_parquet(events_file, index=False)
 
     api.backfill("features", bad, good)
-    wait_for(lambda: features_states(api).get(bad) == "failed" and features_states(api).get(good) == "success",
-             "the bad day to fail and the good day to succeed", 600, api, expected_failures=(bad,))
-    wait_for(lambda: personalised_days(api).get(good) == "success" and idle(api, "personalisation"),
-             "personalisation of the good day", 420, api, expected_failures=(bad,))
-    bad_run = next(run for run in api.runs("features") if run_day(run) == bad)
-    states = {ti["task_id"]: ti["state"] for ti in api.task_instances("features", bad_run["dag_run_id"])}
+    wait_for(lambda: features_states(api).get(bad) == "failed" and features_states(api).get(good) == "failed",
+             "the bad day to fail, and the next one to refuse to build without it", 600, api,
+             expected_failures=(bad, good))
+    runs = {run_day(run): run["dag_run_id"] for run in api.runs("features")}
+    states = {ti["task_id"]: ti["state"] for ti in api.task_instances("features", runs[bad])}
     assert states == {"validate_raw": "failed", "build_features": "upstream_failed",
                       "materialize": "upstream_failed"}, states
-    log = api.task_log("features", bad_run["dag_run_id"], "validate_raw")
+    log = api.task_log("features", runs[bad], "validate_raw")
     assert "validation failed" in log and "reports/validation/raw_events" in log, log[-LOG_TAIL_CHARS:]
-    assert bad not in personalised_days(api)
-    assert not (data_dir / "features" / "glmix_member" / f"dt={bad}").exists()
+    # The next day's windows would leave the quarantined day out: it fails at once (no retry), saying why.
+    states = {ti["task_id"]: ti["state"] for ti in api.task_instances("features", runs[good])}
+    assert states == {"validate_raw": "success", "build_features": "failed",
+                      "materialize": "upstream_failed"}, states
+    log = api.task_log("features", runs[good], "build_features")
+    assert f"raw events of {bad} are in quarantine" in log and "not retrying" in log, log[-LOG_TAIL_CHARS:]
+    assert bad not in personalised_days(api) and good not in personalised_days(api)
+    assert not (data_dir / "features" / "member_features" / f"dt={good}").exists()
+
+    # The operator's repair: the fixed events back in the raw zone, then the failed days re-run.
+    events_file.parent.mkdir(parents=True, exist_ok=True)
+    events_file.write_bytes(original)
+    api.backfill("features", bad, good, reprocess="failed")
+    wait_for(lambda: features_states(api).get(bad) == "success" and features_states(api).get(good) == "success",
+             "both days to build after the repair", 600, api, expected_failures=(bad, good))
+    wait_for(lambda: personalised_days(api).get(good) == "success" and idle(api, "personalisation"),
+             "personalisation of both days", 600, api, expected_failures=(bad, good))
+    assert (data_dir / "features" / "glmix_member" / f"dt={bad}").is_dir()
     assert (data_dir / "features" / "glmix_member" / f"dt={good}").is_dir()
 
 

@@ -8,7 +8,6 @@ by a kill during `feast apply` (rebuilt; our apply never leaves half a registry)
 from __future__ import annotations
 
 import logging
-import shutil
 import sqlite3
 from datetime import date, timedelta
 from pathlib import Path
@@ -24,40 +23,15 @@ from features.spark.build import FEATURE_TABLES
 from features.store import (feature_store, online_write, read_offline_partition, write_features,
                             write_offline_partition)
 from rankflow.config import Settings
+from test_store import applied_copy, applied_repo, glmix_frame  # noqa: F401 (applied_repo: fixture)
 
 DAY = date(2026, 1, 2)
-
-
-@pytest.fixture(scope="module")
-def applied_repo(tmp_path_factory, tiny_data_dir) -> Path:
-    """A data dir (the tiny raw schema) whose Feast repo is applied once; tests copy it."""
-    root = tmp_path_factory.mktemp("applied_failures") / "data"
-    (root / "raw").mkdir(parents=True)
-    shutil.copy(tiny_data_dir / "raw" / "schema.yaml", root / "raw" / "schema.yaml")
-    feature_store(Settings(data_dir=root))
-    return root
 
 
 @pytest.fixture
 def new_process(monkeypatch):
     """feature_store()'s per-process cache emptied, as in a command started after the damage."""
     monkeypatch.setattr(store_module, "_stores", {})
-
-
-def _copy(applied_repo: Path, target: Path) -> Settings:
-    shutil.copytree(applied_repo, target)
-    return Settings(data_dir=target)
-
-
-def glmix_frame(day: date, shift: float) -> pd.DataFrame:
-    ids = np.arange(1, 6, dtype=np.int64)
-    return pd.DataFrame({
-        "member_id": ids,
-        "member_re_mean": [np.full(3, i + shift, np.float32) for i in ids],
-        "member_re_variance": [np.full(3, 0.5, np.float32) for _ in ids],
-        "event_timestamp": pd.Timestamp(end_of_day(day)).as_unit("us"),
-        "created_ts": pd.Timestamp.now(tz="UTC").as_unit("us"),
-    })
 
 
 def table_frame(store, view: str, day: date, rows: int = 50) -> pd.DataFrame:
@@ -94,7 +68,7 @@ def cut_in_half(path: Path) -> None:
 # ------------------------------------------------------------------------------------------ online store
 
 def test_garbage_sqlite_online_store_stops_a_stage_before_it_writes_naming_the_file(applied_repo, tmp_path):
-    settings = _copy(applied_repo, tmp_path / "data")
+    settings = applied_copy(applied_repo, tmp_path / "data")
     online = settings.paths.feast / "online_store.db"
     online.write_bytes(b"this is not a database\n" * 200)
 
@@ -109,7 +83,7 @@ def test_garbage_sqlite_online_store_stops_a_stage_before_it_writes_naming_the_f
 
 @pytest.mark.parametrize("cut", ["half", "last page"])
 def test_cut_off_sqlite_online_store_stops_a_stage_before_it_writes(applied_repo, tmp_path, new_process, cut):
-    settings = _copy(applied_repo, tmp_path / "data")
+    settings = applied_copy(applied_repo, tmp_path / "data")
     write_features(settings, "glmix_member", glmix_frame(DAY, 0.0), DAY)  # pages beyond the schema's
     online = settings.paths.feast / "online_store.db"
     data = online.read_bytes()
@@ -122,7 +96,7 @@ def test_cut_off_sqlite_online_store_stops_a_stage_before_it_writes(applied_repo
 
 
 def test_damaged_table_page_of_the_online_store_names_the_file(applied_repo, tmp_path, new_process):
-    settings = _copy(applied_repo, tmp_path / "data")
+    settings = applied_copy(applied_repo, tmp_path / "data")
     write_features(settings, "glmix_member", glmix_frame(DAY, 0.0), DAY)
     online = settings.paths.feast / "online_store.db"
     with sqlite3.connect(online) as connection:
@@ -138,7 +112,7 @@ def test_damaged_table_page_of_the_online_store_names_the_file(applied_repo, tmp
 
 
 def test_moved_away_online_store_is_recreated_with_its_tables(applied_repo, tmp_path, new_process):
-    settings = _copy(applied_repo, tmp_path / "data")
+    settings = applied_copy(applied_repo, tmp_path / "data")
     feature_store(settings)
     (settings.paths.feast / "online_store.db").rename(tmp_path / "moved.db")  # what the error message says to do
     result = write_features(settings, "glmix_member", glmix_frame(DAY, 0.0), DAY)
@@ -149,7 +123,7 @@ def test_moved_away_online_store_is_recreated_with_its_tables(applied_repo, tmp_
 
 def test_cut_off_registry_is_rebuilt_with_a_warning_and_keeps_the_online_values(applied_repo, tmp_path,
                                                                              new_process, caplog):
-    settings = _copy(applied_repo, tmp_path / "data")
+    settings = applied_copy(applied_repo, tmp_path / "data")
     write_features(settings, "glmix_member", glmix_frame(DAY, 100.0), DAY)
     registry = settings.paths.feast / "registry.db"
     cut_in_half(registry)  # what a kill during Feast's in-place write leaves
@@ -170,7 +144,7 @@ def test_cut_off_registry_is_rebuilt_with_a_warning_and_keeps_the_online_values(
 def test_apply_killed_mid_write_leaves_the_registry_whole(applied_repo, tmp_path, new_process, monkeypatch):
     from feast.infra.registry.file import FileRegistryStore
 
-    settings = _copy(applied_repo, tmp_path / "data")
+    settings = applied_copy(applied_repo, tmp_path / "data")
     registry = settings.paths.feast / "registry.db"
     before = registry.read_bytes()
     (settings.paths.feast / ".applied").write_text("declarations changed")  # the next call applies
@@ -193,7 +167,7 @@ def test_apply_killed_mid_write_leaves_the_registry_whole(applied_repo, tmp_path
 # ------------------------------------------------------------------------------------------ partitions
 
 def test_cut_off_second_table_stops_materialize_before_any_online_write(applied_repo, tmp_path, new_process):
-    settings = _copy(applied_repo, tmp_path / "data")
+    settings = applied_copy(applied_repo, tmp_path / "data")
     store = feature_store(settings)
     for table in FEATURE_TABLES:
         write_offline_partition(settings.paths, table, DAY, table_frame(store, table, DAY))
@@ -208,7 +182,7 @@ def test_cut_off_second_table_stops_materialize_before_any_online_write(applied_
 
 
 def test_partition_lacking_a_declared_column_stops_materialize_naming_it(applied_repo, tmp_path, new_process):
-    settings = _copy(applied_repo, tmp_path / "data")
+    settings = applied_copy(applied_repo, tmp_path / "data")
     store = feature_store(settings)
     for table in FEATURE_TABLES:
         frame = table_frame(store, table, DAY)
@@ -224,7 +198,7 @@ def test_partition_lacking_a_declared_column_stops_materialize_naming_it(applied
 
 @pytest.mark.parametrize("reader", ["read_offline_partition", "materialize plain", "materialize dictionaries"])
 def test_cut_off_partition_readers_name_the_file(applied_repo, tmp_path, reader):
-    settings = _copy(applied_repo, tmp_path / "data")
+    settings = applied_copy(applied_repo, tmp_path / "data")
     write_offline_partition(settings.paths, "glmix_member", DAY, glmix_frame(DAY, 0.0))
     part = settings.paths.feature_partition("glmix_member", DAY) / PART_FILE
     cut_in_half(part)
