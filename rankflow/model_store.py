@@ -17,14 +17,20 @@ them, and points `latest` at the newest remaining version. A version being copie
 incomplete too, so writers register under `registering(settings)`, which holds <bentoml_home>/store.lock
 (flock) and sweeps first; readers sweep only when that lock is free, and otherwise still skip incomplete
 versions (`complete_models`, `incomplete_reason`).
+
+Daily models (`rankflow-glmix`, `rankflow-meta`) are registered with `register_daily_model`: one per logical day,
+however often the day is re-run.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
+import shutil
 import threading
 from contextlib import contextmanager
+from datetime import date
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -38,7 +44,7 @@ MODEL_YAML = "model.yaml"  # bentoml._internal.models.model.MODEL_YAML_FILENAME
 LATEST = "latest"          # bentoml's Tag.latest_path(): <name>/latest holds the newest version
 MODEL_FILES = {            # what every stored version of each name holds (besides model.yaml)
     "rankflow-ranker": ("config.json", "model.safetensors"),   # training.ranker.checkpoint
-    "rankflow-glmix": ("member.safetensors", "job.safetensors", "meta.json"),  # personalise._register_bentoml
+    "rankflow-glmix": ("member.safetensors", "job.safetensors", "meta.json"),  # personalise._state_files
     "rankflow-meta": ("config.json", "model.safetensors"),     # training.meta.state
 }
 MODEL_NAMES = tuple(MODEL_FILES)
@@ -207,3 +213,55 @@ def registering(settings: Settings) -> Iterator[None]:
     with store_lock(settings, wait=True):
         sweep_incomplete(settings)
         yield
+
+
+def file_digests(folder: Path, names: list[str]) -> dict[str, str] | None:
+    """sha256 of each named file in `folder`, or None when one is missing."""
+    digests = {}
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            return None
+        digests[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digests
+
+
+def register_daily_model(settings: Settings, name: str, folder: Path, day: date, metadata: dict) -> str | None:
+    """Store the files of `folder` as the day's model `name` (status serving): one per logical day, whatever re-runs.
+
+    A stored model of `day` with the same files and metadata is reused as it is (re-running a day that gives
+    the same answer adds nothing). Otherwise the new model is created in full first and only then are the
+    day's older models deleted, so a reader always finds a complete model of the day (serving picks the
+    newest by logical_date, then creation time). A model that models/serving.json pins is never deleted.
+    Returns the tag, or None when BentoML is not installed.
+    """
+    try:
+        import bentoml
+        from bentoml.exceptions import NotFound
+    except ImportError:
+        return None
+    from rankflow.stages.ranker import model_store, serving_tag
+
+    with registering(settings):  # incomplete versions of a killed save moved out first; readers wait
+        store = model_store(settings)
+        names = sorted(item.name for item in folder.iterdir())
+        wanted = file_digests(folder, names)
+        try:
+            same_day = [m for m in store.list(name) if m.info.labels.get("logical_date") == day.isoformat()]
+        except NotFound:
+            same_day = []
+        keep = next((m for m in sorted(same_day, key=lambda m: m.info.creation_time, reverse=True)
+                     if file_digests(Path(m.path), names) == wanted and dict(m.info.metadata) == metadata), None)
+        if keep is not None:
+            tag = str(keep.tag)
+        else:
+            with bentoml.models.create(name, labels={"logical_date": day.isoformat(), "status": "serving"},
+                                       metadata=metadata, _model_store=store) as stored:
+                for file in names:
+                    shutil.copy2(folder / file, Path(stored.path) / file)
+                tag = str(stored.tag)
+        pinned = serving_tag(settings, name)
+        for old in same_day:
+            if str(old.tag) not in (tag, pinned):
+                store.delete(old.tag)
+        return tag

@@ -3,7 +3,8 @@
 `train_meta(settings, day)` meta-trains the sub-network (training/meta/maml.py) on the training-set window
 ending the day before `day`, warm-started from the newest meta-initialisation before `day`, reports the
 personalisation AUCs on `day` (held out), and saves the state to the model store as `rankflow-meta` (when
-BentoML is importable) and then, last, to <data_dir>/models/meta/dt=D/ (atomic), which later days start from.
+BentoML is importable; one per day: a re-run replaces the day's model) and then, last, to
+<data_dir>/models/meta/dt=D/ (atomic), which later days start from.
 
 `refresh_meta_embeddings(settings, day)` adapts the newest meta-initialisation at or before `day` on every
 active member's capped recent history (the training set's events in [day - window + 1, day]; active = had an
@@ -31,6 +32,7 @@ from pathlib import Path
 from rankflow.config import Settings
 from rankflow.errors import MissingInput
 from rankflow.logs import get_logger
+from rankflow.model_store import register_daily_model
 from rankflow.paths import atomic_directory, read_json
 
 log = get_logger(__name__)
@@ -137,35 +139,15 @@ def train_meta(settings: Settings, day: date, config=None, progress=None) -> dic
     target = meta_root(settings) / f"dt={day.isoformat()}"
     with atomic_directory(target) as staging:  # the state later days start from: swapped in last
         save_state(staging, net, config, metadata)
-        bento_tag = _register_bentoml(settings, staging, day, metrics)
+        # Status serving: the daily refresh reads the newest state at or before its day straight away (there is
+        # no promotion step for the meta-init; the ranker, which reads the embeddings, has one). Files and metadata
+        # are compared as they are: config.json holds the run's timings, so a re-run replaces the day's model.
+        bento_tag = register_daily_model(settings, MODEL_NAME, staging, day, {"eval": json.dumps(metrics["eval"])})
     log.info("meta-init %s: %d tasks, query loss (mean of the first / last %d outer steps) %.4f -> %.4f", day,
              len(tasks), LOSS_STEPS, loss_first, loss_last)
     return {"day": day.isoformat(), "state": str(target), "warm_started": previous is not None,
             "tasks": len(tasks), "bentoml_tag": bento_tag, "metrics": metrics,
             "seconds": round(time.perf_counter() - started, 2)}
-
-
-def _register_bentoml(settings: Settings, state_dir: Path, day: date, metrics: dict) -> str | None:
-    """Copy the state into this data directory's BentoML model store as `rankflow-meta`.
-
-    Status `serving`: the daily refresh reads the newest state at or before its day straight away (there is
-    no separate promotion step for the meta-init; the ranker, which reads the embeddings, has one).
-    """
-    try:
-        import bentoml
-    except ImportError:
-        return None
-    import shutil
-
-    from rankflow.model_store import registering
-    from rankflow.stages.ranker import model_store
-
-    with registering(settings), bentoml.models.create(MODEL_NAME, labels={"logical_date": day.isoformat(), "status": "serving"},
-                               metadata={"eval": json.dumps(metrics["eval"])},
-                               _model_store=model_store(settings)) as stored:
-        for item in state_dir.iterdir():
-            shutil.copy2(item, Path(stored.path) / item.name)
-        return str(stored.tag)
 
 
 # ---- daily refresh -----------------------------------------------------------------------------------------

@@ -27,9 +27,7 @@ day with no usable row carries the prior state forward unchanged under D and pub
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 from dataclasses import asdict, dataclass, fields
 from datetime import date
 from pathlib import Path
@@ -40,6 +38,7 @@ import numpy as np
 from rankflow.config import Settings
 from rankflow.errors import MissingInput
 from rankflow.logs import get_logger
+from rankflow.model_store import register_daily_model
 from rankflow.paths import atomic_directory, dt_partition, partition_days, read_json
 
 log = get_logger(__name__)
@@ -257,58 +256,6 @@ def _feature_frame(ids, key: str, state, rows, prefix: str, day: date):
     })
 
 
-def _file_digests(folder: Path, names: list[str]) -> dict[str, str] | None:
-    """sha256 of each named file in `folder`, or None when one is missing."""
-    digests = {}
-    for name in names:
-        path = folder / name
-        if not path.is_file():
-            return None
-        digests[name] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return digests
-
-
-def _register_bentoml(settings: Settings, folder: Path, day: date, metadata: dict) -> str | None:
-    """The day's `rankflow-glmix` model in the BentoML store: one per logical day, whatever the re-runs.
-
-    A stored model of `day` with the same files is reused as it is (re-running a day from the same prior
-    adds nothing). Otherwise the new model is created in full first and only then are the day's older
-    models deleted, so a reader always finds a complete model of the day (serving picks the newest by
-    logical_date, then creation time). A model that models/serving.json pins is never deleted.
-    """
-    try:
-        import bentoml
-        from bentoml.exceptions import NotFound
-    except ImportError:
-        return None
-    from rankflow.model_store import registering
-    from rankflow.stages.ranker import model_store, serving_tag
-
-    with registering(settings):  # incomplete versions of a killed save moved out first; readers wait
-        store = model_store(settings)
-        names = sorted(item.name for item in folder.iterdir())
-        wanted = _file_digests(folder, names)
-        try:
-            same_day = [m for m in store.list(MODEL_NAME) if m.info.labels.get("logical_date") == day.isoformat()]
-        except NotFound:
-            same_day = []
-        keep = next((m for m in sorted(same_day, key=lambda m: m.info.creation_time, reverse=True)
-                     if _file_digests(Path(m.path), names) == wanted and dict(m.info.metadata) == metadata), None)
-        if keep is not None:
-            tag = str(keep.tag)
-        else:
-            with bentoml.models.create(MODEL_NAME, labels={"logical_date": day.isoformat(), "status": "serving"},
-                                       metadata=metadata, _model_store=store) as stored:
-                for name in names:
-                    shutil.copy2(folder / name, Path(stored.path) / name)
-                tag = str(stored.tag)
-        pinned = serving_tag(settings, MODEL_NAME)
-        for old in same_day:
-            if str(old.tag) not in (tag, pinned):
-                store.delete(old.tag)
-        return tag
-
-
 def glmix_config_for(config: PersonaliseConfig, member_basis, job_basis):
     """training.glmix's GLMixConfig for these stage settings and design bases."""
     from training.glmix.model import GLMixConfig
@@ -495,7 +442,7 @@ def update_random_effects(settings: Settings, day: date, config: PersonaliseConf
             (staging / name).write_bytes(payload)
         written = {view: write_features(settings, view, rows_of_view, day)
                    for view, rows_of_view in frames.items()} if publish else {}
-        tag = _register_bentoml(settings, staging, day, {  # BentoML metadata: basic types only, no None
+        tag = register_daily_model(settings, MODEL_NAME, staging, day, {  # BentoML metadata: basic types only, no None
             "logical_date": day.isoformat(), "prior_date": meta["prior_date"] or "",
             "member_basis_version": member_basis.version, "job_basis_version": job_basis.version,
             "events_used": summary["member"]["events_used"], "events_dropped": summary["member"]["events_dropped"],

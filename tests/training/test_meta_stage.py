@@ -152,3 +152,22 @@ def test_each_days_partition_is_a_snapshot_of_every_members_newest_embedding(set
     assert np.array_equal(two.loc[888_001, VIEW], np.full(33, 0.5, np.float32))
     assert (two["event_timestamp"] == pd.Timestamp(second + timedelta(days=1), tz="UTC")).all()
     assert two.index.is_monotonic_increasing
+
+
+def test_rerunning_a_day_leaves_one_model_of_the_day_and_keeps_the_pinned_one(settings) -> None:
+    from rankflow.stages.meta import MODEL_NAME, train_meta
+    from rankflow.stages.ranker import _write_serving, model_store
+    from serving.models import _newest
+
+    day = settings.generator.start_date + timedelta(days=3)
+
+    def models_of_the_day() -> set[str]:
+        return {str(m.tag) for m in model_store(settings).list(MODEL_NAME)
+                if m.info.labels["logical_date"] == day.isoformat()}
+
+    first = train_meta(settings, day, config=SMALL)["bentoml_tag"]
+    second = train_meta(settings, day, config=SMALL)["bentoml_tag"]  # a retry: the newer run replaces the day's model
+    assert models_of_the_day() == {second} and _newest(settings, MODEL_NAME) == second != first
+    _write_serving(settings, MODEL_NAME, second, [])  # pinned in models/serving.json: never deleted
+    third = train_meta(settings, day, config=SMALL)["bentoml_tag"]
+    assert models_of_the_day() == {second, third} and _newest(settings, MODEL_NAME) == third
