@@ -31,8 +31,9 @@ when its event time is >= the stored one (equal passes: re-running a day replace
 pipelined read of the `_ts:<view>` fields (HGET per entity), then HSETs of the rows that pass
 (`guard="hmget"`, the read-first guard), or a Lua compare-and-set per entity (`guard="lua"`, atomic against
 concurrent writers, slower: see benchmarks/results/features-*.md). SQLite: one SELECT of the stored
-event_ts per entity. Feast's Redis writer skips equal times and its SQLite writer checks nothing; ours
-treats both stores alike.
+event_ts per entity, and one transaction per view, or per day in `materialize_day` (the store in WAL mode:
+readers keep the committed values meanwhile). Feast's Redis writer skips equal times and its SQLite writer
+checks nothing; ours treats both stores alike.
 
 `materialize_day(settings, day)` pushes one day of the Spark feature tables; `stock_materialize` runs
 Feast's own `FeatureStore.materialize` over the same rows for the benchmark (benchmarks/bench_features.py).
@@ -43,7 +44,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from itertools import chain
@@ -687,61 +688,84 @@ def _epoch_seconds(nanos: np.ndarray) -> list[int]:
     return [out[v] for v in nanos.tolist()]
 
 
-def _sqlite_write(store, feature_view, rows: ViewRows) -> tuple[int, int]:
+SQLITE_LOCK_WAIT_S = 600.0  # another writer's day (personalise, a backfill) holds the store: wait for it
+
+
+@contextmanager
+def sqlite_transaction(store):
+    """One write transaction on the SQLite online store: what it writes appears at its commit, all at once.
+
+    The store is in WAL mode (set here; it stays with the file): readers, the service included, go on reading
+    the committed values while a day is written, and are never locked out by a long transaction. An error,
+    or a kill, before the commit leaves the store as it was. Damaged pages met on the way raise ValueError
+    naming the file.
+    """
+    path = _sqlite_path(store)
+    with closing(sqlite3.connect(path, timeout=SQLITE_LOCK_WAIT_S, isolation_level=None)) as connection:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield connection
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+        except sqlite3.OperationalError:
+            raise
+        except sqlite3.DatabaseError as error:  # damaged pages behind the header and schema features.store checks
+            from features.store import REBUILD_SQLITE_ONLINE_STORE
+
+            raise ValueError(f"{path}: the SQLite online store is damaged ({error}); "
+                             f"{REBUILD_SQLITE_ONLINE_STORE}") from None
+
+
+def _sqlite_write(store, feature_view, rows: ViewRows, connection) -> tuple[int, int]:
     from feast.infra.online_stores.helpers import compute_table_id
 
     config = store.config
     table = compute_table_id(config.project, feature_view, config.registry.enable_online_feature_view_versioning)
     quoted = '"' + table.replace('"', '""') + '"'
-    try:
-        return _sqlite_upsert(store, table, quoted, rows)
-    except sqlite3.OperationalError:
-        raise
-    except sqlite3.DatabaseError as error:  # damaged pages behind the header and schema features.store checks
-        from features.store import REBUILD_SQLITE_ONLINE_STORE
-
-        raise ValueError(f"{_sqlite_path(store)}: the SQLite online store is damaged ({error}); "
-                         f"{REBUILD_SQLITE_ONLINE_STORE}") from None
+    return _sqlite_upsert(connection, store, table, quoted, rows)
 
 
-def _sqlite_upsert(store, table: str, quoted: str, rows: ViewRows) -> tuple[int, int]:
+def _sqlite_upsert(connection, store, table: str, quoted: str, rows: ViewRows) -> tuple[int, int]:
     n = len(rows.keys)
-    with closing(sqlite3.connect(_sqlite_path(store))) as connection, connection:
-        try:
-            stored = dict(connection.execute(f"SELECT entity_key, MAX(event_ts) FROM {quoted} GROUP BY entity_key"))
-        except sqlite3.OperationalError as error:
-            if "no such table" not in str(error):
-                raise
-            raise RuntimeError(f"{_sqlite_path(store)}: no table {table} ({error}); feast apply creates it "
-                               "(features.store.feature_store(settings) applies the repo)") from error
-        keys = rows.keys.to_pylist()
-        event_seconds = _epoch_seconds(rows.event_nanos)
-        if stored:
-            # Feast keeps whole epoch seconds: compare at that resolution (equal passes).
-            keep = np.fromiter((stored.get(k) is None or s >= int(stored[k])
-                                for k, s in zip(keys, event_seconds)), bool, n)
-            if not keep.all():
-                index = np.flatnonzero(keep)
-                rows = rows.take(index)
-                keys = [keys[i] for i in index.tolist()]
-                event_seconds = [event_seconds[i] for i in index.tolist()]
-        m = len(keys)
-        created_seconds = _epoch_seconds(rows.created_nanos) if rows.created_nanos.any() else [None] * m
-        upsert = (f"INSERT INTO {quoted} (entity_key, feature_name, value, value_text, event_ts, created_ts) "
-                  "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(entity_key, feature_name) DO UPDATE SET "
-                  "value = excluded.value, value_text = excluded.value_text, event_ts = excluded.event_ts, "
-                  "created_ts = excluded.created_ts;")
-        # Rows in primary-key order (entity_key, feature_name): B-tree inserts land next to each other,
-        # about 3x faster than feature-major order on a fresh table.
-        order = sorted(range(m), key=keys.__getitem__)
-        per_feature = {}
-        for name, value_type, encoded in zip(rows.names, rows.types, rows.encoded()):
-            column = rows.table.column(name).combine_chunks()
-            values, texts = encoded.to_pylist(), value_texts(column, value_type, encoded)
-            per_feature[name] = [(keys[i], name, values[i], texts[i], event_seconds[i], created_seconds[i])
-                                 for i in order]
-        by_key = zip(*(per_feature[name] for name in sorted(per_feature)))
-        connection.executemany(upsert, chain.from_iterable(by_key))
+    try:
+        stored = dict(connection.execute(f"SELECT entity_key, MAX(event_ts) FROM {quoted} GROUP BY entity_key"))
+    except sqlite3.OperationalError as error:
+        if "no such table" not in str(error):
+            raise
+        raise RuntimeError(f"{_sqlite_path(store)}: no table {table} ({error}); feast apply creates it "
+                           "(features.store.feature_store(settings) applies the repo)") from error
+    keys = rows.keys.to_pylist()
+    event_seconds = _epoch_seconds(rows.event_nanos)
+    if stored:
+        # Feast keeps whole epoch seconds: compare at that resolution (equal passes).
+        keep = np.fromiter((stored.get(k) is None or s >= int(stored[k])
+                            for k, s in zip(keys, event_seconds)), bool, n)
+        if not keep.all():
+            index = np.flatnonzero(keep)
+            rows = rows.take(index)
+            keys = [keys[i] for i in index.tolist()]
+            event_seconds = [event_seconds[i] for i in index.tolist()]
+    m = len(keys)
+    created_seconds = _epoch_seconds(rows.created_nanos) if rows.created_nanos.any() else [None] * m
+    upsert = (f"INSERT INTO {quoted} (entity_key, feature_name, value, value_text, event_ts, created_ts) "
+              "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(entity_key, feature_name) DO UPDATE SET "
+              "value = excluded.value, value_text = excluded.value_text, event_ts = excluded.event_ts, "
+              "created_ts = excluded.created_ts;")
+    # Rows in primary-key order (entity_key, feature_name): B-tree inserts land next to each other,
+    # about 3x faster than feature-major order on a fresh table.
+    order = sorted(range(m), key=keys.__getitem__)
+    per_feature = {}
+    for name, value_type, encoded in zip(rows.names, rows.types, rows.encoded()):
+        column = rows.table.column(name).combine_chunks()
+        values, texts = encoded.to_pylist(), value_texts(column, value_type, encoded)
+        per_feature[name] = [(keys[i], name, values[i], texts[i], event_seconds[i], created_seconds[i])
+                             for i in order]
+    by_key = zip(*(per_feature[name] for name in sorted(per_feature)))
+    connection.executemany(upsert, chain.from_iterable(by_key))
     return m, n - m
 
 
@@ -760,26 +784,29 @@ def _fast_path(store) -> str | None:
 
 
 def online_write(store, view: str, frame: pd.DataFrame | pa.Table, batch_rows: int = WRITE_BATCH_ROWS,
-                 guard: str = "hmget") -> OnlineWrite:
+                 guard: str = "hmget", sqlite=None) -> OnlineWrite:
     """Push rows of one FeatureView to the online store (Feast's layout), never replacing a newer value.
 
     `frame` (pandas or Arrow) holds the view's join key(s), features, event timestamp and created timestamp.
+    SQLite: the view's rows are one transaction, or part of the caller's (`sqlite`, from sqlite_transaction).
     """
     feature_view = store.get_feature_view(view)
     table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
     path = _fast_path(store)
+    own = sqlite is None and path == "sqlite"
     written = skipped = 0
-    for start in range(0, table.num_rows, batch_rows):
-        batch = table.slice(start, batch_rows)
-        rows = _view_rows(store, feature_view, batch)
-        skipped += batch.num_rows - len(rows.keys)  # older rows of an entity that appears twice
-        if path == "redis":
-            done, older = _redis_write(store, feature_view, rows, guard)
-        elif path == "sqlite":
-            done, older = _sqlite_write(store, feature_view, rows)
-        else:
-            done, older = _feast_write(store, feature_view, rows)
-        written, skipped = written + done, skipped + older
+    with sqlite_transaction(store) if own else nullcontext(sqlite) as connection:
+        for start in range(0, table.num_rows, batch_rows):
+            batch = table.slice(start, batch_rows)
+            rows = _view_rows(store, feature_view, batch)
+            skipped += batch.num_rows - len(rows.keys)  # older rows of an entity that appears twice
+            if path == "redis":
+                done, older = _redis_write(store, feature_view, rows, guard)
+            elif path == "sqlite":
+                done, older = _sqlite_write(store, feature_view, rows, connection)
+            else:
+                done, older = _feast_write(store, feature_view, rows)
+            written, skipped = written + done, skipped + older
     return OnlineWrite(view=view, written=written, skipped_older=skipped)
 
 
@@ -842,8 +869,10 @@ def materialize_day(settings: Settings, day: date, tables: tuple[str, ...] | Non
     """Write day D's rows of every feature table into the online store; newer stored values are kept.
 
     Every partition's footer and columns are checked before the first write: a missing, cut-off or wrong file
-    stops the day with nothing written (a body that is damaged behind a whole footer is found when its table is
-    read; the tables before it are then written already, and re-running the day after a rebuild replaces them).
+    stops the day with nothing written. SQLite: the day is one transaction, so any later failure (a body that
+    is damaged behind a whole footer, a kill) leaves the store as it was. Redis: the tables are written one
+    after the other; after such a failure the tables before it hold the new day, and re-running the day
+    after a rebuild completes it (values are never rolled back either way).
     """
     from features.contract import PART_FILE
     from features.spark.build import FEATURE_TABLES
@@ -858,11 +887,14 @@ def materialize_day(settings: Settings, day: date, tables: tuple[str, ...] | Non
     store = feature_store(settings)
     for table, part in parts.items():
         _check_partition_columns(store, table, part, schemas[table])
-    fast = _fast_path(store) is not None
+    fast = _fast_path(store)
     started = time.perf_counter()
     results = {}
-    for table, part in parts.items():
-        results[table] = online_write(store, table, _read_partition(part, dictionaries=fast), guard=guard).to_dict()
+    # SQLite: the whole day in one transaction (a failure or a kill on the way leaves the store as it was).
+    with sqlite_transaction(store) if fast == "sqlite" else nullcontext() as connection:
+        for table, part in parts.items():
+            frame = _read_partition(part, dictionaries=fast is not None)
+            results[table] = online_write(store, table, frame, guard=guard, sqlite=connection).to_dict()
     seconds = time.perf_counter() - started
     rows = sum(r["written"] + r["skipped_older"] for r in results.values())
     return {"day": day.isoformat(), "tables": results, "rows": rows, "seconds": round(seconds, 3),

@@ -8,7 +8,11 @@ by a kill during `feast apply` (rebuilt; our apply never leaves half a registry)
 from __future__ import annotations
 
 import logging
+import signal
 import sqlite3
+import subprocess
+import sys
+from contextlib import closing
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -53,8 +57,8 @@ def table_frame(store, view: str, day: date, rows: int = 50) -> pd.DataFrame:
     return frame
 
 
-def online_dump(settings: Settings) -> dict:
-    with sqlite3.connect(settings.paths.feast / "online_store.db") as connection:
+def online_dump(settings: Settings, timeout: float = 5.0) -> dict:
+    with closing(sqlite3.connect(settings.paths.feast / "online_store.db", timeout=timeout)) as connection:
         tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         return {table: connection.execute(f'SELECT * FROM "{table}" ORDER BY entity_key, feature_name').fetchall()
                 for table in tables}
@@ -179,6 +183,68 @@ def test_cut_off_second_table_stops_materialize_before_any_online_write(applied_
         materialize_day(settings, DAY)
     assert str(failure.value).startswith(str(second)) and f"features build --date {DAY}" in str(failure.value)
     assert online_dump(settings) == before  # the first table was not written either
+
+
+def published_day(settings: Settings, store) -> dict:
+    """DAY materialised, DAY + 1's partitions written: the online store as a reader sees it before DAY + 1."""
+    for day in (DAY, DAY + timedelta(days=1)):
+        for table in FEATURE_TABLES:
+            write_offline_partition(settings.paths, table, day, table_frame(store, table, day))
+    materialize_day(settings, DAY)
+    return online_dump(settings)
+
+
+def test_a_day_failing_in_its_last_table_leaves_the_sqlite_store_as_it_was_and_readable(applied_repo, tmp_path,
+                                                                                      new_process, monkeypatch):
+    import features.materialize as materialize
+
+    settings = applied_copy(applied_repo, tmp_path / "data")
+    store = feature_store(settings)
+    before = published_day(settings, store)
+    real_online_write, seen = materialize.online_write, []
+
+    def online_write_failing_last(store, view, frame, **kwargs):
+        if view == FEATURE_TABLES[-1]:
+            # The first tables of the new day are written, not committed: a reader (the service) still gets
+            # the day before, at once (WAL: never "database is locked").
+            seen.append(online_dump(settings, timeout=0.5))
+            raise OSError("No space left on device")
+        return real_online_write(store, view, frame, **kwargs)
+
+    monkeypatch.setattr(materialize, "online_write", online_write_failing_last)
+    with pytest.raises(OSError, match="No space left"):
+        materialize_day(settings, DAY + timedelta(days=1))
+    assert seen == [before]
+    assert online_dump(settings) == before  # the first tables of the failed day were not kept either
+    monkeypatch.undo()
+    materialize_day(settings, DAY + timedelta(days=1))
+    assert online_dump(settings) != before
+
+
+KILLED_IN_LAST_TABLE = """
+import os, signal, sys
+from datetime import date
+from pathlib import Path
+import features.materialize as materialize
+from features.spark.build import FEATURE_TABLES
+from rankflow.config import Settings
+real = materialize.online_write
+def online_write(store, view, frame, **kwargs):
+    if view == FEATURE_TABLES[-1]:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(store, view, frame, **kwargs)
+materialize.online_write = online_write
+materialize.materialize_day(Settings(data_dir=Path(sys.argv[1])), date.fromisoformat(sys.argv[2]))
+"""
+
+
+def test_a_day_killed_in_its_last_table_leaves_the_sqlite_store_as_it_was(applied_repo, tmp_path, new_process):
+    settings = applied_copy(applied_repo, tmp_path / "data")
+    before = published_day(settings, feature_store(settings))
+    killed = subprocess.run([sys.executable, "-c", KILLED_IN_LAST_TABLE, str(settings.data_dir),
+                             str(DAY + timedelta(days=1))], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert online_dump(settings) == before
 
 
 def test_partition_lacking_a_declared_column_stops_materialize_naming_it(applied_repo, tmp_path, new_process):
