@@ -720,53 +720,65 @@ def sqlite_transaction(store):
                              f"{REBUILD_SQLITE_ONLINE_STORE}") from None
 
 
-def _sqlite_write(store, feature_view, rows: ViewRows, connection) -> tuple[int, int]:
-    from feast.infra.online_stores.helpers import compute_table_id
+class _SqliteTable:
+    """One view's SQLite table inside a write transaction (nothing else writes it meanwhile), so the stored event
+    time of every entity is read once, at the first batch, and kept up to date by this writer: one scan of the
+    table per view, not one per batch."""
 
-    config = store.config
-    table = compute_table_id(config.project, feature_view, config.registry.enable_online_feature_view_versioning)
-    quoted = '"' + table.replace('"', '""') + '"'
-    return _sqlite_upsert(connection, store, table, quoted, rows)
+    def __init__(self, connection, store, feature_view) -> None:
+        from feast.infra.online_stores.helpers import compute_table_id
 
+        config = store.config
+        self.connection, self.path = connection, _sqlite_path(store)
+        self.table = compute_table_id(config.project, feature_view,
+                                      config.registry.enable_online_feature_view_versioning)
+        self.quoted = '"' + self.table.replace('"', '""') + '"'
+        self._stored: dict[bytes, int] | None = None
 
-def _sqlite_upsert(connection, store, table: str, quoted: str, rows: ViewRows) -> tuple[int, int]:
-    n = len(rows.keys)
-    try:
-        stored = dict(connection.execute(f"SELECT entity_key, MAX(event_ts) FROM {quoted} GROUP BY entity_key"))
-    except sqlite3.OperationalError as error:
-        if "no such table" not in str(error):
-            raise
-        raise RuntimeError(f"{_sqlite_path(store)}: no table {table} ({error}); feast apply creates it "
-                           "(features.store.feature_store(settings) applies the repo)") from error
-    keys = rows.keys.to_pylist()
-    event_seconds = _epoch_seconds(rows.event_nanos)
-    if stored:
-        # Feast keeps whole epoch seconds: compare at that resolution (equal passes).
-        keep = np.fromiter((stored.get(k) is None or s >= int(stored[k])
-                            for k, s in zip(keys, event_seconds)), bool, n)
-        if not keep.all():
-            index = np.flatnonzero(keep)
-            rows = rows.take(index)
-            keys = [keys[i] for i in index.tolist()]
-            event_seconds = [event_seconds[i] for i in index.tolist()]
-    m = len(keys)
-    created_seconds = _epoch_seconds(rows.created_nanos) if rows.created_nanos.any() else [None] * m
-    upsert = (f"INSERT INTO {quoted} (entity_key, feature_name, value, value_text, event_ts, created_ts) "
-              "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(entity_key, feature_name) DO UPDATE SET "
-              "value = excluded.value, value_text = excluded.value_text, event_ts = excluded.event_ts, "
-              "created_ts = excluded.created_ts;")
-    # Rows in primary-key order (entity_key, feature_name): B-tree inserts land next to each other,
-    # about 3x faster than feature-major order on a fresh table.
-    order = sorted(range(m), key=keys.__getitem__)
-    per_feature = {}
-    for name, value_type, encoded in zip(rows.names, rows.types, rows.encoded()):
-        column = rows.table.column(name).combine_chunks()
-        values, texts = encoded.to_pylist(), value_texts(column, value_type, encoded)
-        per_feature[name] = [(keys[i], name, values[i], texts[i], event_seconds[i], created_seconds[i])
-                             for i in order]
-    by_key = zip(*(per_feature[name] for name in sorted(per_feature)))
-    connection.executemany(upsert, chain.from_iterable(by_key))
-    return m, n - m
+    def stored(self) -> dict[bytes, int]:
+        if self._stored is None:
+            try:
+                self._stored = {key: int(seconds) for key, seconds in self.connection.execute(
+                    f"SELECT entity_key, MAX(event_ts) FROM {self.quoted} GROUP BY entity_key")}
+            except sqlite3.OperationalError as error:
+                if "no such table" not in str(error):
+                    raise
+                raise RuntimeError(f"{self.path}: no table {self.table} ({error}); feast apply creates it "
+                                   "(features.store.feature_store(settings) applies the repo)") from error
+        return self._stored
+
+    def write(self, rows: ViewRows) -> tuple[int, int]:
+        n = len(rows.keys)
+        stored = self.stored()
+        keys = rows.keys.to_pylist()
+        event_seconds = _epoch_seconds(rows.event_nanos)
+        if stored:
+            # Feast keeps whole epoch seconds: compare at that resolution (equal passes).
+            keep = np.fromiter((stored.get(k) is None or s >= stored[k] for k, s in zip(keys, event_seconds)), bool, n)
+            if not keep.all():
+                index = np.flatnonzero(keep)
+                rows = rows.take(index)
+                keys = [keys[i] for i in index.tolist()]
+                event_seconds = [event_seconds[i] for i in index.tolist()]
+        m = len(keys)
+        created_seconds = _epoch_seconds(rows.created_nanos) if rows.created_nanos.any() else [None] * m
+        upsert = (f"INSERT INTO {self.quoted} (entity_key, feature_name, value, value_text, event_ts, created_ts) "
+                  "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(entity_key, feature_name) DO UPDATE SET "
+                  "value = excluded.value, value_text = excluded.value_text, event_ts = excluded.event_ts, "
+                  "created_ts = excluded.created_ts;")
+        # Rows in primary-key order (entity_key, feature_name): B-tree inserts land next to each other,
+        # about 3x faster than feature-major order on a fresh table.
+        order = sorted(range(m), key=keys.__getitem__)
+        per_feature = {}
+        for name, value_type, encoded in zip(rows.names, rows.types, rows.encoded()):
+            column = rows.table.column(name).combine_chunks()
+            values, texts = encoded.to_pylist(), value_texts(column, value_type, encoded)
+            per_feature[name] = [(keys[i], name, values[i], texts[i], event_seconds[i], created_seconds[i])
+                                 for i in order]
+        by_key = zip(*(per_feature[name] for name in sorted(per_feature)))
+        self.connection.executemany(upsert, chain.from_iterable(by_key))
+        stored.update(zip(keys, event_seconds))
+        return m, n - m
 
 
 # ---------------------------------------------------------------------------------------------- entry points
@@ -796,6 +808,7 @@ def online_write(store, view: str, frame: pd.DataFrame | pa.Table, batch_rows: i
     own = sqlite is None and path == "sqlite"
     written = skipped = 0
     with sqlite_transaction(store) if own else nullcontext(sqlite) as connection:
+        sqlite_table = _SqliteTable(connection, store, feature_view) if path == "sqlite" else None
         for start in range(0, table.num_rows, batch_rows):
             batch = table.slice(start, batch_rows)
             rows = _view_rows(store, feature_view, batch)
@@ -803,7 +816,7 @@ def online_write(store, view: str, frame: pd.DataFrame | pa.Table, batch_rows: i
             if path == "redis":
                 done, older = _redis_write(store, feature_view, rows, guard)
             elif path == "sqlite":
-                done, older = _sqlite_write(store, feature_view, rows, connection)
+                done, older = sqlite_table.write(rows)
             else:
                 done, older = _feast_write(store, feature_view, rows)
             written, skipped = written + done, skipped + older
