@@ -708,7 +708,8 @@ def sqlite_transaction(store):
             try:
                 yield connection
             except BaseException:
-                connection.execute("ROLLBACK")
+                if connection.in_transaction:  # SQLite ends it by itself on some I/O errors: keep the first error
+                    connection.execute("ROLLBACK")
                 raise
             connection.execute("COMMIT")
         except sqlite3.OperationalError:
