@@ -35,7 +35,9 @@ event_ts per entity, and one transaction per view, or per day in `materialize_da
 readers keep the committed values meanwhile). Feast's Redis writer skips equal times and its SQLite writer
 checks nothing; ours treats both stores alike.
 
-`materialize_day(settings, day)` pushes one day of the Spark feature tables; `stock_materialize` runs
+`materialize_day(settings, day)` pushes one day of the Spark feature tables, and of each personalisation view
+(glmix_member, glmix_job, meta_embedding) that has a partition of that day, so materialising a range of days
+fills a new online store with everything the service reads; `stock_materialize` runs
 Feast's own `FeatureStore.materialize` over the same rows for the benchmark (benchmarks/bench_features.py).
 """
 
@@ -878,9 +880,26 @@ def _check_partition_columns(store, table: str, path: Path, schema: pa.Schema) -
                          f"(`rankflow features build --date {path.parent.name.removeprefix('dt=')}`)")
 
 
+# Views the personalisation stages write (rankflow personalise, rankflow meta): materialising a day pushes their
+# partition of the day too when it exists, so materialising a range of days fills a new online store (Redis
+# after SQLite, say) with every view the service reads, not only the feature tables.
+PERSONALISATION_VIEWS = ("glmix_member", "glmix_job", "meta_embedding")
+
+
+def day_tables(settings: Settings, day: date) -> tuple[str, ...]:
+    """What materialising `day` writes: every feature table, and each personalisation view with a partition of D."""
+    from features.contract import PART_FILE
+    from features.spark.build import FEATURE_TABLES
+
+    present = tuple(view for view in PERSONALISATION_VIEWS
+                    if (settings.paths.feature_partition(view, day) / PART_FILE).exists())
+    return FEATURE_TABLES + present
+
+
 def materialize_day(settings: Settings, day: date, tables: tuple[str, ...] | None = None,
                     guard: str = "hmget") -> dict:
-    """Write day D's rows of every feature table into the online store; newer stored values are kept.
+    """Write day D's rows of every feature table (and of each personalisation view that has a partition of D)
+    into the online store; newer stored values are kept.
 
     Every partition's footer and columns are checked before the first write: a missing, cut-off or wrong file
     stops the day with nothing written. SQLite: the day is one transaction, so any later failure (a body that
@@ -889,10 +908,10 @@ def materialize_day(settings: Settings, day: date, tables: tuple[str, ...] | Non
     after a rebuild completes it (values are never rolled back either way).
     """
     from features.contract import PART_FILE
-    from features.spark.build import FEATURE_TABLES
     from features.store import feature_store
 
-    parts = {table: settings.paths.feature_partition(table, day) / PART_FILE for table in tables or FEATURE_TABLES}
+    parts = {table: settings.paths.feature_partition(table, day) / PART_FILE
+             for table in tables or day_tables(settings, day)}
     for part in parts.values():  # before the store opens (and maybe runs feast apply): nothing written, at once
         if not part.exists():
             raise FileNotFoundError(f"{part.parent}: build the day before materialising it "
