@@ -1,4 +1,4 @@
-"""Serving load benchmark: POST /rank latency (p50/p99) and throughput against Redis, loopback only.
+"""Serving load benchmark: POST /rank latency (p50/p99) and throughput, Redis or SQLite online store, loopback only.
 
 For 100 and 500 candidates per request, with adaptive batching on and off, it starts the service
 (`rankflow.stages.publish.start_service`, as `rankflow serve` does) and sends
@@ -13,10 +13,17 @@ to its whole answer. Every answer is checked (HTTP 200, k items); a valid answer
 CPU (service processes, Redis, this load generator; from /proc) and the load average while it ran: the
 2 cores are shared with whatever else runs on the machine. The script stops by itself (bounded count and
 time) and exits 1 when any request erred. The data dir (--data-dir) is prepared once by the real stages
-(generate 1,000 jobs, Spark features for two days, Feast online store = Redis db 8, a small ranker).
+(generate 1,000 jobs, Spark features for two days, Feast online store = Redis db 8 or, with
+`--online-store sqlite`, the embedded SQLite file, a small ranker).
+
+Before the service runs, a feature-read table times the online read alone (serving.online.OnlineFeatures,
+in this process, no job cache) by the direct reader (serving.redis_rows / serving.sqlite_rows) and by
+Feast's SDK, for each --candidates value: what decides whether a request meets the 50 ms feature deadline.
 
     python benchmarks/bench_serving.py                                   # the full matrix + the 20,000 run
     python benchmarks/bench_serving.py --open-seconds 5 --closed-requests 100 --long-requests 0   # quick look
+    python benchmarks/bench_serving.py --online-store sqlite --candidates 100 500 1000 --rates 100 50 20 \
+        --batching off --long-requests 0                                 # the embedded default store
 """
 
 from __future__ import annotations
@@ -49,8 +56,8 @@ GENERATOR = {"members": 2_000, "jobs": 1_000, "days": 2, "impressions_per_day": 
 K = 10
 
 
-def prepare(root: Path):
-    """A data dir with features online in Redis db 8 and a promoted ranker (built once, then reused)."""
+def prepare(root: Path, online: str = REDIS_URL):
+    """A data dir with features online (`online`: Redis db 8 or 'sqlite') and a promoted ranker (built once)."""
     import redis
     import yaml
 
@@ -60,14 +67,15 @@ def prepare(root: Path):
     from rankflow.stages import features, ranker
     from training.ranker.train import TrainConfig
 
-    settings = load_settings(root, online_store=REDIS_URL, spark_master="local[2]")
+    settings = load_settings(root, online_store=online, spark_master="local[2]")
     if not (root / "models" / "serving.json").exists():
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
         (root / "rankflow.yaml").write_text(yaml.safe_dump({"generator": GENERATOR}, sort_keys=False))
         generate(GeneratorSettings(**GENERATOR), DataPaths(root))
-        settings = load_settings(root, online_store=REDIS_URL, spark_master="local[2]")
-        redis.Redis.from_url(REDIS_URL).flushdb()
+        settings = load_settings(root, online_store=online, spark_master="local[2]")
+        if online != "sqlite":
+            redis.Redis.from_url(online).flushdb()
         features.run_range(settings, list(DAYS), steps=("build", "materialize"))
         trained = ranker.train(settings, DAYS[1], DAYS[1], eval_days=0, warm_start=False,
                                train_config=TrainConfig(epochs=3),
@@ -86,6 +94,43 @@ def ids(settings) -> tuple[list[int], list[int]]:
     members = pd.read_parquet(paths.feature_partition("member_features", DAYS[-1]))["member_id"].astype(int).tolist()
     items = pd.read_parquet(paths.feature_partition("job_features", DAYS[-1]))["item_id"].astype(int).tolist()
     return members, items
+
+
+# ---------------------------------------------------------------------------------------------- feature reads
+
+def feature_reads(settings, members, items, candidate_counts, reads: int = 200) -> str:
+    """Median / p99 ms of OnlineFeatures.read (no job cache) by the direct reader and by Feast's SDK."""
+    from features.store import feature_store
+    from serving.online import OnlineFeatures
+
+    store = feature_store(settings)
+    direct = OnlineFeatures(store, deadline_ms=60_000)
+    sdk = OnlineFeatures(store, deadline_ms=60_000)
+    sdk.direct = None
+    name = type(direct.direct).__module__ if direct.direct else "none (the SDK path only)"
+    rng = random.Random(3)
+    lines = ["| candidates | reader | reads | p50 ms | p99 ms | within the 50 ms deadline |", "|---|---|---|---|---|---|"]
+
+    async def timed(reader, bodies) -> list[float]:
+        out = []
+        for member_id, candidates in bodies:
+            started = time.perf_counter()
+            read = await reader.read(member_id, candidates)
+            out.append((time.perf_counter() - started) * 1000)
+            assert not read.degraded, read.degraded_reasons
+        return out
+
+    for count in candidate_counts:
+        bodies = [(rng.choice(members), rng.sample(items, count)) for _ in range(reads)]
+        for label, reader in ((name, direct), ("Feast SDK", sdk)):
+            if label.startswith("none"):
+                continue
+            asyncio.run(timed(reader, bodies[:10]))  # warm-up: connections, protobuf classes
+            ms = np.array(asyncio.run(timed(reader, bodies)))
+            lines.append(f"| {count} | {label} | {len(ms)} | {np.percentile(ms, 50):.1f} | {np.percentile(ms, 99):.1f} "
+                         f"| {np.mean(ms <= 50.0) * 100:.1f}% |")
+            print(lines[-1], flush=True)
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------- CPU and load
@@ -290,7 +335,9 @@ def within(before: dict, after: dict, bound: float) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=Path("/tmp/serving/bench-data"))
+    parser.add_argument("--online-store", choices=["redis", "sqlite"], default="redis")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="default /tmp/serving/bench-data (Redis) or /tmp/serving/bench-data-sqlite")
     parser.add_argument("--candidates", type=int, nargs="+", default=[100, 500])
     parser.add_argument("--rates", type=float, nargs="+", default=[100.0, 50.0],
                         help="open-loop requests per second, one per --candidates value")
@@ -312,9 +359,15 @@ def main() -> int:
     from rankflow.stages.publish import ServeOptions, free_port, start_service
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    settings = prepare(args.data_dir)
+    sqlite = args.online_store == "sqlite"
+    data_dir = args.data_dir or Path("/tmp/serving/bench-data" + ("-sqlite" if sqlite else ""))
+    settings = prepare(data_dir, "sqlite" if sqlite else REDIS_URL)
     members, items = ids(settings)
     machine = describe_machine()
+    result_name = "serving-sqlite" if sqlite else "serving"
+    store = "the SQLite online store (<data_dir>/feast)" if sqlite else "Redis 127.0.0.1:6379 db 8"
+    args.reads_table = feature_reads(settings, members, items, args.candidates)
+    args.store = store
     rows, started_load, path = [], os.getloadavg()[0], None
     for batching in args.batching:
         options = ServeOptions(port=free_port(), adaptive_batching=batching == "on")
@@ -335,7 +388,7 @@ def main() -> int:
                 rows.append({"kind": "matrix", "candidates": candidates, "batching": batching, "rate": rate,
                              "open": opened, "closed": closed})
                 print(_row(rows[-1]), flush=True)
-                path = write_result("serving", _report(rows, args, members, items, started_load), machine)
+                path = write_result(result_name, _report(rows, args, members, items, started_load), machine)
             if batching == args.long_batching and args.long_requests:
                 before = service_histogram(service.url, "rankflow_rank_request_seconds")
                 shared = busiest_processes()
@@ -346,7 +399,7 @@ def main() -> int:
                              "open": long_run, "closed": None, "shared": shared,
                              "inside": {b: within(before, after, b) for b in (0.01, 0.02, 0.03, 0.05)}})
                 print(_row(rows[-1]), flush=True)
-                path = write_result("serving", _report(rows, args, members, items, started_load), machine)
+                path = write_result(result_name, _report(rows, args, members, items, started_load), machine)
     print(_report(rows, args, members, items, started_load))
     print(f"written to {path}")
     return 1 if any(r["open"].failures or (r["closed"] and r["closed"].failures) for r in rows) else 0
@@ -370,7 +423,9 @@ def _report(rows, args, members, items, started_load) -> str:
               "| closed p99 ms | closed errors | CPU ms per request: service / Redis / load generator "
               "| load avg (1 min) mean / max |\n"
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-    table = header + "".join(_row(r) + "\n" for r in rows)
+    table = ("Online feature reads alone (serving.online.OnlineFeatures.read in this process, job cache off, "
+             f"{args.store}):\n\n" + args.reads_table + "\nThe service under load:\n\n"
+             + header + "".join(_row(r) + "\n" for r in rows))
     sent = sum(r["open"].sent + (r["closed"].sent if r["closed"] else 0) for r in rows)
     errors = sum(len(r["open"].failures) + (len(r["closed"].failures) if r["closed"] else 0) for r in rows)
     note = (f"\n{sent} requests measured in all ({args.warmup} warm-up requests per configuration not counted), "
@@ -379,8 +434,8 @@ def _report(rows, args, members, items, started_load) -> str:
             "'degraded' counts valid answers served on default features because the online read missed the feature "
             "deadline (ServingConfig.feature_deadline_ms, 50 ms). Each configuration: warm-up, a closed loop "
             f"({args.closed_requests} requests) for throughput, an open loop at the row's rate for "
-            f"{args.open_seconds:.0f} s for latency. The service (HTTP front + scorer processes), Redis "
-            "127.0.0.1:6379 db 8 and this load generator (aiohttp) share the machine over loopback; CPU per request "
+            f"{args.open_seconds:.0f} s for latency. The service (HTTP front + scorer processes), {args.store} "
+            "and this load generator (aiohttp) share the machine over loopback; CPU per request "
             "is from /proc over the open-loop run. Load average (1 min) when the benchmark started: "
             f"{started_load:.1f}; its mean / max during each run is in the last column: other jobs (other sessions' "
             f"Spark, tests) were running on the same 2 cores. {len(items)} jobs, {len(members)} members.\n")

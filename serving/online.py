@@ -3,14 +3,15 @@
 One request reads the member's row of every member view (member_features, member_affinities, and
 glmix_member / meta_embedding once personalisation wrote them) and the candidates' rows of every job view
 (job_features, glmix_job). On a plain Redis store that is one round trip (serving.redis_rows: pipelined
-HMGETs in Feast's layout, decoded by Feast's converter); on any other store (SQLite by default) two
-Feast SDK reads issued together. Job rows are shared by every member, so they are kept in memory for
+HMGETs in Feast's layout, decoded by Feast's converter); on the SQLite store (the default) one query per
+view in one read snapshot (serving.sqlite_rows); on any other store two Feast SDK reads issued together. Job rows are shared by every member, so they are kept in memory for
 `candidate_cache_seconds` (a bounded staleness: the online store changes once a day, at materialisation);
 member rows are always read.
 
 If the store fails or misses `feature_deadline_ms`, the missing part gets default features (what the
 model sees for an entity it has never met: unknown categories, zero counts) and the read says why in
-`degraded_reasons`; it never raises. `cold_start` is a member the store answered for but has no row of.
+`degraded_reasons`; it never raises. A late read that runs in a thread (SQLite) is not abandoned: when it
+ends, its job rows go into the job cache, so the next request for those jobs finds them. `cold_start` is a member the store answered for but has no row of.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import pandas as pd
 
 from rankflow.logs import get_logger
 from serving.redis_rows import RedisRows
+from serving.sqlite_rows import SqliteRows
 
 log = get_logger(__name__)
 
@@ -96,10 +98,11 @@ class OnlineFeatures:
         self._cache: OrderedDict[int, tuple[float, dict]] = OrderedDict()
         self._use_async = True
         self._empty_job = dict.fromkeys(self.job_columns)
-        self.redis = RedisRows.for_store(store, [registered[v] for v in self.member_views],
-                                         [registered[v] for v in self.job_views], cache_size)
+        views = ([registered[v] for v in self.member_views], [registered[v] for v in self.job_views])
+        self.direct: RedisRows | SqliteRows | None = (RedisRows.for_store(store, *views, cache_size)
+                                                       or SqliteRows.for_store(store, *views, cache_size))
         log.info("online reads of %s: %s", store.repo_path,
-                 "direct Redis (serving.redis_rows)" if self.redis else "Feast SDK")
+                 f"direct ({type(self.direct).__module__})" if self.direct else "Feast SDK")
 
     # ---- raw reads -----------------------------------------------------------------------------------
     async def _online(self, refs: list[str], rows: list[dict]) -> dict[str, list]:
@@ -139,9 +142,16 @@ class OnlineFeatures:
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
-    async def _read_redis(self, member_id: int, item_ids: list[int]) -> tuple[dict | None, dict[int, dict]]:
-        member, rows = await self.redis.read(member_id, item_ids)
+    async def _read_direct(self, member_id: int, item_ids: list[int]) -> tuple[dict | None, dict[int, dict]]:
+        member, rows = await self.direct.read(member_id, item_ids)
         return (member if member[self._member_probe] is not None else None), dict(zip(item_ids, rows))
+
+    def _remember_late(self, task: asyncio.Future, now: float) -> None:
+        """A read that ended after its request's deadline: its known job rows go into the cache all the same."""
+        if task.cancelled() or task.exception() is not None:
+            return
+        fetched = task.result()[1]
+        self._remember({i: r for i, r in fetched.items() if r[self._job_probe] is not None}, now)
 
     async def read(self, member_id: int, candidates: list[int]) -> FeatureRead:
         """Member and candidate features within the deadline; defaults (flagged) for what did not arrive."""
@@ -149,8 +159,8 @@ class OnlineFeatures:
         now = time.monotonic()
         jobs = self._cached(candidates, now) if self.cache_seconds > 0 else {}
         missing = [c for c in candidates if c not in jobs]
-        if self.redis is not None:  # one round trip for both parts: they succeed or fail together
-            both = asyncio.ensure_future(self._read_redis(member_id, missing))
+        if self.direct is not None:  # one read for both parts: they succeed or fail together
+            both = asyncio.ensure_future(self._read_direct(member_id, missing))
             tasks = {"member": both, "jobs": both} if missing else {"member": both}
         else:
             tasks = {"member": asyncio.ensure_future(self._read_member(member_id))}
@@ -159,7 +169,10 @@ class OnlineFeatures:
         done, pending = await asyncio.wait(set(tasks.values()), timeout=self.deadline)
         reasons = []
         for task in pending:
-            task.cancel()
+            if self.direct is None or self.direct.cancel_at_deadline:
+                task.cancel()
+            elif "jobs" in tasks and task is tasks["jobs"] and self.cache_seconds > 0:
+                task.add_done_callback(lambda late, at=now: self._remember_late(late, at))
         for name, task in tasks.items():
             if task in pending:
                 reasons.append(f"{name} features: no answer within {self.deadline * 1000:.0f} ms")
@@ -169,9 +182,9 @@ class OnlineFeatures:
         member_ok = tasks["member"] in done and tasks["member"].exception() is None
         member = None
         if member_ok:
-            member = tasks["member"].result()[0] if self.redis is not None else tasks["member"].result()
+            member = tasks["member"].result()[0] if self.direct is not None else tasks["member"].result()
         if "jobs" in tasks and tasks["jobs"] in done and tasks["jobs"].exception() is None:
-            fetched = tasks["jobs"].result()[1] if self.redis is not None else tasks["jobs"].result()
+            fetched = tasks["jobs"].result()[1] if self.direct is not None else tasks["jobs"].result()
             jobs.update(fetched)
             self._remember({i: r for i, r in fetched.items() if r[self._job_probe] is not None}, now)
         if reasons:

@@ -11,7 +11,7 @@ so a request here is one write of pre-packed HMGETs (the member's hash and every
 asking for the fields of all views of that entity at once) and one read of the replies (hiredis parses).
 A field's bytes become a Python value through Feast's own converter (`feast_value_type_to_python_type`),
 so a row equals the SDK's row by construction; an entity whose bytes did not change since the last read
-keeps its decoded row object (the cache compares the raw bytes, so it never serves a stale value).
+keeps its decoded row object (serving.stored_rows compares the raw bytes, so it never serves a stale value).
 
 `RedisRows.for_store(store, ...)` returns None when the configured store is not a plain Redis this reader
 reproduces exactly (cluster, sentinel, TLS, key TTLs, view versioning, a feature view TTL, a join key that
@@ -21,11 +21,11 @@ is not one int64): the service then reads through Feast's SDK.
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from features.entity_key import INT64, int64_entity_key
+from features.entity_key import int64_entity_key
+from serving.stored_rows import DecodedRows, check_keys_are_feasts, int64_join_key
 
 MAX_IDLE_CONNECTIONS = 32
 
@@ -86,6 +86,8 @@ class _Connection:
 class RedisRows:
     """Rows of the member views and job views for one request, in one round trip to Redis."""
 
+    cancel_at_deadline = True  # a late read holds a connection that is out of step: dropped, not waited for
+
     def __init__(self, host: str, port: int, db: int, password: str | None, project: str,
                  member: EntityLayout, job: EntityLayout, cache_size: int = 100_000):
         self.host, self.port, self.db, self.password = host, port, db, password
@@ -95,7 +97,8 @@ class RedisRows:
         self._idle: list[_Connection] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._commands: dict[tuple[str, int], bytes] = {}
-        self._rows: dict[str, OrderedDict[int, tuple[tuple, dict]]] = {"member": OrderedDict(), "job": OrderedDict()}
+        self._rows = {kind: DecodedRows(layout.names, layout.value_types, cache_size)
+                      for kind, layout in (("member", member), ("job", job))}
 
     # ---- construction -------------------------------------------------------------------------------
     @classmethod
@@ -118,11 +121,10 @@ class RedisRows:
             return None  # ssl, usernames, timeouts...: Feast's client handles those
         layouts = []
         for views in (member_views, job_views):
-            join_keys = {entity.join_key: entity.value_type.value
-                         for entity in (store.get_entity(name) for view in views for name in view.entities)}
-            if len(join_keys) != 1 or next(iter(join_keys.values())) != INT64:
+            join_key = int64_join_key(store, views)
+            if join_key is None:
                 return None
-            layouts.append(cls._layout(next(iter(join_keys)), views))
+            layouts.append(cls._layout(join_key, views))
         reader = cls(nodes[0]["host"], int(nodes[0]["port"]), int(params.get("db", 0)), params.get("password"),
                      config.project, *layouts, cache_size=cache_size)
         reader._check_keys(config)
@@ -141,19 +143,9 @@ class RedisRows:
         return EntityLayout(join_key, tuple(names), b"".join(map(_bulk, fields)), tuple(value_types))
 
     def _check_keys(self, config) -> None:
-        """Our key bytes must be Feast's (serialize_entity_key): checked once, on a few ids."""
-        from feast.infra.key_encoding_utils import serialize_entity_key
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-        from feast.protos.feast.types.Value_pb2 import Value
-
         for layout in (self.member, self.job):
-            for entity in (0, 7, -3, 2**40 + 5):
-                feast_key = serialize_entity_key(
-                    EntityKey(join_keys=[layout.join_key], entity_values=[Value(int64_val=entity)]),
-                    entity_key_serialization_version=config.entity_key_serialization_version) + self.project
-                if feast_key != layout.key(entity, self.project):
-                    raise RuntimeError(f"serving.redis_rows: key of {layout.join_key}={entity} differs from "
-                                       f"Feast's serialize_entity_key; the reader cannot be used")
+            check_keys_are_feasts("serving.redis_rows", layout.join_key,
+                                  lambda entity, layout=layout: layout.key(entity, self.project), config, self.project)
 
     # ---- connections --------------------------------------------------------------------------------
     async def _connect(self) -> _Connection:
@@ -191,25 +183,6 @@ class RedisRows:
             self._commands[(kind, entity)] = command
         return command
 
-    def _row(self, kind: str, layout: EntityLayout, entity: int, raw: list) -> dict[str, Any]:
-        """The entity's row as Feast's SDK returns it (None per missing value); same object while unchanged."""
-        cache = self._rows[kind]
-        key = tuple(raw)
-        held = cache.get(entity)
-        if held is not None and held[0] == key:
-            cache.move_to_end(entity)
-            return held[1]
-        from feast.protos.feast.types.Value_pb2 import Value
-        from feast.type_map import feast_value_type_to_python_type
-
-        row = {name: feast_value_type_to_python_type(Value.FromString(value), value_type) if value else None
-               for name, value, value_type in zip(layout.names, raw, layout.value_types)}
-        cache[entity] = (key, row)
-        cache.move_to_end(entity)
-        if len(cache) > self.cache_size:
-            cache.popitem(last=False)
-        return row
-
     async def read(self, member_id: int | None, item_ids: list[int]) -> tuple[dict | None, list[dict]]:
         """(member row or None when no member was asked, one row per item id), in one round trip."""
         commands = [self._command("job", self.job, item) for item in item_ids]
@@ -227,5 +200,6 @@ class RedisRows:
             connection.close()
         member = None
         if member_id is not None:
-            member = self._row("member", self.member, member_id, replies.pop(0))
-        return member, [self._row("job", self.job, item, raw) for item, raw in zip(item_ids, replies)]
+            member = self._rows["member"].row(member_id, replies.pop(0))
+        jobs = self._rows["job"]
+        return member, [jobs.row(item, raw) for item, raw in zip(item_ids, replies)]

@@ -28,7 +28,8 @@ def parse_id(value: Any) -> int:
         raise ValueError(f"expected an integer id, got {what}")
     if isinstance(value, str):
         text = value.strip()
-        if not text.lstrip("-").isdigit():
+        digits = text.removeprefix("-")
+        if not (digits.isascii() and digits.isdigit()):  # "１２" or "٣" pass str.isdigit; int() would take them
             raise ValueError(f"expected an integer id, got the string {value!r}")
         value = int(text)
     if not isinstance(value, int):

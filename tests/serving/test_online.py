@@ -56,6 +56,26 @@ def test_skew_check_through_the_running_service(service, served_settings):
     assert report.ok, report.summary()
 
 
+async def direct_rows_equal_sdk_rows_and_follow_a_change(direct, sdk, members, items, change) -> None:
+    """The direct reader's rows equal the Feast SDK's (known, unknown and cold members, an unknown job); an
+    unchanged job keeps its row object (the encoder's cache key); after `change()` (j_age_days of items[0] set
+    to 1234.5 in the store) that job gets a new row at once and the others keep theirs."""
+    candidates = items[:40] + [55_555_555]
+    for member_id in (members[0], members[7], 987_654_321):
+        ours, theirs = await direct.read(member_id, candidates), await sdk.read(member_id, candidates)
+        assert not ours.degraded and not theirs.degraded, (ours.degraded_reasons, theirs.degraded_reasons)
+        assert ours.member == theirs.member and ours.cold_start == theirs.cold_start
+        assert ours.job_rows == theirs.job_rows
+        assert ours.unknown_candidates == theirs.unknown_candidates == [55_555_555]
+    assert sum(v is not None for v in ours.job_rows[0].values()) > 10
+    first, again = await direct.read(members[0], items[:2]), await direct.read(members[0], items[:2])
+    assert again.job_rows[0] is first.job_rows[0]
+    change()
+    changed = await direct.read(members[0], items[:2])
+    assert changed.job_rows[0]["j_age_days"] == 1234.5 and changed.job_rows[0] is not first.job_rows[0]
+    assert changed.job_rows[1] is first.job_rows[1]
+
+
 def test_direct_redis_rows_equal_feast_sdk_rows_and_follow_changes(served_settings, known_ids):
     import redis
     from feast.infra.online_stores.helpers import _mmh3
@@ -63,37 +83,24 @@ def test_direct_redis_rows_equal_feast_sdk_rows_and_follow_changes(served_settin
 
     from features.store import feature_store
     from serving.online import OnlineFeatures
+    from serving.redis_rows import RedisRows
 
     members, items = known_ids
     store = feature_store(served_settings)
     direct = OnlineFeatures(store, deadline_ms=5_000)
-    assert direct.redis is not None, "a plain Redis store must be read directly"
+    assert isinstance(direct.direct, RedisRows), "a plain Redis store must be read directly"
     sdk = OnlineFeatures(store, deadline_ms=5_000)
-    sdk.redis = None  # the Feast SDK path, for comparison
-    candidates = items[:40] + [55_555_555]
+    sdk.direct = None  # the Feast SDK path, for comparison
     client = redis.Redis.from_url(served_settings.online_store)
-    key = direct.redis.job.key(items[0], direct.redis.project)
+    key = direct.direct.job.key(items[0], direct.direct.project)
     field = _mmh3("job_features:j_age_days")
     held = client.hget(key, field)
 
-    async def reads():  # one event loop: Feast's async Redis client belongs to the loop that made it
-        for member_id in (members[0], members[7], 987_654_321):
-            ours, theirs = await direct.read(member_id, candidates), await sdk.read(member_id, candidates)
-            assert not ours.degraded and not theirs.degraded, (ours.degraded_reasons, theirs.degraded_reasons)
-            assert ours.member == theirs.member and ours.cold_start == theirs.cold_start
-            assert ours.job_rows == theirs.job_rows
-            assert ours.unknown_candidates == theirs.unknown_candidates == [55_555_555]
-        assert sum(v is not None for v in ours.job_rows[0].values()) > 10
-        # an unchanged job keeps its row object (the encoder's cache key); a changed one gets a new row at once
-        first, again = await direct.read(members[0], items[:2]), await direct.read(members[0], items[:2])
-        assert again.job_rows[0] is first.job_rows[0]
+    def change():
         client.hset(key, field, Value(float_val=1234.5).SerializeToString())
-        changed = await direct.read(members[0], items[:2])
-        assert changed.job_rows[0]["j_age_days"] == 1234.5 and changed.job_rows[0] is not first.job_rows[0]
-        assert changed.job_rows[1] is first.job_rows[1]
 
-    try:
-        asyncio.run(reads())
+    try:  # one event loop: Feast's async Redis client belongs to the loop that made it
+        asyncio.run(direct_rows_equal_sdk_rows_and_follow_a_change(direct, sdk, members, items, change))
     finally:
         client.hset(key, field, held)
 
@@ -111,6 +118,7 @@ def test_redis_stopped_under_a_connected_reader_gives_defaults_then_recovers(ser
     from features.store import feature_store
     from rankflow.stages.publish import free_port
     from serving.online import OnlineFeatures
+    from serving.redis_rows import RedisRows
 
     binary = shutil.which("redis-server")
     if binary is None:
@@ -140,7 +148,7 @@ def test_redis_stopped_under_a_connected_reader_gives_defaults_then_recovers(ser
     store._provider = None
     try:
         reader = OnlineFeatures(store, deadline_ms=500)
-        assert reader.redis is not None and reader.redis.port == port
+        assert isinstance(reader.direct, RedisRows) and reader.direct.port == port
 
         async def reads():  # one event loop, so the reader's pooled connection outlives the server
             before = await reader.read(members[0], items[:10])
@@ -165,3 +173,94 @@ def test_redis_stopped_under_a_connected_reader_gives_defaults_then_recovers(ser
     assert not after.degraded, after.degraded_reasons
     assert after.member == before.member
     assert after.jobs.equals(before.jobs)
+
+
+@pytest.fixture
+def sqlite_settings(served_settings, tmp_path):
+    """A copy of the served data dir with a new, empty SQLite online store filled by materialising its days."""
+    import shutil
+
+    from features.materialize import materialize_day
+    from rankflow.config import load_settings
+    from serving_testdata import DAYS
+
+    root = tmp_path / "data"
+    shutil.copytree(served_settings.data_dir, root, ignore=shutil.ignore_patterns("run", "feast"))
+    settings = load_settings(root, online_store="sqlite", spark_master="local[2]")
+    for day in DAYS:
+        written = materialize_day(settings, day)
+        assert {"glmix_member", "glmix_job"} <= set(written["tables"]), written["tables"]
+    return settings
+
+
+def test_materialising_the_days_fills_a_new_store_with_the_personalisation_views_too(sqlite_settings, known_ids):
+    """A new online store (a switch of store, a lost one) gets the GLMix random effects from `features
+    materialize` alone, not only at the next `personalise`: served features equal the offline ones."""
+    from serving_testdata import SERVED_DAY
+    from features.store import feature_store
+    from serving.online import OnlineFeatures
+    from serving.skew import skew_check
+
+    report = skew_check(sqlite_settings, SERVED_DAY, sample=8)
+    assert report.ok and report.values_compared > 8 * 40, report.summary()
+    members, _ = known_ids
+    reader = OnlineFeatures(feature_store(sqlite_settings), deadline_ms=5_000)
+    rows = [asyncio.run(reader.read(member, [])).member for member in members[:20]]
+    assert "member_re_mean" in reader.member_columns
+    assert sum(row is not None and row["member_re_mean"] is not None for row in rows) >= 10
+
+
+def test_direct_sqlite_rows_equal_feast_sdk_rows_and_follow_changes(sqlite_settings, known_ids):
+    import sqlite3
+
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from features.store import feature_store
+    from serving.online import OnlineFeatures
+    from serving.sqlite_rows import SqliteRows
+
+    members, items = known_ids
+    store = feature_store(sqlite_settings)
+    direct = OnlineFeatures(store, deadline_ms=5_000)
+    assert isinstance(direct.direct, SqliteRows), "the SQLite store must be read directly"
+    sdk = OnlineFeatures(store, deadline_ms=5_000)
+    sdk.direct = None  # the Feast SDK path, for comparison
+
+    def change():
+        with sqlite3.connect(direct.direct.path) as connection:
+            updated = connection.execute(
+                f'UPDATE "{store.config.project}_job_features" SET value = ? WHERE entity_key = ? AND feature_name = ?',
+                (Value(float_val=1234.5).SerializeToString(), direct.direct.job.key(items[0]), "j_age_days")).rowcount
+        assert updated == 1
+
+    asyncio.run(direct_rows_equal_sdk_rows_and_follow_a_change(direct, sdk, members, items, change))
+
+
+def test_a_late_sqlite_read_still_fills_the_job_cache(sqlite_settings, known_ids, monkeypatch):
+    """A read past the deadline answers with defaults at once, but its job rows, when they come, are kept:
+    the next request for those jobs is served their real features (before, the late read was dropped and a
+    large request missed the deadline every time)."""
+    from features.store import feature_store
+    from serving.online import OnlineFeatures
+    from serving.sqlite_rows import SqliteRows
+
+    members, items = known_ids
+    store = feature_store(sqlite_settings)
+    truth = asyncio.run(OnlineFeatures(store, deadline_ms=5_000).read(members[0], items[:30]))
+    reader = OnlineFeatures(store, deadline_ms=100, cache_seconds=60)
+    fetch = SqliteRows._fetch
+
+    def slow_fetch(self, member_id, item_ids):
+        time.sleep(0.4)
+        return fetch(self, member_id, item_ids)
+
+    async def reads():
+        monkeypatch.setattr(SqliteRows, "_fetch", slow_fetch)
+        late = await reader.read(members[0], items[:30])
+        await asyncio.sleep(1.0)  # the late read ends meanwhile
+        monkeypatch.setattr(SqliteRows, "_fetch", fetch)
+        return late, await reader.read(members[0], items[:30])
+
+    late, next_read = asyncio.run(reads())
+    assert late.degraded and late.member is None and all(v is None for v in late.job_rows[0].values())
+    assert not next_read.degraded and next_read.job_rows == truth.job_rows and next_read.member == truth.member
