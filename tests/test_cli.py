@@ -71,16 +71,19 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def test_sigterm_to_rankflow_serve_stops_the_service_it_started(tmp_path):
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGHUP"])
+def test_sigterm_or_sighup_to_rankflow_serve_stops_the_service_it_started(tmp_path, signal_name):
     """`rankflow serve` runs BentoML in its own process group (publish.run_in_foreground). A SIGTERM to
     rankflow (a process manager, `timeout`) must reach that group: it used to end rankflow alone and leave
-    the service's workers running without a parent."""
+    the service's workers running without a parent. A SIGHUP (its terminal closed) must stop it too: BentoML's
+    circus reloads on SIGHUP, so the fake service here ignores SIGHUP as circus would keep running."""
     import signal
     import time
 
     pid_file = tmp_path / "worker.pid"
-    service = ("import subprocess, sys, time; "
-               "worker = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); "
+    ignore_hup = "import signal; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+    service = (ignore_hup + "import subprocess, sys, time; "
+               f"worker = subprocess.Popen([sys.executable, '-c', {ignore_hup + 'import time; time.sleep(300)'!r}]); "
                f"open({str(pid_file)!r}, 'w').write(str(worker.pid)); time.sleep(300)")
     runner = subprocess.Popen([sys.executable, "-c",
                                "import os, sys; from rankflow.stages.publish import run_in_foreground; "
@@ -90,7 +93,7 @@ def test_sigterm_to_rankflow_serve_stops_the_service_it_started(tmp_path):
         time.sleep(0.1)
     worker = int(pid_file.read_text())
     assert _alive(worker)
-    runner.send_signal(signal.SIGTERM)
+    runner.send_signal(getattr(signal, signal_name))
     runner.wait(30)
     deadline = time.monotonic() + 10
     while _alive(worker) and time.monotonic() < deadline:

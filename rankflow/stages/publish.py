@@ -164,13 +164,14 @@ def run_in_foreground(command: list[str], cwd: Path, env: dict[str, str]) -> int
 
     The group is its own so that a terminal's Ctrl-C reaches BentoML once, through us. Without the forwarding, a
     SIGTERM (a process manager, `timeout`, a killed Airflow task) ended this process alone and left the
-    service's workers running with no parent.
+    service's workers running with no parent. A SIGHUP (the terminal closed) is passed on as SIGTERM: BentoML's
+    process manager (circus) takes SIGHUP as "reload" and would keep serving after its terminal is gone.
     """
     process = subprocess.Popen(command, cwd=cwd, env=env, start_new_session=True)
 
-    def forward(signum, _frame) -> None:
+    def forward(_signum, _frame) -> None:
         try:
-            os.killpg(process.pid, signum)
+            os.killpg(process.pid, signal.SIGTERM)
         except ProcessLookupError:
             pass  # already gone
 
