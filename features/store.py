@@ -100,11 +100,20 @@ def feature_store_yaml(settings: Settings) -> dict:
     }
 
 
+def _yaml_text(settings: Settings) -> str:
+    return yaml.safe_dump(feature_store_yaml(settings), sort_keys=False)
+
+
 def render_repo(settings: Settings) -> Path:
-    """Write the runnable Feast repo into <data_dir>/feast/; return its path."""
+    """Write the runnable Feast repo into <data_dir>/feast/ (for the `feast` CLI run there); return its path.
+
+    rankflow's own processes never read feature_store.yaml back: each builds its config from its Settings
+    (feature_store), so two processes on one data dir with different stores (`rankflow serve --online-store
+    redis://...` beside a pipeline on SQLite) each get their own, whichever rendered the file last.
+    """
     repo = settings.paths.feast
     repo.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(feature_store_yaml(settings), sort_keys=False)
+    text = _yaml_text(settings)
     if not (repo / "feature_store.yaml").exists() or (repo / "feature_store.yaml").read_text() != text:
         atomic_write_bytes(repo / "feature_store.yaml", text.encode())
     for name in DECLARATION_FILES:
@@ -115,10 +124,10 @@ def render_repo(settings: Settings) -> Path:
 
 
 def _fingerprint(settings: Settings) -> str:
-    """What the registry was applied from: the rendered repo and the raw schema (attribute columns)."""
-    digest = hashlib.sha256()
+    """What the registry was applied from: this process's config, the declarations and the raw schema."""
+    digest = hashlib.sha256(_yaml_text(settings).encode())
     repo = settings.paths.feast
-    for name in ("feature_store.yaml", *DECLARATION_FILES):
+    for name in DECLARATION_FILES:
         digest.update((repo / name).read_bytes())
     if settings.paths.raw_schema.exists():
         digest.update(settings.paths.raw_schema.read_bytes())
@@ -229,6 +238,7 @@ def feature_store(settings: Settings):
     apply, so nothing is written); a registry.db that is not the one the last apply wrote is applied again.
     """
     from feast import FeatureStore
+    from feast.repo_config import RepoConfig
 
     from features import dask_tokens
 
@@ -249,7 +259,9 @@ def feature_store(settings: Settings):
     if not (applied and applied_mark[1:2] == [_digest(registry)]):
         digest = _apply(settings, repo)
         atomic_write_bytes(mark, f"{fingerprint}\n{digest}".encode())
-    store = FeatureStore(repo_path=str(repo))
+    config = RepoConfig(**feature_store_yaml(settings))  # this process's own, not the file another may rewrite
+    config.repo_path = repo
+    store = FeatureStore(repo_path=str(repo), config=config)
     _stores[key] = store
     return store
 

@@ -17,7 +17,7 @@ import pytest
 
 from features.contract import end_of_day
 from features.materialize import online_write as write_rows
-from features.store import feature_store, online_write, redis_connection_string, write_features
+from features.store import feature_store, feature_store_yaml, online_write, redis_connection_string, write_features
 from rankflow.config import Settings
 
 REDIS_URL = "redis://127.0.0.1:6379/1"
@@ -240,6 +240,34 @@ def test_one_entity_twice_in_a_frame_keeps_its_newest_row(applied_repo, tmp_path
 
     means = sorted(Value.FromString(raw).float_list_val.val[0] for raw in stored.values())
     assert means == [101.0, 102.0, 103.0, 104.0, 105.0]
+
+
+def test_a_process_keeps_its_own_store_config_while_another_rewrites_feature_store_yaml(applied_repo, tmp_path,
+                                                                                        monkeypatch):
+    """Two processes on one data dir with different online stores (a pipeline on SQLite, `rankflow serve
+    --online-store redis://...`) each render feature_store.yaml: a process must get its own config, not the
+    file as the other just rewrote it (it used to read the file back, and 27-39 of 300 constructions under
+    two such processes got the other's store)."""
+    import yaml
+
+    from features import store as store_module
+
+    settings = applied_copy(applied_repo, tmp_path / "data")
+    other = yaml.safe_dump(feature_store_yaml(Settings(data_dir=settings.data_dir, online_store=REDIS_URL)),
+                           sort_keys=False)
+    yaml_file = settings.paths.feast / "feature_store.yaml"
+    checked = store_module.check_online_store
+
+    def other_process_renders(*args, **kwargs):  # between this process's render and its FeatureStore()
+        yaml_file.write_text(other)
+        return checked(*args, **kwargs)
+
+    monkeypatch.setattr(store_module, "check_online_store", other_process_renders)
+    store_module._stores.clear()
+    store = feature_store(settings)
+    assert "db=1" in yaml_file.read_text()  # the other process's file is there...
+    assert store.config.online_store.type == "sqlite"  # ...and this process kept its own store
+    assert {fv.name for fv in store.list_feature_views()} >= {"member_features", "job_features"}
 
 
 def test_rendered_repo_is_declarations_only_and_reapplies_on_change(applied_repo, tmp_path, monkeypatch):
