@@ -330,3 +330,21 @@ def test_serve_checks_serving_yaml_before_it_says_it_is_serving(tmp_path):
     line = _one_line_failure(process, "rankflow serve")
     assert f"{tmp_path / 'serving.yaml'}, line 2: serving setting max_candidates: expected int, got 'lots'" in line
     assert "Ctrl-C stops" not in process.stdout + process.stderr
+
+
+def test_train_says_when_the_serving_model_cannot_be_warm_started_because_the_spec_changed(ranker_dir, tmp_path):
+    """A serving model whose inputs differ from the training set's spec (a feature added or dropped) cannot
+    be continued: `train` retrains in full and says that reason, not "no serving model"."""
+    root, first = ranker_dir
+    copy = shutil.copytree(root, tmp_path / "data")
+    spec_file = copy / "features" / "training_set" / "spec.json"
+    spec = json.loads(spec_file.read_text())
+    spec["dense"] = spec["dense"][:-1]  # one dense feature fewer than the serving model was built on
+    spec_file.write_text(json.dumps(spec))
+    result = _invoke(["train", "--start", "2026-01-01", "--end", "2026-01-02", "--eval-days", "0", "--epochs", "1",
+                      "--device", "cpu", "--data-dir", str(copy)])
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    said = " ".join(result.output.split())
+    assert (f"(full retrain: the serving model {_tag(first.output)} does not match the training set's spec "
+            "(its features or architecture changed)) trained on 2026-01-01, 2026-01-02") in said, said
+    assert "no serving model" not in said

@@ -98,7 +98,8 @@ def train(
     if result["warm_start_from"]:
         how = f"warm start from {result['warm_start_from']}"
     else:
-        how = "full retrain" if not warm_start else "full retrain: no serving model to warm-start from"
+        reason = result.get("full_retrain_reason")
+        how = f"full retrain: {reason}" if reason else "full retrain"
     console.print(f"candidate [bold]{result['tag']}[/] ({how}) "
                   f"trained on {', '.join(result['trained_days'])} in {result['train_seconds']:.1f}s", soft_wrap=True)
     if result.get("trained_days_note"):

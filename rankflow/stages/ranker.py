@@ -280,6 +280,7 @@ def train(
 
     parent = serving_tag(settings) if warm_start else None
     warm_model, days, first_day, holdout_days = None, _days(start, end), start, []
+    full_reason = None if parent is not None or not warm_start else "no serving model to warm-start from"
     if parent is not None:
         stored = stored_model(settings, parent)
         warm_model = load_checkpoint(Path(stored.path))
@@ -288,6 +289,8 @@ def train(
         days = _days(max(parent_end + timedelta(days=1), start), end) if parent_end < end else [end]
         if warm_model.config != RankerConfig.from_spec(spec, **_architecture(warm_model.config, model_overrides)):
             log.warning("serving model %s does not match the training-set spec: full retrain", parent)
+            full_reason = (f"the serving model {parent} does not match the training set's spec (its features or "
+                           "architecture changed)")
             warm_model, parent, days, first_day = None, None, _days(start, end), start
         else:
             holdout_days = _shared_holdout_days(stored.info.metadata, train_config, first_day, parent_end,
@@ -339,7 +342,8 @@ def train(
                   if parent_end < end else f"on the newest day {end} only (it was trained up to {parent_end} already)")
         trained_days_note = (f"a warm start trains {parent} further {newest}; a full retrain (--full) trains on "
                              f"{start}..{end}")
-    return {"tag": tag, "warm_start_from": parent, "trained_days": metadata["trained_days"],
+    return {"tag": tag, "warm_start_from": parent, "full_retrain_reason": full_reason,
+            "trained_days": metadata["trained_days"],
             "trained_days_note": trained_days_note, "eval_days": metadata["eval_days"],
             "train_seconds": metadata["train_seconds"], "samples_per_second": metadata["samples_per_second"],
             "metrics": metrics, "report": str(report)}

@@ -19,6 +19,15 @@ def test_integer_and_string_ids_are_the_same_id():
     assert request.member_id == 42 and request.candidates == [1, 2, 3] and request.k == 2
 
 
+@pytest.mark.parametrize("text", ["１２", "٣", "-٣", "--3", "1_000", "+"])
+def test_only_ascii_digit_strings_are_ids(text):
+    """Full-width or Arabic-Indic digits pass str.isdigit and int() takes them: they are not ids a client sent
+    as ASCII, and would alias another entity's id; the error names the field."""
+    assert ("member_id",) in errors({"member_id": text, "candidates": [1]})
+    assert ("candidates", 1) in errors({"member_id": 1, "candidates": [1, text]})
+    assert rank_request_model(10).model_validate({"member_id": "-7", "candidates": ["0"]}).member_id == -7
+
+
 def test_explore_is_off_unless_asked_for():
     assert rank_request_model(10).model_validate({"member_id": 1, "candidates": [1]}).explore is False
     assert rank_request_model(10).model_validate_json('{"member_id": 1, "candidates": [1], "explore": true}').explore

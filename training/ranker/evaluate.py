@@ -136,7 +136,7 @@ def evaluate_predictions(
     logits, probabilities = np.asarray(logits, np.float64), np.asarray(probabilities, np.float64)
     labels, weights = np.asarray(labels, np.float64), np.asarray(weights, np.float64)
     cold = ~np.isin(member_ids, warm_members)
-    raw_probabilities = 1.0 / (1.0 + np.exp(-logits))
+    raw_probabilities = 0.5 * (1.0 + np.tanh(0.5 * logits))  # the sigmoid, without exp's overflow warning
     result = Evaluation(
         rows=int(labels.size),
         positive_rate=float((weights * labels).sum() / weights.sum()),
