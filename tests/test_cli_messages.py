@@ -213,6 +213,24 @@ def test_train_says_full_retrain_and_why_a_warm_start_trains_fewer_days(ranker_d
     assert "a warm start" not in full.output
 
 
+def test_train_says_when_the_serving_model_cannot_be_warm_started_because_the_spec_changed(ranker_dir, tmp_path):
+    """A serving model whose inputs differ from the training set's spec (a feature added or dropped) cannot
+    be continued: `train` retrains in full and says that reason, not "no serving model"."""
+    root, first = ranker_dir
+    copy = shutil.copytree(root, tmp_path / "data")
+    spec_file = copy / "features" / "training_set" / "spec.json"
+    spec = json.loads(spec_file.read_text())
+    spec["dense"] = spec["dense"][:-1]  # one dense feature fewer than the serving model was built on
+    spec_file.write_text(json.dumps(spec))
+    result = _invoke(["train", "--start", "2026-01-01", "--end", "2026-01-02", "--eval-days", "0", "--epochs", "1",
+                      "--device", "cpu", "--data-dir", str(copy)])
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    said = " ".join(result.output.split())
+    assert (f"(full retrain: the serving model {_tag(first.output)} does not match the training set's spec "
+            "(its features or architecture changed)) trained on 2026-01-01, 2026-01-02") in said, said
+    assert "no serving model" not in said
+
+
 def test_evaluate_takes_a_bare_version_and_prints_json(ranker_dir):
     from rankflow.stages import ranker as stage
     from rankflow.config import load_settings
@@ -332,19 +350,15 @@ def test_serve_checks_serving_yaml_before_it_says_it_is_serving(tmp_path):
     assert "Ctrl-C stops" not in process.stdout + process.stderr
 
 
-def test_train_says_when_the_serving_model_cannot_be_warm_started_because_the_spec_changed(ranker_dir, tmp_path):
-    """A serving model whose inputs differ from the training set's spec (a feature added or dropped) cannot
-    be continued: `train` retrains in full and says that reason, not "no serving model"."""
-    root, first = ranker_dir
-    copy = shutil.copytree(root, tmp_path / "data")
-    spec_file = copy / "features" / "training_set" / "spec.json"
-    spec = json.loads(spec_file.read_text())
-    spec["dense"] = spec["dense"][:-1]  # one dense feature fewer than the serving model was built on
-    spec_file.write_text(json.dumps(spec))
-    result = _invoke(["train", "--start", "2026-01-01", "--end", "2026-01-02", "--eval-days", "0", "--epochs", "1",
-                      "--device", "cpu", "--data-dir", str(copy)])
-    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
-    said = " ".join(result.output.split())
-    assert (f"(full retrain: the serving model {_tag(first.output)} does not match the training set's spec "
-            "(its features or architecture changed)) trained on 2026-01-01, 2026-01-02") in said, said
-    assert "no serving model" not in said
+def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path):
+    """A port held by another process (say the workers a SIGKILLed `rankflow serve` left behind) is one line
+    naming the address and how to find the holder, before any model is loaded: it was BentoML's 55-line traceback."""
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        process = _rankflow(["serve", "--port", str(port), "--data-dir", str(tmp_path)])
+    line = _one_line_failure(process, "rankflow serve")
+    assert f"127.0.0.1:{port} is already in use" in line and f"ss -ltnp 'sport = :{port}'" in line
+    assert "Ctrl-C stops" not in process.stdout + process.stderr

@@ -48,11 +48,12 @@ def serve(
     if ctx.invoked_subcommand is not None:
         return
     from rankflow.config import redacted
-    from rankflow.stages.publish import ServeOptions, serve_foreground
+    from rankflow.stages.publish import ServeOptions, check_port_free, serve_foreground
     from serving.config import load_serving_config
     from serving.models import resolve_tags
 
     settings = settings_from(data_dir, reads=(), online_store=online_store)
+    check_port_free(host, port)  # taken: one line now, not BentoML's traceback after the models have loaded
     options = ServeOptions(port=port, host=host, adaptive_batching=batching, max_candidates=max_candidates,
                            feature_deadline_ms=deadline_ms)
     # serving.yaml and the flags, checked as the service will read them: a bad value fails here, before "serving ..."

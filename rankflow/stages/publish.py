@@ -56,6 +56,22 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Raise OSError (one line: the address and what to do) when nothing could listen on host:port now."""
+    import errno
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the service's server binds
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise OSError(f"{host}:{port} is already in use: another service, or the workers of a `rankflow "
+                              f"serve` that was killed with SIGKILL (`ss -ltnp 'sport = :{port}'` names the process); "
+                              "stop it or choose another --port") from None
+            raise OSError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+
+
 def _bentoml() -> str:
     return str(Path(sys.executable).with_name("bentoml"))
 
