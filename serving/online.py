@@ -4,14 +4,15 @@ One request reads the member's row of every member view (member_features, member
 glmix_member / meta_embedding once personalisation wrote them) and the candidates' rows of every job view
 (job_features, glmix_job). On a plain Redis store that is one round trip (serving.redis_rows: pipelined
 HMGETs in Feast's layout, decoded by Feast's converter); on the SQLite store (the default) one query per
-view in one read snapshot (serving.sqlite_rows); on any other store two Feast SDK reads issued together. Job rows are shared by every member, so they are kept in memory for
-`candidate_cache_seconds` (a bounded staleness: the online store changes once a day, at materialisation);
-member rows are always read.
+view in one read snapshot (serving.sqlite_rows); on any other store two Feast SDK reads issued together.
+Job rows are shared by every member, so they are kept in memory for `candidate_cache_seconds` (a bounded
+staleness: the online store changes once a day, at materialisation); member rows are always read.
 
 If the store fails or misses `feature_deadline_ms`, the missing part gets default features (what the
 model sees for an entity it has never met: unknown categories, zero counts) and the read says why in
 `degraded_reasons`; it never raises. A late read that runs in a thread (SQLite) is not abandoned: when it
-ends, its job rows go into the job cache, so the next request for those jobs finds them. `cold_start` is a member the store answered for but has no row of.
+ends, its job rows go into the job cache, so the next request for those jobs finds them. `cold_start` is a
+member the store answered for but has no row of.
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ class OnlineFeatures:
 
     def _remember_late(self, task: asyncio.Future, now: float) -> None:
         """A read that ended after its request's deadline: its known job rows go into the cache all the same."""
-        if task.cancelled() or task.exception() is not None:
+        if task.cancelled() or task.exception() is not None:  # exception(): retrieved, so asyncio does not warn
             return
         fetched = task.result()[1]
         self._remember({i: r for i, r in fetched.items() if r[self._job_probe] is not None}, now)
@@ -171,7 +172,7 @@ class OnlineFeatures:
         for task in pending:
             if self.direct is None or self.direct.cancel_at_deadline:
                 task.cancel()
-            elif "jobs" in tasks and task is tasks["jobs"] and self.cache_seconds > 0:
+            else:  # left to finish in its thread; its outcome is collected (and its job rows kept) when it ends
                 task.add_done_callback(lambda late, at=now: self._remember_late(late, at))
         for name, task in tasks.items():
             if task in pending:
