@@ -53,17 +53,54 @@ def version_tag(day: date) -> str:
 
 
 # ---- data ---------------------------------------------------------------------------------------------
-def read_training_window(settings: Settings, start: date, end: date):
-    """Training-set rows of [start, end] and spec.json (features/training_set, built by the features stage)."""
-    from features.contract import read_partitions
-
-    table_dir = settings.paths.feature_table(TRAINING_SET)
-    spec_path = table_dir / "spec.json"
+def read_training_spec(settings: Settings) -> dict:
+    """features/training_set/spec.json (built by the features stage)."""
+    spec_path = settings.paths.feature_table(TRAINING_SET) / "spec.json"
     if not spec_path.exists():
         raise FileNotFoundError(f"{spec_path}: no training set yet; run `rankflow features build` first")
-    spec = read_json(spec_path)
-    frame = read_partitions(table_dir, start=start, end=end)
-    return frame, spec
+    return read_json(spec_path)
+
+
+def read_interactions(settings: Settings, start: date, end: date, config):
+    """The training-set events of [start, end] as Interactions (training.meta.tasks), read a day at a time.
+
+    Only the columns the sub-network reads come off disk (ids, time, label, weight and its job-side inputs: a
+    dozen of the training set's ~50; the member-side skill bags alone are as large as the rest), and each day is
+    hashed and encoded before the next is read, so the peak is one day's pandas frame plus the encoded arrays, not
+    the whole window as objects (22 days at 10x the demo size did not fit 14 GB that way). A column the sub-network
+    needs that no partition of the window has raises KeyError naming it; one that only older partitions lack reads
+    as missing values there (as a concatenation of the partitions would).
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from features.contract import PART_FILE
+    from rankflow.paths import dt_partition, partition_days
+    from training.meta.frames import interactions_from_frame
+    from training.meta.tasks import Interactions
+
+    table_dir = settings.paths.feature_table(TRAINING_SET)
+    available = partition_days(table_dir)
+    if not available:
+        raise FileNotFoundError(f"{table_dir}: no dt=YYYY-MM-DD partitions")
+    files = [table_dir / dt_partition(d) / PART_FILE for d in available if start <= d <= end] \
+        or [table_dir / dt_partition(available[-1]) / PART_FILE]  # none in range: the newest schema, no rows
+    sub = config.subnetwork
+    needed = ["member_id", "ts", "label", "weight", *sub.categorical_columns, *sub.multi_valued_columns,
+              *sub.dense_columns]
+    schemas = [pq.read_schema(path) for path in files]
+    known = {name: schema.field(name).type for schema in schemas for name in schema.names if name in needed}
+    parts = []
+    for path, schema in zip(files, schemas):
+        table = pq.read_table(path, columns=[c for c in needed if c in schema.names])
+        for name in (c for c in needed if c in known and c not in schema.names):
+            table = table.append_column(name, pa.nulls(table.num_rows, known[name]))
+        if not (start <= date.fromisoformat(path.parent.name.removeprefix("dt=")) <= end):
+            table = table.slice(0, 0)
+        parts.append(interactions_from_frame(table.to_pandas(), sub, max_bag_size=config.max_bag_size))
+    return Interactions(**{field: np.concatenate([getattr(part, field) for part in parts])
+                           for field in Interactions.__dataclass_fields__})
 
 
 def subnetwork_columns(spec: dict) -> dict[str, tuple[str, ...]]:
@@ -74,12 +111,6 @@ def subnetwork_columns(spec: dict) -> dict[str, tuple[str, ...]]:
     if not any(columns.values()):
         raise ValueError(f"training-set spec has no job-side ({JOB_PREFIX}*) columns: {spec}")
     return columns
-
-
-def _interactions(frame, config):
-    from training.meta.frames import interactions_from_frame
-
-    return interactions_from_frame(frame, config.subnetwork, max_bag_size=config.max_bag_size)
 
 
 def _epoch_day(day: date) -> int:
@@ -110,13 +141,12 @@ def train_meta(settings: Settings, day: date, config=None, progress=None) -> dic
     tasks_config = config.tasks
     # Query days: the `query_days` days before `day`; each needs `window_days` of history before it.
     first_query = day - timedelta(days=config.query_days)
-    frame, spec = read_training_window(settings, first_query - timedelta(days=tasks_config.window_days), day)
     if previous is None:
-        config = dataclasses.replace(config, subnetwork=dataclasses.replace(config.subnetwork,
-                                                                            **subnetwork_columns(spec)))
+        config = dataclasses.replace(config, subnetwork=dataclasses.replace(
+            config.subnetwork, **subnetwork_columns(read_training_spec(settings))))
         torch.manual_seed(config.outer.seed)
         net = SubNetwork(config.subnetwork)
-    interactions = _interactions(frame, config)
+    interactions = read_interactions(settings, first_query - timedelta(days=tasks_config.window_days), day, config)
     query_days = [d for d in np.unique(interactions.day) if _epoch_day(first_query) <= d < _epoch_day(day)]
     tasks = concat_tasks([query_day_tasks(interactions, int(d), tasks_config) for d in query_days])
     if len(tasks) == 0:
@@ -167,8 +197,7 @@ def compute_meta_embeddings(settings: Settings, day: date):
         raise FileNotFoundError(f"{meta_root(settings)}: no meta-initialisation at or before {day}")
     net, config, metadata = load_state(state_dir)
     window_start = day - timedelta(days=config.tasks.window_days - 1)
-    frame, _ = read_training_window(settings, window_start, day)
-    interactions = _interactions(frame, config)
+    interactions = read_interactions(settings, window_start, day, config)
     active = np.unique(interactions.member_id[interactions.day == _epoch_day(day)])
     arrived = read_raw(settings.paths, "members", day=day)["member_id"].to_numpy(dtype=np.int64)
     members = np.union1d(active, arrived)

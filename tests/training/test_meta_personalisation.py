@@ -86,6 +86,36 @@ def test_adapted_beats_meta_init_and_random_init_for_few_interactions(marketplac
         assert bucket.adapted > bucket.random_init, bucket
 
 
+@pytest.mark.slow
+def test_scoring_by_day_size_equals_one_matrix_padded_to_the_busiest_member(marketplace, trained) -> None:
+    """evaluate_personalisation scores members in groups by the size of their day (memory: one busy member
+    padded everyone's query set to its length); the buckets equal scoring one matrix padded to the busiest."""
+    from training.meta.evaluate import _day_scores
+    from training.meta.metrics import member_auc
+    from training.meta.tasks import PAD
+
+    _, interactions, days = marketplace
+    net, _ = trained
+    day = int(days[-1])
+    ours = evaluate_personalisation(net, interactions, day, TASKS, INNER, shots=None)
+    most = int(np.unique(interactions.member_id[interactions.day == day], return_counts=True)[1].max())
+    tasks = query_day_tasks(interactions, day, dataclasses.replace(TASKS, query_events=most))
+    present = tasks.query != PAD
+    labels = interactions.label[np.where(present, tasks.query, 0)]
+    members = np.broadcast_to(np.arange(len(tasks))[:, None], present.shape)
+    adapted = _day_scores(net, interactions, tasks, INNER, adapt=True)
+    meta_init = _day_scores(net, interactions, tasks, INNER, adapt=False)
+    count = tasks.support_count
+    assert most > 2 and len(ours) == 3
+    for bucket, in_bucket in zip(ours, (count == 0, (count >= 1) & (count <= 10), count > 10)):
+        mask = present & in_bucket[:, None]
+        assert bucket.events == mask.sum() and bucket.members == member_auc(adapted[mask], labels[mask],
+                                                                            members[mask])[1]
+        assert bucket.adapted == pytest.approx(member_auc(adapted[mask], labels[mask], members[mask])[0], abs=1e-4)
+        assert bucket.meta_init == pytest.approx(member_auc(meta_init[mask], labels[mask], members[mask])[0],
+                                                 abs=1e-4)
+
+
 def _embeddings_as_of(net, interactions, members, day):
     """Meta embeddings of `members` adapted on their events up to the end of `day` (point-in-time)."""
     tasks = support_sets(interactions, members, day, TASKS)

@@ -171,3 +171,46 @@ def test_rerunning_a_day_leaves_one_model_of_the_day_and_keeps_the_pinned_one(se
     _write_serving(settings, MODEL_NAME, second, [])  # pinned in models/serving.json: never deleted
     third = train_meta(settings, day, config=SMALL)["bentoml_tag"]
     assert models_of_the_day() == {second, third} and _newest(settings, MODEL_NAME) == third
+
+
+def test_the_window_is_read_a_day_at_a_time_with_only_the_subnetworks_columns(settings, monkeypatch) -> None:
+    """read_interactions equals encoding the whole window at once (the old way, 14 GB+ at 10x the demo size over
+    22 days), reads only the columns the sub-network uses (never the member-side skill bags), gives a column only
+    an older partition lacks as missing values there, and names a column that no partition has."""
+    import dataclasses
+
+    import pyarrow.parquet as pq
+
+    from features.contract import read_partitions
+    from rankflow.paths import dt_partition
+    from rankflow.stages.meta import read_interactions, read_training_spec, subnetwork_columns
+    from training.meta.frames import interactions_from_frame
+
+    config = dataclasses.replace(SMALL, subnetwork=dataclasses.replace(
+        SMALL.subnetwork, **subnetwork_columns(read_training_spec(settings))))
+    first = settings.generator.start_date
+    last = first + timedelta(days=3)
+    table_dir = settings.paths.feature_table("training_set")
+    # The oldest partition predates j_salary (a column added later): it reads as missing there.
+    oldest = table_dir / dt_partition(first) / "part-0.parquet"
+    pq.write_table(pq.read_table(oldest).drop_columns(["j_salary"]), oldest)
+
+    read_columns = []
+    original = pq.read_table
+    monkeypatch.setattr(pq, "read_table", lambda path, columns=None, **kw: read_columns.append(columns)
+                        or original(path, columns=columns, **kw))
+    ours = read_interactions(settings, first, last, config)
+    monkeypatch.setattr(pq, "read_table", original)
+    whole = interactions_from_frame(read_partitions(table_dir, start=first, end=last), config.subnetwork,
+                                    max_bag_size=config.max_bag_size)
+    assert len(ours) == len(whole) > 0 and len(read_columns) == 4
+    for field in ("member_id", "time", "day", "categorical", "multi_valued", "dense", "label", "weight"):
+        np.testing.assert_array_equal(getattr(ours, field), getattr(whole, field), err_msg=field)
+    assert all("m_skills" not in columns and "item_id" not in columns for columns in read_columns)
+    assert np.isnan(ours.dense[ours.day == (first - date(1970, 1, 1)).days]).all()
+
+    missing = dataclasses.replace(config, subnetwork=dataclasses.replace(
+        config.subnetwork, dense_columns=("j_salary", "j_never_built")))
+    with pytest.raises(KeyError, match="j_never_built"):
+        read_interactions(settings, first, last, missing)
+    assert len(read_interactions(settings, last + timedelta(days=30), last + timedelta(days=31), config)) == 0
