@@ -108,6 +108,14 @@ def train(
         oracle = f"  oracle AUC {metrics['oracle_auc']:.4f}" if metrics.get("oracle_auc") else ""
         console.print(f"eval {', '.join(result['eval_days'])}: AUC {metrics['auc']:.4f}  log loss {metrics['log_loss']:.4f}  "
                       f"ECE {metrics['ece']:.4f}  NE {metrics['normalized_entropy']:.4f}{oracle}", soft_wrap=True)
+        useless = stage.PromotionPolicy().useless(metrics)
+        if useless:
+            console.print(f"[yellow]warning:[/] {useless}: `rankflow promote` refuses this candidate", soft_wrap=True,
+                          highlight=False)
+        elif (metrics.get("normalized_entropy") or 0.0) >= 1.0:
+            console.print(f"[yellow]warning:[/] normalised entropy {metrics['normalized_entropy']:.4f} >= 1: its "
+                          "probabilities are worse than the base rate's (it still ranks better than chance)",
+                          soft_wrap=True, highlight=False)
         if metrics.get("served_auc") is not None:
             console.print(f"as served, with the GLMix random effects of {', '.join(metrics['served_glmix_states'])}: "
                           f"AUC {metrics['served_auc']:.4f}", soft_wrap=True)

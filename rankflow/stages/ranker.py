@@ -39,10 +39,26 @@ SERVING_FILE = "serving.json"
 
 @dataclass(frozen=True)
 class PromotionPolicy:
-    """A candidate replaces the serving model only if its AUC on the same day is higher by `margin`."""
+    """A candidate replaces the serving model only if its AUC on the same day is higher by `margin`; and never,
+    even when nothing serves yet, if it ranks no better than chance (AUC <= `min_auc`) or, when
+    `max_normalized_entropy` is set, if its probabilities are no better than the base rate (NE >= it). The NE
+    gate is off by default: a small model whose ranking helps can still be slightly worse than the base rate in
+    log loss (`rankflow train` warns about it)."""
 
     metric: str = "auc"
     margin: float = 0.001
+    min_auc: float = 0.5
+    max_normalized_entropy: float | None = None
+
+    def useless(self, metrics: dict) -> str | None:
+        """Why a model with these evaluation metrics must not serve, or None."""
+        auc, entropy = metrics.get("auc"), metrics.get("normalized_entropy")
+        if auc is not None and auc <= self.min_auc:
+            return f"AUC {auc:.4f} is no better than chance (<= {self.min_auc})"
+        if entropy is not None and self.max_normalized_entropy is not None and entropy >= self.max_normalized_entropy:
+            return (f"normalised entropy {entropy:.4f} >= {self.max_normalized_entropy}: its probabilities are "
+                    "worse than the base rate's")
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -443,6 +459,11 @@ def promote(settings: Settings, tag: str, policy: PromotionPolicy = PromotionPol
     if current == tag:
         return {"tag": tag, "status": "serving", "reason": "already serving", **noted}
     eval_days = candidate.info.metadata.get("eval_days") or []
+    useless = policy.useless(candidate.info.metadata.get("metrics") or {})
+    if current is None and useless is not None:  # nothing to compare with: the floor alone decides
+        reason = f"its evaluation on {', '.join(eval_days)}: {useless}"
+        _relabel(settings, tag, "rejected", rejection_reason=reason)
+        return {"tag": tag, "status": "rejected", "reason": reason, "serving": current, **noted}
     if current is None:
         _write_serving(settings, MODEL_NAME, tag, history)
         labelled = _label_switch(settings, {tag: ("serving", {"promoted_at": datetime.now(timezone.utc).isoformat()})})
@@ -459,15 +480,18 @@ def promote(settings: Settings, tag: str, policy: PromotionPolicy = PromotionPol
     ours_value, theirs_value = ours[policy.metric], theirs[policy.metric]
     comparison = {"day": day.isoformat(), "metric": policy.metric, "candidate": ours_value,
                   "serving": theirs_value, "margin": policy.margin, "serving_tag": current}
-    if ours_value is not None and theirs_value is not None and ours_value >= theirs_value + policy.margin:
+    beats = ours_value is not None and theirs_value is not None and ours_value >= theirs_value + policy.margin
+    useless = policy.useless(ours) if beats else None  # beating a serving model that is itself useless is not enough
+    if beats and useless is None:
         _write_serving(settings, MODEL_NAME, tag, [current, *history])
         labelled = _label_switch(settings, {current: ("candidate", {"replaced_by": tag}),
                                             tag: ("serving", {"promotion": _jsonable(comparison)})})
         return {"tag": tag, "status": "serving",
                 "reason": f"{policy.metric} {ours_value:.4f} >= {theirs_value:.4f} + {policy.margin}",
                 **comparison, **noted, **labelled}
-    reason = (f"{policy.metric} {ours_value:.4f} on {day} does not beat the serving model's "
-              f"{theirs_value:.4f} by the margin {policy.margin}")
+    reason = f"on {day}: {useless}" if useless else (
+        f"{policy.metric} {ours_value:.4f} on {day} does not beat the serving model's {theirs_value:.4f} by the "
+        f"margin {policy.margin}")
     _relabel(settings, tag, "rejected", rejection_reason=reason, promotion=_jsonable(comparison))
     return {"tag": tag, "status": "rejected", "reason": reason, **comparison, **noted}
 

@@ -53,6 +53,33 @@ def test_promotion_refuses_a_worse_model_and_keeps_the_serving_one(tmp_path):
     assert stage.evaluate(settings, good["tag"], days(4)[3])["auc"] == pytest.approx(good["metrics"]["auc"])
 
 
+def test_a_model_no_better_than_chance_is_never_promoted_even_with_nothing_serving(tmp_path):
+    """Trained on inverted labels, a candidate scores AUC < 0.5 on the next (true) day: with no model serving,
+    promote used to make it the serving model ("no model was serving"); it is rejected with the reason."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    write_training_set(tmp_path, days=4, rows_per_day=3000)
+    settings = load_settings(tmp_path)
+    for day in days(3):
+        path = settings.paths.feature_partition("training_set", day) / "part-0.parquet"
+        table = pq.read_table(path)
+        index = table.column_names.index("label")
+        flipped = pc.subtract(pa.scalar(1, type=table.schema.field("label").type), table.column("label"))
+        pq.write_table(table.set_column(index, table.schema.field("label"), flipped), path)
+    inverted = stage.train(settings, days(3)[0], days(3)[2], eval_days=1, warm_start=False,
+                           train_config=TrainConfig(epochs=2), model_overrides=SMALL)
+    assert inverted["metrics"]["auc"] < 0.5
+    decision = stage.promote(settings, inverted["tag"])
+    assert decision["status"] == "rejected" and "no better than chance" in decision["reason"], decision
+    assert stage.serving_tag(settings) is None and _status(settings, inverted["tag"]) == "rejected"
+    strict = stage.PromotionPolicy(max_normalized_entropy=1.0)
+    assert strict.useless({"auc": 0.7, "normalized_entropy": 1.02}).startswith("normalised entropy 1.0200")
+    assert strict.useless({"auc": 0.7, "normalized_entropy": 0.9}) is None
+    assert stage.PromotionPolicy().useless({"auc": 0.7, "normalized_entropy": 1.02}) is None
+
+
 class _Evaluation:
     def __init__(self, auc: float):
         self.auc = auc
