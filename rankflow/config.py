@@ -38,6 +38,9 @@ class Settings:
 
     data_dir: Path = DEFAULT_DATA_DIR
     spark_master: str = "local[*]"
+    # The Spark driver's heap (spark.driver.memory: "2g", "8g", "512m"). In local mode the driver runs every task,
+    # so a day of millions of events needs more than the default (a 2M-event day peaked near 10 GB in all).
+    spark_driver_memory: str = "2g"
     # "sqlite" (embedded default) or a redis URL such as "redis://localhost:6379/0".
     online_store: str = "sqlite"
     # "file" (Feast's file/dask offline store, default) or "spark".
@@ -73,6 +76,7 @@ class Settings:
 _ENV_KEYS = {
     "RANKFLOW_DATA_DIR": "data_dir",
     "RANKFLOW_SPARK_MASTER": "spark_master",
+    "RANKFLOW_SPARK_DRIVER_MEMORY": "spark_driver_memory",
     "RANKFLOW_ONLINE_STORE": "online_store",
     "RANKFLOW_OFFLINE_STORE": "offline_store",
 }
@@ -81,6 +85,15 @@ OFFLINE_STORES = ("file", "spark")
 
 class ConfigError(ValueError):
     """A configuration value (rankflow.yaml, a RANKFLOW_* variable) that cannot be used; the message names where."""
+
+
+def check_memory_size(value: str) -> str:
+    """A JVM memory size such as '2g', '512m' or '8G'; a ValueError says what was expected."""
+    import re
+
+    if not re.fullmatch(r"[1-9][0-9]*[kKmMgGtT]?", value):
+        raise ValueError(f"{value!r}: expected a size such as 2g, 8g or 512m")
+    return value
 
 
 def check_online_store(value: str) -> str:
@@ -148,10 +161,11 @@ def _read_config_file(config_file: Path) -> dict[str, Any]:
     for key in loaded:
         if key not in known:
             raise ConfigError(f"{at(key)}: unknown setting {key!r}; known: {', '.join(sorted(known))}")
-    for key in ("spark_master", "online_store", "offline_store"):
+    for key in ("spark_master", "spark_driver_memory", "online_store", "offline_store"):
         if key in loaded and not isinstance(loaded[key], str):
             raise ConfigError(f"{at(key)}: {key} must be a string, got {loaded[key]!r}")
-    for key, check in (("online_store", check_online_store), ("offline_store", check_offline_store)):
+    for key, check in (("online_store", check_online_store), ("offline_store", check_offline_store),
+                       ("spark_driver_memory", check_memory_size)):
         if key in loaded:
             try:
                 check(loaded[key])
@@ -182,7 +196,8 @@ def load_settings(data_dir: Path | str | None = None, **overrides: Any) -> Setti
     A value that cannot be used raises ConfigError naming the file and line, or the variable.
     """
     env = {field_name: os.environ[key] for key, field_name in _ENV_KEYS.items() if key in os.environ}
-    for key, check in (("RANKFLOW_ONLINE_STORE", check_online_store), ("RANKFLOW_OFFLINE_STORE", check_offline_store)):
+    for key, check in (("RANKFLOW_ONLINE_STORE", check_online_store), ("RANKFLOW_OFFLINE_STORE", check_offline_store),
+                       ("RANKFLOW_SPARK_DRIVER_MEMORY", check_memory_size)):
         if key in os.environ:
             try:
                 check(os.environ[key])

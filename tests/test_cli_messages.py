@@ -100,6 +100,8 @@ def test_a_malformed_rankflow_yaml_is_one_line_naming_the_file_and_line(tmp_path
     ("offline_store: parquet\n", "line 1: offline_store 'parquet': expected one of 'file', 'spark'"),
     ("online_store: mysql://db\n", "line 1: online_store 'mysql://db': expected 'sqlite' or a Redis URL"),
     ("- spark_master\n", "expected a mapping of settings"),
+    ("spark_driver_memory: lots\n", "line 1: spark_driver_memory 'lots': expected a size such as 2g"),
+    ("spark_driver_memory: 8\n", "line 1: spark_driver_memory must be a string, got 8"),
 ])
 def test_a_setting_that_cannot_be_used_names_the_file_and_line(tmp_path, text, expected):
     from rankflow.config import ConfigError, load_settings
@@ -116,6 +118,41 @@ def test_an_environment_value_that_cannot_be_used_names_the_variable(tmp_path, m
     monkeypatch.setenv("RANKFLOW_OFFLINE_STORE", "parquet")
     with pytest.raises(ConfigError, match="environment variable RANKFLOW_OFFLINE_STORE: 'parquet': expected one of"):
         load_settings(tmp_path)
+
+
+def test_the_spark_driver_memory_comes_from_rankflow_yaml_or_the_environment(tmp_path, monkeypatch):
+    """A day of millions of events needs more than the 2g default heap: rankflow.yaml or
+    RANKFLOW_SPARK_DRIVER_MEMORY sets spark.driver.memory of the session the feature jobs start."""
+    from features.spark import session
+    from rankflow.config import load_settings
+
+    (tmp_path / "rankflow.yaml").write_text("spark_driver_memory: 6g\n")
+    assert load_settings(tmp_path).spark_driver_memory == "6g"
+    monkeypatch.setenv("RANKFLOW_SPARK_DRIVER_MEMORY", "12g")
+    settings = load_settings(tmp_path)
+    assert settings.spark_driver_memory == "12g"
+
+    conf = {}
+
+    class Builder:  # records the session's configuration instead of starting a JVM
+        def master(self, value):
+            return self
+
+        def appName(self, value):
+            return self
+
+        def config(self, key, value):
+            conf[key] = value
+            return self
+
+        def getOrCreate(self):
+            raise RuntimeError("not started")
+
+    monkeypatch.setattr(session, "_session", None)
+    monkeypatch.setattr(session.SparkSession, "builder", Builder())
+    with pytest.raises(RuntimeError, match="not started"):
+        session.spark_session(settings)
+    assert conf["spark.driver.memory"] == "12g"
 
 
 def test_train_device_is_a_usage_error_before_any_work(tmp_path):

@@ -24,7 +24,7 @@ class SparkTuning:
     """Session options; the defaults run a default-sized day in seconds on 2 cores."""
 
     shuffle_partitions: int = 4
-    driver_memory: str = "2g"
+    driver_memory: str | None = None  # None: Settings.spark_driver_memory (rankflow.yaml, RANKFLOW_SPARK_DRIVER_MEMORY)
     app_name: str = "rankflow-features"
 
 
@@ -41,7 +41,7 @@ def spark_session(settings: Settings, tuning: SparkTuning = SparkTuning()) -> Sp
         .appName(tuning.app_name)
         .config("spark.sql.shuffle.partitions", str(tuning.shuffle_partitions))
         .config("spark.default.parallelism", str(tuning.shuffle_partitions))
-        .config("spark.driver.memory", tuning.driver_memory)
+        .config("spark.driver.memory", tuning.driver_memory or settings.spark_driver_memory)
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.session.timeZone", "UTC")
