@@ -24,6 +24,10 @@ class _SummaryPrintedAtTheEnd(logging.Filter):
         return not (record.levelno >= logging.WARNING and " FAILED (" in record.getMessage())
 
 
+STEP_NAMES = {"validate": "validating raw events", "build": "Spark features, validation, training set",
+              "materialize": "writing the online store"}
+
+
 def _run(command: str, steps: tuple[str, ...], day: str | None, start: str | None, end: str | None, data_dir,
          online_store, offline_store) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -47,8 +51,11 @@ def _run(command: str, steps: tuple[str, ...], day: str | None, start: str | Non
             results.append(outcome)
             bar.update(task, advance=1, description=f"{finished.isoformat()} done")
 
+        def on_step(day, step):  # a large day is minutes of Spark: say which step of which day is running
+            bar.update(task, description=f"{day.isoformat()}: {STEP_NAMES.get(step, step)}")
+
         try:
-            run_range(settings, days, steps=steps, on_day=on_day)
+            run_range(settings, days, steps=steps, on_day=on_day, on_step=on_step)
         except ValidationFailed as failure:
             bar.stop()
             _stderr.print(f"[bold red]rankflow features {command} failed:[/] validation failed: "

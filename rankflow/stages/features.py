@@ -164,11 +164,19 @@ STEPS: dict[str, Callable[[Settings, date], dict]] = {
 
 
 def run_range(settings: Settings, days: list[date], steps: tuple[str, ...] = ("validate", "build", "materialize"),
-              on_day: Callable[[date, dict], None] | None = None) -> list[dict]:
-    """Run `steps` for each day in order; stops at the first failure (later days depend on it)."""
+              on_day: Callable[[date, dict], None] | None = None,
+              on_step: Callable[[date, str], None] | None = None) -> list[dict]:
+    """Run `steps` for each day in order; stops at the first failure (later days depend on it).
+
+    `on_day(day, outcome)` after each day, `on_step(day, step)` before each step (a progress display).
+    """
     results = []
     for day in sorted(days):
-        outcome = {"day": day.isoformat()} | {step: STEPS[step](settings, day) for step in steps}
+        outcome = {"day": day.isoformat()}
+        for step in steps:
+            if on_step is not None:
+                on_step(day, step)
+            outcome[step] = STEPS[step](settings, day)
         results.append(outcome)
         if on_day is not None:
             on_day(day, outcome)

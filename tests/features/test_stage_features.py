@@ -164,3 +164,33 @@ def test_fixed_day_builds_after_a_failure(built):
     result = build_features(built, day)
     assert result["windows"]["member"] == "incremental"
     assert (built.paths.feature_partition("training_set", day) / "part-0.parquet").exists()
+
+
+def test_run_range_says_which_step_of_which_day_runs_and_stops_at_the_first_failure(monkeypatch, tmp_path):
+    """The CLI's progress line names the running step of the running day (a large day is minutes of Spark)."""
+    from datetime import date
+
+    from rankflow.stages import features as stage
+
+    calls = []
+
+    def step(name):
+        def run(settings, day):
+            calls.append(("run", day.day, name))
+            if (day.day, name) == (3, "build"):
+                raise RuntimeError("Spark failed")
+            return {name: day.day}
+        return run
+
+    monkeypatch.setattr(stage, "STEPS", {name: step(name) for name in ("validate", "build", "materialize")})
+    days = [date(2026, 1, 2), date(2026, 1, 1), date(2026, 1, 3)]
+    with pytest.raises(RuntimeError, match="Spark failed"):
+        stage.run_range(Settings(data_dir=tmp_path), days, on_day=lambda day, outcome: calls.append(("day", day.day)),
+                        on_step=lambda day, name: calls.append(("step", day.day, name)))
+    expected = []
+    for day in (1, 2):
+        for name in ("validate", "build", "materialize"):
+            expected += [("step", day, name), ("run", day, name)]
+        expected.append(("day", day))
+    expected += [("step", 3, "validate"), ("run", 3, "validate"), ("step", 3, "build"), ("run", 3, "build")]
+    assert calls == expected
