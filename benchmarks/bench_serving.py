@@ -109,7 +109,8 @@ def feature_reads(settings, members, items, candidate_counts, reads: int = 200) 
     sdk.direct = None
     name = type(direct.direct).__module__ if direct.direct else "none (the SDK path only)"
     rng = random.Random(3)
-    lines = ["| candidates | reader | reads | p50 ms | p99 ms | within the 50 ms deadline |", "|---|---|---|---|---|---|"]
+    lines = ["| candidates | reader | reads | p50 ms | p99 ms | within the 50 ms deadline |",
+             "|---|---|---|---|---|---|"]
 
     async def timed(reader, bodies) -> list[float]:
         out = []

@@ -67,7 +67,7 @@ def read_interactions(settings: Settings, start: date, end: date, config):
     Only the columns the sub-network reads come off disk (ids, time, label, weight and its job-side inputs: a
     dozen of the training set's ~50; the member-side skill bags alone are as large as the rest), and each day is
     hashed and encoded before the next is read, so the peak is one day's pandas frame plus the encoded arrays, not
-    the whole window as objects (22 days at 10x the demo size did not fit 14 GB that way). A column the sub-network
+    the whole window as Python objects (at 100x the demo size, two days of it alone took 4 GB). A column the sub-network
     needs that no partition of the window has raises KeyError naming it; one that only older partitions lack reads
     as missing values there (as a concatenation of the partitions would).
     """
