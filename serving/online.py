@@ -35,6 +35,7 @@ log = get_logger(__name__)
 MEMBER_KEY, JOB_KEY = "member_id", "item_id"
 MEMBER_VIEWS = ("member_features", "member_affinities", "glmix_member", "meta_embedding")
 JOB_VIEWS = ("job_features", "glmix_job")
+MAX_LATE_READS = 2  # late SQLite reads left to finish; more are cancelled (those not yet started never run)
 # The views whose rows say the entity is known (the personalisation views lag a day behind it).
 PRIMARY_MEMBER_VIEW, PRIMARY_JOB_VIEW = "member_features", "job_features"
 
@@ -98,6 +99,7 @@ class OnlineFeatures:
         self.versions = {v: view_version(registered[v]) for v in (*self.member_views, *self.job_views)}
         self._cache: OrderedDict[int, tuple[float, dict]] = OrderedDict()
         self._use_async = True
+        self._late: set[asyncio.Future] = set()  # late thread reads still running (at most MAX_LATE_READS)
         self._empty_job = dict.fromkeys(self.job_columns)
         views = ([registered[v] for v in self.member_views], [registered[v] for v in self.job_views])
         self.direct: RedisRows | SqliteRows | None = (RedisRows.for_store(store, *views, cache_size)
@@ -149,6 +151,7 @@ class OnlineFeatures:
 
     def _remember_late(self, task: asyncio.Future, now: float) -> None:
         """A read that ended after its request's deadline: its known job rows go into the cache all the same."""
+        self._late.discard(task)
         if task.cancelled() or task.exception() is not None:  # exception(): retrieved, so asyncio does not warn
             return
         fetched = task.result()[1]
@@ -170,9 +173,10 @@ class OnlineFeatures:
         done, pending = await asyncio.wait(set(tasks.values()), timeout=self.deadline)
         reasons = []
         for task in pending:
-            if self.direct is None or self.direct.cancel_at_deadline:
-                task.cancel()
+            if self.direct is None or self.direct.cancel_at_deadline or len(self._late) >= MAX_LATE_READS:
+                task.cancel()  # a store that is behind: no backlog of reads nobody waits for
             else:  # left to finish in its thread; its outcome is collected (and its job rows kept) when it ends
+                self._late.add(task)
                 task.add_done_callback(lambda late, at=now: self._remember_late(late, at))
         for name, task in tasks.items():
             if task in pending:

@@ -264,3 +264,31 @@ def test_a_late_sqlite_read_still_fills_the_job_cache(sqlite_settings, known_ids
     late, next_read = asyncio.run(reads())
     assert late.degraded and late.member is None and all(v is None for v in late.job_rows[0].values())
     assert not next_read.degraded and next_read.job_rows == truth.job_rows and next_read.member == truth.member
+
+
+def test_a_stalled_sqlite_store_keeps_at_most_two_late_reads(sqlite_settings, known_ids, monkeypatch):
+    """Late reads are left to finish only up to MAX_LATE_READS: a store that stays behind gets no backlog of reads
+    nobody waits for (the rest are cancelled; one not yet started in the thread pool never runs)."""
+    from features.store import feature_store
+    from serving.online import MAX_LATE_READS, OnlineFeatures
+    from serving.sqlite_rows import SqliteRows
+
+    members, items = known_ids
+    reader = OnlineFeatures(feature_store(sqlite_settings), deadline_ms=20, cache_seconds=60)
+    fetch = SqliteRows._fetch
+
+    def stalled_fetch(self, member_id, item_ids):
+        time.sleep(0.3)
+        return fetch(self, member_id, item_ids)
+
+    monkeypatch.setattr(SqliteRows, "_fetch", stalled_fetch)
+
+    async def burst():
+        reads = await asyncio.gather(*(reader.read(members[i], items[:5]) for i in range(8)))
+        held = len(reader._late)
+        await asyncio.sleep(1.0)
+        return reads, held
+
+    reads, held = asyncio.run(burst())
+    assert all(read.degraded for read in reads)
+    assert held == MAX_LATE_READS == 2 and not reader._late
