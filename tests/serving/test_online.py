@@ -76,21 +76,28 @@ async def direct_rows_equal_sdk_rows_and_follow_a_change(direct, sdk, members, i
     assert changed.job_rows[1] is first.job_rows[1]
 
 
+def direct_and_sdk_readers(settings, reader_type):
+    """(direct reader, Feast SDK reader) of `settings`' online store; the direct one must be a `reader_type`."""
+    from features.store import feature_store
+    from serving.online import OnlineFeatures
+
+    store = feature_store(settings)
+    direct = OnlineFeatures(store, deadline_ms=5_000)
+    assert isinstance(direct.direct, reader_type), f"the store must be read directly by {reader_type.__name__}"
+    sdk = OnlineFeatures(store, deadline_ms=5_000)
+    sdk.direct = None  # the Feast SDK path, for comparison
+    return direct, sdk
+
+
 def test_direct_redis_rows_equal_feast_sdk_rows_and_follow_changes(served_settings, known_ids):
     import redis
     from feast.infra.online_stores.helpers import _mmh3
     from feast.protos.feast.types.Value_pb2 import Value
 
-    from features.store import feature_store
-    from serving.online import OnlineFeatures
     from serving.redis_rows import RedisRows
 
     members, items = known_ids
-    store = feature_store(served_settings)
-    direct = OnlineFeatures(store, deadline_ms=5_000)
-    assert isinstance(direct.direct, RedisRows), "a plain Redis store must be read directly"
-    sdk = OnlineFeatures(store, deadline_ms=5_000)
-    sdk.direct = None  # the Feast SDK path, for comparison
+    direct, sdk = direct_and_sdk_readers(served_settings, RedisRows)
     client = redis.Redis.from_url(served_settings.online_store)
     key = direct.direct.job.key(items[0], direct.direct.project)
     field = _mmh3("job_features:j_age_days")
@@ -215,21 +222,16 @@ def test_direct_sqlite_rows_equal_feast_sdk_rows_and_follow_changes(sqlite_setti
 
     from feast.protos.feast.types.Value_pb2 import Value
 
-    from features.store import feature_store
-    from serving.online import OnlineFeatures
     from serving.sqlite_rows import SqliteRows
 
     members, items = known_ids
-    store = feature_store(sqlite_settings)
-    direct = OnlineFeatures(store, deadline_ms=5_000)
-    assert isinstance(direct.direct, SqliteRows), "the SQLite store must be read directly"
-    sdk = OnlineFeatures(store, deadline_ms=5_000)
-    sdk.direct = None  # the Feast SDK path, for comparison
+    direct, sdk = direct_and_sdk_readers(sqlite_settings, SqliteRows)
+    project = direct.store.config.project
 
     def change():
         with sqlite3.connect(direct.direct.path) as connection:
             updated = connection.execute(
-                f'UPDATE "{store.config.project}_job_features" SET value = ? WHERE entity_key = ? AND feature_name = ?',
+                f'UPDATE "{project}_job_features" SET value = ? WHERE entity_key = ? AND feature_name = ?',
                 (Value(float_val=1234.5).SerializeToString(), direct.direct.job.key(items[0]), "j_age_days")).rowcount
         assert updated == 1
 
