@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import json
 from datetime import date
+from typing import Callable
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -47,6 +49,7 @@ TABLE = "training_set"
 SOURCE_VIEWS = (MEMBER_TABLE, JOB_TABLE, AFFINITY_TABLE)
 OPTIONAL_VIEWS = ("meta_embedding",)  # joined once personalisation has written it
 ENTITY_ROW = "__entity_row"  # numbers the entity rows handed to Feast
+BATCH_ROWS = 250_000  # events assembled at a time (build_training_set)
 
 
 def _has_data_before(settings: Settings, view: str, day: date) -> bool:
@@ -80,8 +83,9 @@ def feature_roles(store, views: tuple[str, ...]) -> dict[str, list[str]]:
     return roles
 
 
-def _point_in_time(store, view: str, key: str, events: pd.DataFrame) -> pd.DataFrame:
-    """One view's features for every event of one day, by Feast's point-in-time join over the distinct keys.
+def _key_rows(store, view: str, key: str, events: pd.DataFrame) -> pd.DataFrame:
+    """One view's features for each distinct key of one day's events (a row per key, in first-event order),
+    by Feast's point-in-time join.
 
     Feature rows are stamped at day boundaries (end of their day), so every event of day D sees the same rows
     of its key (those stamped at or before D 00:00): one entity row per key, at its first event, gives each of
@@ -100,8 +104,44 @@ def _point_in_time(store, view: str, key: str, events: pd.DataFrame) -> pd.DataF
     # Entity rows Feast dropped (no feature row at or before the event) come back with null features.
     joined = pairs.assign(**{ENTITY_ROW: entity_df[ENTITY_ROW]}).merge(
         joined[[ENTITY_ROW, *features]], on=ENTITY_ROW, how="left", validate="one_to_one")
-    return events[[key]].merge(joined.drop(columns=[ENTITY_ROW, "ts"]), on=key, how="left",
-                               validate="many_to_one")[features]
+    return joined.drop(columns=[ENTITY_ROW, "ts"])
+
+
+class _DayRows:
+    """D's events (sorted by ts, event_id) and, per joined view, its rows by key: rows for any slice of the
+    events without joining again (Feast is asked once per view and day; a slice only gathers rows)."""
+
+    def __init__(self, settings: Settings, day: date):
+        store = feature_store(settings)
+        events = read_raw(settings.paths, "events", day=day)
+        self.events = events.sort_values(["ts", "event_id"], kind="stable", ignore_index=True)
+        # Per view, in order: its feature names (no partition before D: null columns, every entity is cold)
+        # or (its rows by key, as Arrow: bags and strings are not Python objects; each event's row in them).
+        self.views: list[list[str] | tuple[pa.Table, np.ndarray]] = []
+        for name in [*SOURCE_VIEWS, *(v for v in OPTIONAL_VIEWS if _has_data_before(settings, v, day))]:
+            view = store.get_feature_view(name)
+            if not _has_data_before(settings, name, day):
+                self.views.append([field.name for field in view.features])
+                continue
+            key, = view.join_keys
+            rows = _key_rows(store, name, key, self.events)
+            self.views.append((pa.Table.from_pandas(rows.drop(columns=[key]), preserve_index=False),
+                               pd.Index(rows[key]).get_indexer(self.events[key]).astype(np.int64)))
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def rows(self, start: int = 0, stop: int | None = None) -> pd.DataFrame:
+        """Events start..stop joined with the views' columns (raw Feast output, before assembly)."""
+        events = self.events.iloc[start:stop].reset_index(drop=True)
+        columns = {"event_timestamp": events["ts"]}
+        for view in self.views:
+            if isinstance(view, list):
+                columns |= {name: None for name in view}
+            else:
+                rows, position = view
+                columns |= rows.take(position[start:stop]).to_pandas().to_dict("series")
+        return events.assign(**columns)
 
 
 def historical_rows(settings: Settings, day: date) -> pd.DataFrame:
@@ -109,32 +149,75 @@ def historical_rows(settings: Settings, day: date) -> pd.DataFrame:
 
     A view with no partition before D (the first day) contributes null columns: every entity is cold.
     """
-    store = feature_store(settings)
-    events = read_raw(settings.paths, "events", day=day)
-    events = events.sort_values(["ts", "event_id"], kind="stable", ignore_index=True)
-    views = [*SOURCE_VIEWS, *(v for v in OPTIONAL_VIEWS if _has_data_before(settings, v, day))]
-    columns = {"event_timestamp": events["ts"]}
-    for name in views:
-        view = store.get_feature_view(name)
-        if _has_data_before(settings, name, day):
-            key, = view.join_keys
-            columns |= _point_in_time(store, name, key, events).to_dict("series")
-        else:
-            columns |= {field.name: None for field in view.features}
-    return events.assign(**columns)
+    return _DayRows(settings, day).rows()
 
 
-def build_training_set(settings: Settings, day: date) -> tuple[pd.DataFrame, dict]:
-    """The assembled training rows of day D and their spec (not yet validated or written)."""
+def _arrow_rows(assembled: pd.DataFrame, spec: dict) -> pa.Table:
+    # Without pandas' schema metadata: it describes the frame it came from (a bag that is empty in every row
+    # of a batch is typed "empty"), so batches would disagree; the Arrow types alone read back the same frame.
+    table = pa.Table.from_pandas(assembled, preserve_index=False).replace_schema_metadata(None)
+    # A bag column whose lists are all empty (day 1: no job or member has features yet) would be typed
+    # list<null>; every day must have the same schema, so bags are always list<string>.
+    for column in spec["multi_valued"]:
+        if column in table.column_names and table.schema.field(column).type != pa.list_(pa.string()):
+            index = table.column_names.index(column)
+            table = table.set_column(index, column, table.column(column).cast(pa.list_(pa.string())))
+    return table
+
+
+def _one_table(tables: list[pa.Table], specs: list[dict]) -> tuple[pa.Table, dict]:
+    """The batches as one table and one spec. An embedding column appears in a batch only where one of its
+    members has an embedding: batches without it get a null column, as one frame of the whole day would."""
+    spec = dict(specs[0], embeddings={})
+    for part in specs:
+        if {k: v for k, v in part.items() if k != "embeddings"} != {k: v for k, v in spec.items() if k != "embeddings"}:
+            raise RuntimeError(f"training set batches disagree on their columns: {part} vs {spec}")
+        for name, dim in part["embeddings"].items():
+            if spec["embeddings"].setdefault(name, dim) != dim:
+                raise RuntimeError(f"training set batches disagree on the size of {name}: {dim} vs "
+                                   f"{spec['embeddings'][name]}")
+    filled = []
+    for table in tables:
+        for name in spec["embeddings"]:
+            if name not in table.column_names:
+                table = table.append_column(name, pa.nulls(table.num_rows, pa.list_(pa.float32())))
+        filled.append(table)
+    return pa.concat_tables(filled), spec
+
+
+def build_training_set(settings: Settings, day: date, batch_rows: int = BATCH_ROWS,
+                       on_batch: Callable[[int, int], None] | None = None) -> tuple[pa.Table, dict]:
+    """The assembled training rows of day D (Arrow) and their spec (not yet validated or written).
+
+    Rows are assembled `batch_rows` events at a time: model inputs are per-event, so the result is the same
+    for any batch size, while Python objects (bags, strings) exist for one batch only; the day is held as
+    Arrow, several times smaller. `on_batch(rows done, rows)` after each batch (a progress display).
+    """
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be at least 1, got {batch_rows}")
     roles = feature_roles(feature_store(settings), SOURCE_VIEWS)
-    assembled = assemble_rows(historical_rows(settings, day), roles=roles)
-    assembled = assembled.drop(columns=[c for c in ("event_timestamp",) if c in assembled.columns])
-    assembled["label"] = assembled["label"].astype("int8")
-    assembled["weight"] = assembled["weight"].astype("float32")
-    return assembled, input_spec(assembled)
+    day_rows = _DayRows(settings, day)
+    tables, specs = [], []
+    for start in range(0, max(len(day_rows), 1), batch_rows):
+        assembled = assemble_rows(day_rows.rows(start, start + batch_rows), roles=roles)
+        assembled = assembled.drop(columns=[c for c in ("event_timestamp",) if c in assembled.columns])
+        assembled["label"] = assembled["label"].astype("int8")
+        assembled["weight"] = assembled["weight"].astype("float32")
+        specs.append(input_spec(assembled))
+        tables.append(_arrow_rows(assembled, specs[-1]))
+        del assembled
+        if on_batch is not None:
+            on_batch(min(start + batch_rows, len(day_rows)), len(day_rows))
+    return _one_table(tables, specs)
 
 
-def write_training_set(settings: Settings, day: date, frame: pd.DataFrame, spec: dict) -> None:
+def validation_frame(table: pa.Table, spec: dict) -> pd.DataFrame:
+    """The columns the training-set suite reads (key, label, weight, dense), as pandas: no bags or strings."""
+    wanted = ["event_id", spec["label"], spec["weight"], *spec["dense"]]
+    return table.select([c for c in dict.fromkeys(wanted) if c in table.column_names]).to_pandas()
+
+
+def write_training_set(settings: Settings, day: date, table: pa.Table | pd.DataFrame, spec: dict) -> None:
     """Swap the day's partition in atomically, then spec.json when D is the newest day built.
 
     spec.json describes the newest partition: its columns are the same for every day of one schema, but its
@@ -143,13 +226,8 @@ def write_training_set(settings: Settings, day: date, frame: pd.DataFrame, spec:
     """
     newer = [built for built in partition_days(settings.paths.feature_table(TABLE)) if built > day]
     with atomic_directory(settings.paths.feature_partition(TABLE, day)) as staging:
-        table = pa.Table.from_pandas(frame, preserve_index=False)
-        # A bag column whose lists are all empty (day 1: no job or member has features yet) would be typed
-        # list<null>; every day must have the same schema, so bags are always list<string>.
-        for column in spec["multi_valued"]:
-            if column in table.column_names and table.schema.field(column).type != pa.list_(pa.string()):
-                index = table.column_names.index(column)
-                table = table.set_column(index, column, table.column(column).cast(pa.list_(pa.string())))
+        if isinstance(table, pd.DataFrame):  # a frame assembled by hand (tests, tools)
+            table = _arrow_rows(table, spec)
         (staging / PART_FILE).write_bytes(parquet_bytes(table))
     spec_path = settings.paths.feature_table(TABLE) / "spec.json"
     if newer and spec_path.exists():

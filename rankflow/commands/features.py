@@ -51,8 +51,8 @@ def _run(command: str, steps: tuple[str, ...], day: str | None, start: str | Non
             results.append(outcome)
             bar.update(task, advance=1, description=f"{finished.isoformat()} done")
 
-        def on_step(day, step):  # a large day is minutes of Spark: say which step of which day is running
-            bar.update(task, description=f"{day.isoformat()}: {STEP_NAMES.get(step, step)}")
+        def on_step(day, step, part=None):  # a large day is minutes of work: say which step of which day runs
+            bar.update(task, description=f"{day.isoformat()}: {part or STEP_NAMES.get(step, step)}")
 
         try:
             run_range(settings, days, steps=steps, on_day=on_day, on_step=on_step)

@@ -41,8 +41,9 @@ def _table_rules(table: str, frame: pd.DataFrame) -> dict:
     return {"ranges": ranges, "drift_columns": DRIFT_COLUMNS.get(table, ())}
 
 
-def _quarantine_frame(settings: Settings, zone: str, day: date, frame: pd.DataFrame, failure) -> Path:
-    """Keep a frame that failed validation aside with its report (it was never written to its zone)."""
+def _quarantine_frame(settings: Settings, zone: str, day: date, frame, failure) -> Path:
+    """Keep a frame (pandas or Arrow) that failed validation aside with its report (it was never written to
+    its zone)."""
     import pyarrow as pa
 
     from features.contract import PART_FILE, parquet_bytes
@@ -50,7 +51,8 @@ def _quarantine_frame(settings: Settings, zone: str, day: date, frame: pd.DataFr
 
     settings.paths.root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{zone.replace('/', '_')}-", dir=settings.paths.root))
-    (staging / PART_FILE).write_bytes(parquet_bytes(pa.Table.from_pandas(frame, preserve_index=False)))
+    table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
+    (staging / PART_FILE).write_bytes(parquet_bytes(table))
     return quarantine(staging, settings.paths.quarantine(zone, day), failure)
 
 
@@ -104,18 +106,22 @@ def _refuse_quarantined_earlier_days(settings: Settings, day: date) -> None:
             f"fix and restore {first} and build it (`rankflow features build --date {first}`), then build {day}")
 
 
-def build_features(settings: Settings, day: date) -> dict:
-    """Spark feature tables of D and the training set of D, validated, then written atomically."""
+def build_features(settings: Settings, day: date, on_progress: Callable[[str], None] | None = None) -> dict:
+    """Spark feature tables of D and the training set of D, validated, then written atomically.
+
+    `on_progress(text)` names each part as it starts (a large day is minutes of Spark, then of assembly)."""
     from features.spark.build import ENTITY_OF_TABLE, build_day
     from features.spark.session import spark_session
     from features.store import read_offline_partition, write_offline_partition
     from features.training_set import TABLE as TRAINING_TABLE
-    from features.training_set import build_training_set, write_training_set
+    from features.training_set import build_training_set, validation_frame, write_training_set
     from validation import ValidationFailed, check_feature_table, check_training_set, refresh_data_docs_index
 
+    say = on_progress or (lambda text: None)
     started = time.perf_counter()
     paths = settings.paths
     _refuse_quarantined_earlier_days(settings, day)
+    say("Spark feature tables")
     built = build_day(spark_session(settings), paths, day)
     spark_seconds = time.perf_counter() - started
     checks = {}
@@ -129,19 +135,24 @@ def build_features(settings: Settings, day: date) -> dict:
             raise
         checks[table] = result.success
     # The training set of D reads the features of D-1 only, so it can be made before D's tables land.
-    training, spec = build_training_set(settings, day)
+    say("training set")
+    training, spec = build_training_set(
+        settings, day, on_batch=lambda done, rows: say(f"training set: {done:,} of {rows:,} events"))
+    say("validating the training set")
     try:
-        check_training_set(training, day, reports_dir=paths.reports, dense_columns=spec["dense"])
+        check_training_set(validation_frame(training, spec), day, reports_dir=paths.reports,
+                           dense_columns=spec["dense"])
     except ValidationFailed as failure:
         _quarantine_frame(settings, f"features/{TRAINING_TABLE}", day, training, failure)
         raise
+    say("writing")
     for table, frame in built.tables.items():
         write_offline_partition(paths, table, day, frame)
     write_training_set(settings, day, training, spec)
     refresh_data_docs_index(paths.reports)  # GX's index, once a day (validation.checkpoint)
     return {
         "day": day.isoformat(), "events": built.events, "windows": built.window_modes,
-        "rows": {table: len(frame) for table, frame in built.tables.items()} | {TRAINING_TABLE: len(training)},
+        "rows": {table: len(frame) for table, frame in built.tables.items()} | {TRAINING_TABLE: training.num_rows},
         "spark_seconds": round(spark_seconds, 2), "seconds": round(time.perf_counter() - started, 2),
     }
 
@@ -159,24 +170,28 @@ def run_day(settings: Settings, day: date) -> dict:
             "materialize": materialize(settings, day)}
 
 
-STEPS: dict[str, Callable[[Settings, date], dict]] = {
+STEPS: dict[str, Callable[..., dict]] = {
     "validate": validate_raw, "build": build_features, "materialize": materialize}
 
 
 def run_range(settings: Settings, days: list[date], steps: tuple[str, ...] = ("validate", "build", "materialize"),
               on_day: Callable[[date, dict], None] | None = None,
-              on_step: Callable[[date, str], None] | None = None) -> list[dict]:
+              on_step: Callable[..., None] | None = None) -> list[dict]:
     """Run `steps` for each day in order; stops at the first failure (later days depend on it).
 
-    `on_day(day, outcome)` after each day, `on_step(day, step)` before each step (a progress display).
+    `on_day(day, outcome)` after each day; `on_step(day, step)` before each step and, within the build,
+    `on_step(day, "build", part)` as each part starts (a progress display).
     """
     results = []
     for day in sorted(days):
         outcome = {"day": day.isoformat()}
         for step in steps:
+            progress = {}
             if on_step is not None:
                 on_step(day, step)
-            outcome[step] = STEPS[step](settings, day)
+                if step == "build":
+                    progress["on_progress"] = lambda part, day=day: on_step(day, "build", part)
+            outcome[step] = STEPS[step](settings, day, **progress)
         results.append(outcome)
         if on_day is not None:
             on_day(day, outcome)

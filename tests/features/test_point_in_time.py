@@ -82,6 +82,7 @@ def test_planted_label_never_leaks_into_its_own_training_row(tmp_path):
     _build_and_write(settings, DAY1)
     day2_tables = _build_and_write(settings, DAY2)
     rows, _ = build_training_set(settings, DAY2)
+    rows = rows.to_pandas()
     planted = rows[rows["event_id"] == 2000].iloc[0]
     assert planted["member_id"] == 1 and planted["label"] == 1
     # Exactly the DAY1 apply one microsecond before midnight, not the row's own apply at midnight.

@@ -96,10 +96,10 @@ def test_rematerialising_an_old_day_keeps_the_newer_online_values(built, tmp_pat
     _assert_online_equals_offline(built.paths.feast, {"member_features": newest}, tmp_path)
 
 
-def _digest(*roots: Path) -> str:
+def _digest(*roots: Path, skip: str | None = None) -> str:
     digest = hashlib.sha256()
     for root in roots:
-        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        for path in sorted(p for p in root.rglob("*") if p.is_file() and skip not in p.relative_to(root).parts):
             digest.update(str(path.relative_to(root)).encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()
@@ -150,6 +150,38 @@ def test_bad_raw_day_fails_validation_and_changes_nothing(built, case):
         part.write_bytes(original)
 
 
+def test_a_training_set_that_fails_validation_is_quarantined_whole_and_changes_nothing(built, monkeypatch):
+    """The training set is assembled in batches and held as Arrow: a bad value in the last batch fails the day,
+    the quarantine keeps every row of it, and neither the feature tables nor the training set change."""
+    import features.training_set as training_set
+
+    paths = built.paths
+    day = raw_days(paths)[1]
+    # Spark's window state of D (features/_windows, a cache of D's validated raw events) is rewritten with the
+    # same rows under new file names before the tables are checked; the tables and the store must not change.
+    before = _digest(paths.features, paths.feast, skip="_windows")
+    real, poisoned = training_set.build_training_set, []
+
+    def with_a_nan(settings, day, **kwargs):
+        table, spec = real(settings, day, batch_rows=100)
+        column = spec["dense"][0]
+        poisoned.append(column)
+        values = table.column(column).to_numpy().copy()
+        values[-1] = np.nan
+        return table.set_column(table.column_names.index(column), column, pa.array(values)), spec
+
+    monkeypatch.setattr(training_set, "build_training_set", with_a_nan)
+    try:
+        with pytest.raises(ValidationFailed, match="training_set"):
+            build_features(built, day)
+        assert _digest(paths.features, paths.feast, skip="_windows") == before
+        kept = pq.read_table(paths.quarantine("features/training_set", day) / "partition" / "part-0.parquet")
+        assert kept.num_rows == len(read_offline_partition(paths, "training_set", day)) > 100
+        assert np.isnan(kept.column(poisoned[0]).to_numpy()[-1])
+    finally:
+        shutil.rmtree(paths.quarantine("features/training_set", day), ignore_errors=True)
+
+
 def _app():
     from rankflow.cli import app
 
@@ -175,8 +207,10 @@ def test_run_range_says_which_step_of_which_day_runs_and_stops_at_the_first_fail
     calls = []
 
     def step(name):
-        def run(settings, day):
+        def run(settings, day, on_progress=None):
             calls.append(("run", day.day, name))
+            if on_progress is not None:  # only the build reports its parts
+                on_progress("training set: 10 of 20 events")
             if (day.day, name) == (3, "build"):
                 raise RuntimeError("Spark failed")
             return {name: day.day}
@@ -186,11 +220,13 @@ def test_run_range_says_which_step_of_which_day_runs_and_stops_at_the_first_fail
     days = [date(2026, 1, 2), date(2026, 1, 1), date(2026, 1, 3)]
     with pytest.raises(RuntimeError, match="Spark failed"):
         stage.run_range(Settings(data_dir=tmp_path), days, on_day=lambda day, outcome: calls.append(("day", day.day)),
-                        on_step=lambda day, name: calls.append(("step", day.day, name)))
+                        on_step=lambda day, name, *part: calls.append(("step", day.day, name, *part)))
+    part = "training set: 10 of 20 events"
     expected = []
     for day in (1, 2):
         for name in ("validate", "build", "materialize"):
-            expected += [("step", day, name), ("run", day, name)]
+            expected += [("step", day, name), ("run", day, name)] + [("step", day, name, part)] * (name == "build")
         expected.append(("day", day))
-    expected += [("step", 3, "validate"), ("run", 3, "validate"), ("step", 3, "build"), ("run", 3, "build")]
+    expected += [("step", 3, "validate"), ("run", 3, "validate"), ("step", 3, "build"), ("run", 3, "build"),
+                 ("step", 3, "build", part)]
     assert calls == expected

@@ -110,7 +110,7 @@ def test_daily_snapshot_views_are_joined_from_one_partition_with_feasts_rows(pla
     """features.offline_store hands Feast only the newest partition stamped before the day's events for the
     snapshot views; the training set equals the one from Feast's join over every partition (days 2 and 3 of
     the planted store). The raw joined rows differ only in how a cold entity's object columns are null:
-    None from the one partition, NaN where Feast dropped the row and `_point_in_time` joined it back."""
+    None from the one partition, NaN where Feast dropped the row and `_key_rows` joined it back."""
     from features import offline_store
 
     settings, second, _, _, _ = planted
@@ -126,17 +126,47 @@ def test_daily_snapshot_views_are_joined_from_one_partition_with_feasts_rows(pla
         with monkeypatch.context() as stock:
             stock.setattr(offline_store, "_narrowed", lambda view, *a: view)  # Feast's store as it is
             everything, stock_spec = build_training_set(settings, day)
-        pd.testing.assert_frame_equal(pruned, everything)
+        assert pruned.equals(everything)
         assert spec == stock_spec
 
 
+def test_the_day_assembled_in_batches_equals_the_day_in_one_piece(planted, tmp_path):
+    """Rows are assembled a batch of events at a time (Python objects for one batch only): any batch size
+    gives the same table and the same bytes, the meta embedding column included when only a few members have
+    one (batches without any get nulls, as one frame of the day would)."""
+    settings, day, events, old_members, _ = planted
+    first = day - timedelta(days=1)
+    few = sorted(old_members)[:3]
+    stamp = pd.Timestamp(end_of_day(first)).as_unit("us")
+    embeddings = pd.DataFrame({"member_id": np.asarray(few, np.int64),
+                               "meta_embedding": [np.array([m, 0.5], np.float32) for m in few]})
+    write_offline_partition(settings.paths, "meta_embedding", first,
+                            embeddings.assign(event_timestamp=stamp, created_ts=stamp), mark_snapshot=True)
+    whole, spec = build_training_set(settings, day)
+    progress = []
+    batched, batched_spec = build_training_set(settings, day, batch_rows=7,
+                                               on_batch=lambda done, rows: progress.append((done, rows)))
+    assert len(progress) == -(-len(events) // 7) and progress[-1] == (len(events), len(events))
+    assert batched_spec == spec and spec["embeddings"] == {"meta_embedding": 2}
+    assert batched.equals(whole) and batched.num_rows == len(events)
+    with_embedding = whole.to_pandas()["meta_embedding"].notna()
+    assert 0 < with_embedding.sum() < len(events) / 7, "most batches must have no embedding at all"
+    written = []
+    for table in (whole, batched):
+        write_training_set(settings, day, table, spec)
+        written.append((settings.paths.feature_partition("training_set", day) / contract.PART_FILE).read_bytes())
+    assert written[0] == written[1]
+    with pytest.raises(ValueError, match="batch_rows"):
+        build_training_set(settings, day, batch_rows=0)
+
+
 def test_the_join_per_key_refuses_events_of_more_than_one_day():
-    """_point_in_time joins one entity row per key, valid only when every event sees the same rows (one day)."""
-    from features.training_set import _point_in_time
+    """_key_rows joins one entity row per key, valid only when every event sees the same rows (one day)."""
+    from features.training_set import _key_rows
 
     events = pd.DataFrame({"member_id": [1, 1], "ts": pd.to_datetime(["2026-01-02 23:00", "2026-01-03 01:00"], utc=True)})
     with pytest.raises(ValueError, match="more than one day"):
-        _point_in_time(None, "member_features", "member_id", events)
+        _key_rows(None, "member_features", "member_id", events)
 
 
 def test_the_answering_partition_is_the_newest_stamped_before_every_event():
@@ -208,7 +238,7 @@ def test_rebuilding_a_day_after_later_days_gives_the_same_training_set(three_day
     events = contract.read_raw(settings.paths, "events", day=day)
     rebuilt, spec = build_training_set(settings, day)
     assert len(rebuilt) == len(events)
-    assert sorted(rebuilt["event_id"]) == sorted(events["event_id"])
+    assert sorted(rebuilt["event_id"].to_pylist()) == sorted(events["event_id"])
     write_training_set(settings, day, rebuilt, spec)
     assert _training_bytes(settings, day) == first_build
 
@@ -233,6 +263,7 @@ def test_meta_embeddings_written_later_leave_an_earlier_day_unchanged(three_days
     write_training_set(settings, second, rebuilt, spec)
     assert _training_bytes(settings, second) == first_build
     later, _ = build_training_set(settings, third)
+    later = later.to_pandas()
     assert [float(v[0]) for v in later["meta_embedding"]] == later["member_id"].astype(float).tolist()
 
 
