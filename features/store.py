@@ -35,6 +35,7 @@ from urllib.parse import urlparse
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 
 from features.contract import PART_FILE, parquet_bytes
@@ -266,13 +267,18 @@ def feature_store(settings: Settings):
     return store
 
 
-def read_offline_partition(paths: DataPaths, table: str, day: date) -> pd.DataFrame | None:
-    """One day's partition of a feature table, or None when it was never written."""
+def read_offline_partition(paths: DataPaths, table: str, day: date,
+                           columns: list[str] | None = None) -> pd.DataFrame | None:
+    """One day's partition of a feature table (only `columns`, those it has, when given), or None when it
+    was never written."""
     path = paths.feature_partition(table, day) / PART_FILE
     if not path.exists():
         return None
     try:
-        return pd.read_parquet(path)
+        if columns is not None:
+            present = set(pq.read_schema(path).names)
+            columns = [column for column in dict.fromkeys(columns) if column in present]
+        return pd.read_parquet(path, columns=columns)
     except (pa.ArrowException, OSError) as error:
         raise unreadable_partition(path, error) from None
 

@@ -124,3 +124,46 @@ def test_an_incomplete_pinned_glmix_gives_way_and_an_incomplete_serving_ranker_i
     shutil.rmtree(_version_dir(settings, ranker))
     with pytest.raises(NoServingModel, match="rollback"):
         resolve_tags(settings)
+
+
+def test_a_daily_model_shares_its_files_with_the_state_folder_and_outlives_it(tmp_path, monkeypatch):
+    """register_daily_model leaves the day's files in the store as hard links to the folder's (one copy on
+    disk, not two), copies where a link cannot be made, and the stored model keeps its bytes when the folder
+    goes."""
+    import errno
+    from datetime import date
+
+    from rankflow import model_store as store_module
+    from rankflow.model_store import incomplete_reason, register_daily_model
+
+    settings = load_settings(tmp_path / "data")
+    folder = tmp_path / "data" / "models" / "glmix" / "dt=2026-01-02"
+    folder.mkdir(parents=True)
+    for index, file in enumerate(GLMIX_FILES):
+        (folder / file).write_bytes(bytes([index]) * (1000 + index))
+    tag = register_daily_model(settings, GLMIX, folder, date(2026, 1, 2), {"events_used": 3})
+    stored = _version_dir(settings, tag)
+    for file in GLMIX_FILES:
+        assert (stored / file).stat().st_ino == (folder / file).stat().st_ino and (folder / file).stat().st_nlink == 2
+    again = tmp_path / "rerun"  # the day re-run with the same answer: the stored model is reused, and shared
+    shutil.copytree(folder, again)
+    assert register_daily_model(settings, GLMIX, again, date(2026, 1, 2), {"events_used": 3}) == tag
+    assert all((stored / file).stat().st_ino == (again / file).stat().st_ino for file in GLMIX_FILES)
+    shutil.rmtree(folder)
+    shutil.rmtree(again)
+    assert [(stored / f).read_bytes() for f in GLMIX_FILES] == [bytes([i]) * (1000 + i) for i in range(3)]
+    assert incomplete_reason(settings, tag) is None
+
+    def no_links(source, target):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(store_module.os, "link", no_links)
+    other = tmp_path / "other"
+    other.mkdir()
+    for file in GLMIX_FILES:
+        (other / file).write_bytes(b"y" * 100)
+    copied = _version_dir(settings, register_daily_model(settings, GLMIX, other, date(2026, 1, 3), {"events_used": 4}))
+    for file in GLMIX_FILES:
+        assert (copied / file).read_bytes() == b"y" * 100 and (other / file).stat().st_nlink == 1
+    assert incomplete_reason(settings, f"{GLMIX}:{copied.name}") is None
+    assert not [item for item in copied.iterdir() if item.name.startswith(".")]

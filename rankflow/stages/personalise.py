@@ -226,16 +226,27 @@ def _design(frame, prefix: str, basis) -> np.ndarray:
                          for attribute, _ in basis.columns}, rows=len(frame))
 
 
-def read_training_set(settings: Settings, day: date):
+def read_training_set(settings: Settings, day: date, columns: list[str] | None = None):
+    """(`day`'s training-set partition as pandas, spec.json); only `columns` (those the partition has) when
+    given: bags and strings the caller does not read are never made Python objects."""
     from features.training_set import TABLE, read_spec
     from features.store import read_offline_partition
 
     spec = read_spec(settings)
-    frame = read_offline_partition(settings.paths, TABLE, day)
+    frame = read_offline_partition(settings.paths, TABLE, day, columns=columns)
     if frame is None:
         raise FileNotFoundError(f"{settings.paths.feature_partition(TABLE, day)}: no training set for {day}; "
                                 f"run `rankflow features build --date {day}` first")
     return frame, spec
+
+
+def glmix_columns(spec: dict, member_basis, job_basis) -> list[str]:
+    """The training-set columns a GLMix update reads: ids, label, weight, the dense features (the fixed
+    effect's inputs) and the attributes of both designs (a member's effect is over job attributes)."""
+    return [spec.get("member", "member_id"), spec.get("item", "item_id"), spec.get("label", "label"),
+            spec.get("weight", "weight"), *spec.get("dense", []),
+            *(f"j_{attribute}" for attribute, _ in member_basis.columns),
+            *(f"m_{attribute}" for attribute, _ in job_basis.columns)]
 
 
 def _feature_frame(ids, key: str, state, rows, prefix: str, day: date):
@@ -395,13 +406,17 @@ def update_random_effects(settings: Settings, day: date, config: PersonaliseConf
     """
     from training.glmix.model import update_day, usable_rows
 
-    frame, spec = read_training_set(settings, day)
+    from features.training_set import read_spec
+
+    if not settings.paths.feature_partition("training_set", day).is_dir():
+        read_training_set(settings, day)  # says which partition is missing and what to run
     check_no_skipped_day(settings, day)
     if write_online:
         from features.store import check_online_store
 
         check_online_store(settings)  # a broken one: said now, not after the update and its validation report
     previous, prior, fixed_effect, member_basis, job_basis = _prior(settings, day, config)
+    frame, spec = read_training_set(settings, day, glmix_columns(read_spec(settings), member_basis, job_basis))
     glmix_config = glmix_config_for(config, member_basis, job_basis)
     dense, dense_names = _dense_features(settings, day, frame, spec)
     global_part = ranker_logit(settings, day, frame)
