@@ -23,7 +23,11 @@ through, joined back onto the events by that number and then by key.
 A view joins only when it has a partition of a day before D (partition dt=d is stamped d+1 00:00, so only
 those can match an event of D); partitions of D and later days never change D's rows or columns, which keeps
 a rebuilt day byte-identical to its first build (meta_embedding, written by personalisation after later
-days, included).
+days, included). A day first built before rows were assembled in batches (b1aca75) carried pandas' schema
+metadata in its footer: its first rebuild differs in those bytes only.
+
+Rows are assembled `BATCH_ROWS` events at a time and the day is held as Arrow (`build_training_set`): the
+same table and bytes for any batch size (checked at 2M events: 8 batches against one).
 
 Written (validated first) to features/training_set/dt=D/part-0.parquet and features/training_set/spec.json.
 """
@@ -37,6 +41,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from features.assemble import assemble_rows, input_spec
 from features.contract import PART_FILE, parquet_bytes, read_raw
@@ -165,24 +170,30 @@ def _arrow_rows(assembled: pd.DataFrame, spec: dict) -> pa.Table:
     return table
 
 
-def _one_table(tables: list[pa.Table], specs: list[dict]) -> tuple[pa.Table, dict]:
+def _one_table(tables: list[pa.Table], specs: list[dict], where: str) -> tuple[pa.Table, dict]:
     """The batches as one table and one spec. An embedding column appears in a batch only where one of its
-    members has an embedding: batches without it get a null column, as one frame of the whole day would."""
+    members has an embedding: batches without it get a null column, as one frame of the whole day would.
+    Every embedding of a column must have one length (the spec's), whichever batch it is in."""
     spec = dict(specs[0], embeddings={})
     for part in specs:
         if {k: v for k, v in part.items() if k != "embeddings"} != {k: v for k, v in spec.items() if k != "embeddings"}:
-            raise RuntimeError(f"training set batches disagree on their columns: {part} vs {spec}")
-        for name, dim in part["embeddings"].items():
-            if spec["embeddings"].setdefault(name, dim) != dim:
-                raise RuntimeError(f"training set batches disagree on the size of {name}: {dim} vs "
-                                   f"{spec['embeddings'][name]}")
+            raise RuntimeError(f"{where}: training set batches disagree on their columns: {part} vs {spec}")
+        for name in part["embeddings"]:
+            spec["embeddings"].setdefault(name, None)
     filled = []
     for table in tables:
         for name in spec["embeddings"]:
             if name not in table.column_names:
                 table = table.append_column(name, pa.nulls(table.num_rows, pa.list_(pa.float32())))
         filled.append(table)
-    return pa.concat_tables(filled), spec
+    table = pa.concat_tables(filled)
+    for name in spec["embeddings"]:
+        lengths = pc.unique(pc.list_value_length(table.column(name)).drop_null()).to_pylist()
+        if len(lengths) != 1:
+            raise ValueError(f"{where}: the {name} rows joined for this day have lengths {sorted(lengths)}; one "
+                             f"length per data directory (embeddings of meta models of different sizes?)")
+        spec["embeddings"][name] = lengths[0]
+    return table, spec
 
 
 def build_training_set(settings: Settings, day: date, batch_rows: int = BATCH_ROWS,
@@ -208,7 +219,7 @@ def build_training_set(settings: Settings, day: date, batch_rows: int = BATCH_RO
         del assembled
         if on_batch is not None:
             on_batch(min(start + batch_rows, len(day_rows)), len(day_rows))
-    return _one_table(tables, specs)
+    return _one_table(tables, specs, f"{settings.paths.feature_partition(TABLE, day)}")
 
 
 def validation_frame(table: pa.Table, spec: dict) -> pd.DataFrame:

@@ -36,7 +36,7 @@ from typing import Any, Iterator
 
 from rankflow.config import Settings
 from rankflow.logs import get_logger
-from rankflow.paths import atomic_write_bytes
+from rankflow.paths import atomic_hard_link, atomic_write_bytes
 
 log = get_logger(__name__)
 
@@ -227,24 +227,19 @@ def file_digests(folder: Path, names: list[str]) -> dict[str, str] | None:
 
 
 def share_file(source: Path, target: Path) -> bool:
-    """Make `target`, a copy of `source`, a hard link to it (one copy on disk); False where it cannot be
-    (another file system, no hard links there): the copy stays.
+    """Make `target`, a copy of `source`, a hard link to it (one copy on disk); False, with a warning, where it
+    cannot be (another file system, no hard links there): the copy stays.
 
     The daily models' files are never changed in place (a re-run swaps a whole new folder in, and a store
     deletes a version by unlinking it), so the state folder (models/glmix/dt=D) and the BentoML model of the
-    day can share their bytes: GLMix keeps a d x d precision per entity, 0.68 GB a day at 100x the demo.
-    The link replaces the copy in one rename: a reader sees the same bytes throughout."""
-    staged = target.with_name(f".{target.name}.link-{os.getpid()}")
-    try:
-        os.link(source, staged)
-    except OSError:  # another device (EXDEV), a file system without hard links (EPERM), too many links
-        return False
-    try:
-        os.replace(staged, target)
-    except OSError:
-        staged.unlink(missing_ok=True)
-        return False
-    return True
+    day can share their bytes: GLMix keeps a d x d precision per entity, 0.67 GB a day at 100x the demo.
+    The link replaces the copy in one rename (`rankflow.paths.atomic_hard_link`): a reader sees the same bytes
+    throughout, and a link staged by a killed process is deleted by the next call for the same file."""
+    if atomic_hard_link(source, target):
+        return True
+    log.warning("%s: could not hard-link it to %s (another file system?); the model store keeps a copy",
+                target, source)
+    return False
 
 
 def register_daily_model(settings: Settings, name: str, folder: Path, day: date, metadata: dict) -> str | None:

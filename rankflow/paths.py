@@ -274,6 +274,26 @@ def atomic_write_bytes(target: Path, payload: bytes) -> None:
         staging.unlink(missing_ok=True)
 
 
+def atomic_hard_link(source: Path, target: Path) -> bool:
+    """Replace `target` by a hard link to `source` in one rename (readers see the old or the linked file); False,
+    and `target` untouched, where no link can be made (another file system, none on this one, too many links).
+
+    Like `atomic_write_bytes`, first deletes the staged links of `target` left by processes that are gone.
+    """
+    target = Path(target)
+    _recover(target)
+    staging = _sibling(target, "tmp")
+    try:
+        os.link(source, staging)
+    except OSError:
+        return False
+    try:
+        os.replace(staging, target)
+    finally:
+        staging.unlink(missing_ok=True)
+    return True
+
+
 def staging_directory(target: Path) -> Path:
     """A new empty hidden folder next to `target` (`.<name>.tmp-<pid>-<hex>`), to build something in aside.
 

@@ -126,14 +126,14 @@ def test_an_incomplete_pinned_glmix_gives_way_and_an_incomplete_serving_ranker_i
         resolve_tags(settings)
 
 
-def test_a_daily_model_shares_its_files_with_the_state_folder_and_outlives_it(tmp_path, monkeypatch):
+def test_a_daily_model_shares_its_files_with_the_state_folder_and_outlives_it(tmp_path, monkeypatch, caplog):
     """register_daily_model leaves the day's files in the store as hard links to the folder's (one copy on
     disk, not two), copies where a link cannot be made, and the stored model keeps its bytes when the folder
     goes."""
     import errno
+    import os
     from datetime import date
 
-    from rankflow import model_store as store_module
     from rankflow.model_store import incomplete_reason, register_daily_model
 
     settings = load_settings(tmp_path / "data")
@@ -147,8 +147,11 @@ def test_a_daily_model_shares_its_files_with_the_state_folder_and_outlives_it(tm
         assert (stored / file).stat().st_ino == (folder / file).stat().st_ino and (folder / file).stat().st_nlink == 2
     again = tmp_path / "rerun"  # the day re-run with the same answer: the stored model is reused, and shared
     shutil.copytree(folder, again)
+    killed = stored / ".member.safetensors.tmp-4194305-0badc0de"  # staged by a process that is gone (pid > pid_max)
+    os.link(folder / "member.safetensors", killed)
     assert register_daily_model(settings, GLMIX, again, date(2026, 1, 2), {"events_used": 3}) == tag
     assert all((stored / file).stat().st_ino == (again / file).stat().st_ino for file in GLMIX_FILES)
+    assert not killed.exists()
     shutil.rmtree(folder)
     shutil.rmtree(again)
     assert [(stored / f).read_bytes() for f in GLMIX_FILES] == [bytes([i]) * (1000 + i) for i in range(3)]
@@ -157,12 +160,15 @@ def test_a_daily_model_shares_its_files_with_the_state_folder_and_outlives_it(tm
     def no_links(source, target):
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
-    monkeypatch.setattr(store_module.os, "link", no_links)
+    monkeypatch.setattr(os, "link", no_links)
     other = tmp_path / "other"
     other.mkdir()
     for file in GLMIX_FILES:
         (other / file).write_bytes(b"y" * 100)
-    copied = _version_dir(settings, register_daily_model(settings, GLMIX, other, date(2026, 1, 3), {"events_used": 4}))
+    with caplog.at_level(logging.WARNING, logger="rankflow.model_store"):
+        copied = _version_dir(settings, register_daily_model(settings, GLMIX, other, date(2026, 1, 3),
+                                                             {"events_used": 4}))
+    assert "could not hard-link" in caplog.text and "keeps a copy" in caplog.text
     for file in GLMIX_FILES:
         assert (copied / file).read_bytes() == b"y" * 100 and (other / file).stat().st_nlink == 1
     assert incomplete_reason(settings, f"{GLMIX}:{copied.name}") is None

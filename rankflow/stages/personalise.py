@@ -226,17 +226,32 @@ def _design(frame, prefix: str, basis) -> np.ndarray:
                          for attribute, _ in basis.columns}, rows=len(frame))
 
 
+def check_training_set_exists(settings: Settings, day: date) -> dict:
+    """spec.json, once it and `day`'s partition exist; else FileNotFoundError naming what is missing."""
+    from features.contract import PART_FILE
+    from features.training_set import TABLE, read_spec
+
+    spec = read_spec(settings)
+    if not (settings.paths.feature_partition(TABLE, day) / PART_FILE).exists():
+        raise _no_training_set(settings, day)
+    return spec
+
+
+def _no_training_set(settings: Settings, day: date) -> FileNotFoundError:
+    return FileNotFoundError(f"{settings.paths.feature_partition('training_set', day)}: no training set for {day}; "
+                             f"run `rankflow features build --date {day}` first")
+
+
 def read_training_set(settings: Settings, day: date, columns: list[str] | None = None):
     """(`day`'s training-set partition as pandas, spec.json); only `columns` (those the partition has) when
     given: bags and strings the caller does not read are never made Python objects."""
-    from features.training_set import TABLE, read_spec
+    from features.training_set import TABLE
     from features.store import read_offline_partition
 
-    spec = read_spec(settings)
+    spec = check_training_set_exists(settings, day)
     frame = read_offline_partition(settings.paths, TABLE, day, columns=columns)
-    if frame is None:
-        raise FileNotFoundError(f"{settings.paths.feature_partition(TABLE, day)}: no training set for {day}; "
-                                f"run `rankflow features build --date {day}` first")
+    if frame is None:  # gone since the check
+        raise _no_training_set(settings, day)
     return frame, spec
 
 
@@ -406,17 +421,14 @@ def update_random_effects(settings: Settings, day: date, config: PersonaliseConf
     """
     from training.glmix.model import update_day, usable_rows
 
-    from features.training_set import read_spec
-
-    if not settings.paths.feature_partition("training_set", day).is_dir():
-        read_training_set(settings, day)  # says which partition is missing and what to run
+    spec = check_training_set_exists(settings, day)  # said first, before the prior and the store are looked at
     check_no_skipped_day(settings, day)
     if write_online:
         from features.store import check_online_store
 
         check_online_store(settings)  # a broken one: said now, not after the update and its validation report
     previous, prior, fixed_effect, member_basis, job_basis = _prior(settings, day, config)
-    frame, spec = read_training_set(settings, day, glmix_columns(read_spec(settings), member_basis, job_basis))
+    frame, spec = read_training_set(settings, day, glmix_columns(spec, member_basis, job_basis))
     glmix_config = glmix_config_for(config, member_basis, job_basis)
     dense, dense_names = _dense_features(settings, day, frame, spec)
     global_part = ranker_logit(settings, day, frame)

@@ -109,8 +109,7 @@ def test_first_day_rebuilt_after_later_days_keeps_every_event_and_its_columns(pl
 def test_daily_snapshot_views_are_joined_from_one_partition_with_feasts_rows(planted, monkeypatch):
     """features.offline_store hands Feast only the newest partition stamped before the day's events for the
     snapshot views; the training set equals the one from Feast's join over every partition (days 2 and 3 of
-    the planted store). The raw joined rows differ only in how a cold entity's object columns are null:
-    None from the one partition, NaN where Feast dropped the row and `_key_rows` joined it back."""
+    the planted store)."""
     from features import offline_store
 
     settings, second, _, _, _ = planted
@@ -158,6 +157,13 @@ def test_the_day_assembled_in_batches_equals_the_day_in_one_piece(planted, tmp_p
     assert written[0] == written[1]
     with pytest.raises(ValueError, match="batch_rows"):
         build_training_set(settings, day, batch_rows=0)
+    # Embeddings of two lengths are refused whichever batches they fall in (was: the first row's length won).
+    embeddings["meta_embedding"] = [np.zeros(2 + (m == few[-1]), np.float32) for m in few]
+    write_offline_partition(settings.paths, "meta_embedding", first,
+                            embeddings.assign(event_timestamp=stamp, created_ts=stamp), mark_snapshot=True)
+    for batch_rows in (7, len(events)):
+        with pytest.raises(ValueError, match=r"training_set/dt=.*meta_embedding rows .* lengths \[2, 3\]"):
+            build_training_set(settings, day, batch_rows=batch_rows)
 
 
 def test_the_join_per_key_refuses_events_of_more_than_one_day():

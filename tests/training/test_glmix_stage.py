@@ -255,3 +255,14 @@ def test_the_basis_takes_the_attributes_both_tables_declare(stage_data, tmp_path
     assert state.member.dim == 1 + (8 if basis_columns else 0) and state.job.dim == state.member.dim
     assert results[1]["summary"]["member"]["not_converged"] == 0
     assert torch.isfinite(state.member.mean).all() and state.member.mean.abs().sum() > 0
+
+
+def test_a_day_without_its_training_set_is_said_first(stage_data, tmp_path):
+    """A missing partition (or a folder without its file) is named before the prior, the skipped-day check
+    or the online store are looked at: here day 3 alone, whose day 2 has no state, still says 'no training set'."""
+    settings = load_settings(shutil.copytree(stage_data, tmp_path / "data"))
+    update_random_effects(settings, DAYS[0], PersonaliseConfig(), write_online=False)
+    (settings.paths.feature_partition("training_set", DAYS[2]) / "part-0.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match=r"training_set/dt=2026-01-03: no training set for 2026-01-03; "
+                                                 r"run `rankflow features build --date 2026-01-03` first"):
+        update_random_effects(settings, DAYS[2], PersonaliseConfig(), write_online=False)
