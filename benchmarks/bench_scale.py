@@ -1,0 +1,125 @@
+"""Time and peak memory of the daily commands at a multiple of the demo's size, one command at a time.
+
+    python benchmarks/bench_scale.py --scale 100 --days 2 --data-dir /tmp/scale100
+
+Generates a market of `scale` x the demo's members, jobs and impressions a day (`rankflow generate`), then for each
+day runs `rankflow features build --date D` and `rankflow personalise --date D`, each in its own process tree. Every
+0.25 s it sums the resident memory (RSS) of every process of the tree (the rankflow process, Spark's JVM and its
+helpers): the table gives the peak of that sum, and the largest single process at its peak. Writes
+benchmarks/results/scale-<scale>x-<machine>.md. Run it on a quiet machine: memory is the point, time is a guide.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+from _machine import describe_machine, write_result
+
+DEMO = {"members": 4000, "jobs": 1000, "impressions_per_day": 20000}  # rankflow generate's defaults
+START = date(2026, 1, 1)
+
+
+def _children() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                parent = int(Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):  # gone meanwhile
+                continue
+            children.setdefault(parent, []).append(int(name))
+    return children
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _name(pid: int) -> str:
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    words = [w.decode(errors="replace") for w in words if w]
+    if not words:
+        return "?"
+    if Path(words[0]).name == "java":
+        return "java (Spark)"
+    return " ".join([Path(words[1]).name, *words[2:4]]) if len(words) > 1 else Path(words[0]).name
+
+
+def run_sampled(command: list[str], env: dict[str, str], log: Path, every: float = 0.25) -> dict:
+    """Run `command`; its wall time, exit code, peak RSS of its process tree and the largest process then."""
+    started = time.perf_counter()
+    with log.open("w") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        peak, largest = 0, (0, "")
+        while process.poll() is None:
+            tree, todo, children = [], [process.pid], _children()
+            while todo:
+                pid = todo.pop()
+                tree.append(pid)
+                todo += children.get(pid, [])
+            sizes = {pid: _rss_bytes(pid) for pid in tree}
+            if sum(sizes.values()) > peak:
+                peak = sum(sizes.values())
+                top = max(sizes, key=sizes.get)
+                largest = (sizes[top], _name(top))
+            time.sleep(every)
+    return {"command": " ".join(command[1:]), "seconds": time.perf_counter() - started, "exit": process.returncode,
+            "peak_gb": peak / 1e9, "largest_gb": largest[0] / 1e9, "largest": largest[1]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=int, default=10, help="multiple of the demo's size (default 10)")
+    parser.add_argument("--days", type=int, default=2, help="days to generate and run (default 2)")
+    parser.add_argument("--data-dir", type=Path, required=True, help="a scratch data directory (replaced)")
+    args = parser.parse_args()
+    rankflow = str(Path(sys.executable).with_name("rankflow"))
+    env = dict(os.environ, RANKFLOW_DATA_DIR=str(args.data_dir))
+    shutil.rmtree(args.data_dir, ignore_errors=True)
+    logs = args.data_dir.parent / f"{args.data_dir.name}-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    machine = describe_machine()
+    commands = [[rankflow, "generate", "--members", str(DEMO["members"] * args.scale),
+                 "--jobs", str(DEMO["jobs"] * args.scale), "--days", str(args.days),
+                 "--impressions-per-day", str(DEMO["impressions_per_day"] * args.scale)]]
+    for offset in range(args.days):
+        day = (START + timedelta(days=offset)).isoformat()
+        commands += [[rankflow, "features", "build", "--date", day], [rankflow, "personalise", "--date", day]]
+    rows = []
+    for index, command in enumerate(commands):
+        result = run_sampled(command, env, logs / f"{index:02d}-{command[1]}.log")
+        rows.append(result)
+        print(f"{result['command']}: exit {result['exit']}, {result['seconds']:.0f} s, peak {result['peak_gb']:.2f} GB "
+              f"(largest {result['largest']} {result['largest_gb']:.2f} GB)", flush=True)
+        if result["exit"] != 0:
+            raise SystemExit(f"{result['command']} failed: see {logs}")
+    events = DEMO["impressions_per_day"] * args.scale
+    table = [f"{args.scale}x the demo: {DEMO['members'] * args.scale:,} members, {DEMO['jobs'] * args.scale:,} jobs, "
+             f"{events:,} impressions a day, {args.days} days. Peak: RSS of the command's whole process tree, "
+             f"sampled every 0.25 s; largest: the biggest process at that peak.", "",
+             "| command | wall s | peak tree GB | largest process at the peak |", "|---|---:|---:|---|"]
+    table += [f"| `rankflow {r['command']}` | {r['seconds']:.0f} | {r['peak_gb']:.2f} | {r['largest']} "
+              f"{r['largest_gb']:.2f} GB |" for r in rows]
+    path = write_result(f"scale-{args.scale}x", "\n".join(table), machine)
+    print("\n".join(table))
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()
