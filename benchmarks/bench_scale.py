@@ -21,31 +21,10 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from _machine import describe_machine, write_result
+from _procs import proc_stats, rss_bytes, tree
 
 DEMO = {"members": 4000, "jobs": 1000, "impressions_per_day": 20000}  # rankflow generate's defaults
 START = date(2026, 1, 1)
-
-
-def _children() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                parent = int(Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):  # gone meanwhile
-                continue
-            children.setdefault(parent, []).append(int(name))
-    return children
-
-
-def _rss_bytes(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def _name(pid: int) -> str:
@@ -68,13 +47,9 @@ def run_sampled(command: list[str], env: dict[str, str], log: Path, every: float
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
         peak, largest = 0, (0, "")
         while process.poll() is None:
-            tree, todo, children = [], [process.pid], _children()
-            while todo:
-                pid = todo.pop()
-                tree.append(pid)
-                todo += children.get(pid, [])
-            sizes = {pid: _rss_bytes(pid) for pid in tree}
-            if sum(sizes.values()) > peak:
+            stats = proc_stats()
+            sizes = {pid: rss_bytes(stats[pid][1]) for pid in tree(process.pid, stats)}
+            if sizes and sum(sizes.values()) > peak:  # empty: the command ended meanwhile
                 peak = sum(sizes.values())
                 top = max(sizes, key=sizes.get)
                 largest = (sizes[top], _name(top))

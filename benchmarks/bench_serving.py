@@ -47,6 +47,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import describe_machine, write_result  # noqa: E402
+from _procs import proc_stats, tree  # noqa: E402
 
 # Not the serving tests' dbs (2, 9-15): the benchmark materialises its own (different) marketplace.
 REDIS_URL = "redis://127.0.0.1:6379/8"
@@ -139,40 +140,18 @@ def feature_reads(settings, members, items, candidate_counts, reads: int = 200) 
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _proc_stats() -> dict[int, tuple[str, list[str]]]:
-    """pid -> (command name, the /proc/<pid>/stat fields after it) of every process."""
-    stats = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                text = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            stats[int(entry)] = (text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split())
-    return stats
-
-
 def _cpu_seconds(fields: list[str]) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14 and 15 of stat)
 
 
 def service_cpu(root: int) -> float:
     """CPU seconds of `root` and all its descendants (bentoml serve, its front and scorer workers)."""
-    stats = _proc_stats()
-    children: dict[int, list[int]] = {}
-    for pid, (_, fields) in stats.items():
-        children.setdefault(int(fields[1]), []).append(pid)
-    total, stack = 0.0, [root]
-    while stack:
-        pid = stack.pop()
-        if pid in stats:
-            total += _cpu_seconds(stats[pid][1])
-        stack.extend(children.get(pid, []))
-    return total
+    stats = proc_stats()
+    return sum(_cpu_seconds(stats[pid][1]) for pid in tree(root, stats))
 
 
 def redis_cpu() -> float:
-    return sum(_cpu_seconds(fields) for name, fields in _proc_stats().values() if name.startswith("redis-server"))
+    return sum(_cpu_seconds(fields) for name, fields in proc_stats().values() if name.startswith("redis-server"))
 
 
 def own_cpu() -> float:

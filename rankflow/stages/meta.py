@@ -33,7 +33,7 @@ from rankflow.config import Settings
 from rankflow.errors import MissingInput
 from rankflow.logs import get_logger
 from rankflow.model_store import register_daily_model
-from rankflow.paths import atomic_directory, read_json
+from rankflow.paths import atomic_directory
 
 log = get_logger(__name__)
 
@@ -53,14 +53,6 @@ def version_tag(day: date) -> str:
 
 
 # ---- data ---------------------------------------------------------------------------------------------
-def read_training_spec(settings: Settings) -> dict:
-    """features/training_set/spec.json (built by the features stage)."""
-    spec_path = settings.paths.feature_table(TRAINING_SET) / "spec.json"
-    if not spec_path.exists():
-        raise FileNotFoundError(f"{spec_path}: no training set yet; run `rankflow features build` first")
-    return read_json(spec_path)
-
-
 def read_interactions(settings: Settings, start: date, end: date, config):
     """The training-set events of [start, end] as Interactions (training.meta.tasks), read a day at a time.
 
@@ -123,6 +115,7 @@ def train_meta(settings: Settings, day: date, config=None, progress=None) -> dic
     import numpy as np
     import torch
 
+    from features.training_set import read_spec
     from training.meta.config import MetaConfig
     from training.meta.evaluate import evaluate_personalisation
     from training.meta.maml import meta_train
@@ -143,7 +136,7 @@ def train_meta(settings: Settings, day: date, config=None, progress=None) -> dic
     first_query = day - timedelta(days=config.query_days)
     if previous is None:
         config = dataclasses.replace(config, subnetwork=dataclasses.replace(
-            config.subnetwork, **subnetwork_columns(read_training_spec(settings))))
+            config.subnetwork, **subnetwork_columns(read_spec(settings))))
         torch.manual_seed(config.outer.seed)
         net = SubNetwork(config.subnetwork)
     interactions = read_interactions(settings, first_query - timedelta(days=tasks_config.window_days), day, config)

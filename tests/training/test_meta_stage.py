@@ -183,11 +183,12 @@ def test_the_window_is_read_a_day_at_a_time_with_only_the_subnetworks_columns(se
 
     from features.contract import read_partitions
     from rankflow.paths import dt_partition
-    from rankflow.stages.meta import read_interactions, read_training_spec, subnetwork_columns
+    from features.training_set import read_spec
+    from rankflow.stages.meta import read_interactions, subnetwork_columns
     from training.meta.frames import interactions_from_frame
 
     config = dataclasses.replace(SMALL, subnetwork=dataclasses.replace(
-        SMALL.subnetwork, **subnetwork_columns(read_training_spec(settings))))
+        SMALL.subnetwork, **subnetwork_columns(read_spec(settings))))
     first = settings.generator.start_date
     last = first + timedelta(days=3)
     table_dir = settings.paths.feature_table("training_set")
