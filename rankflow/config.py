@@ -46,6 +46,9 @@ class Settings:
     # "file" (Feast's file/dask offline store, default) or "spark".
     offline_store: str = "file"
     generator: GeneratorSettings = field(default_factory=GeneratorSettings)
+    # Retention of the daily GLMix states (models/glmix/dt=D and their BentoML models): keep the newest N after
+    # each `personalise` day; None keeps them all. A day whose prior state was deleted cannot be re-run.
+    glmix_keep_days: int | None = None
 
     def with_overrides(self, **overrides: Any) -> "Settings":
         """A copy with the non-None overrides applied (CLI flags left unset are None)."""
@@ -79,6 +82,7 @@ _ENV_KEYS = {
     "RANKFLOW_SPARK_DRIVER_MEMORY": "spark_driver_memory",
     "RANKFLOW_ONLINE_STORE": "online_store",
     "RANKFLOW_OFFLINE_STORE": "offline_store",
+    "RANKFLOW_GLMIX_KEEP_DAYS": "glmix_keep_days",
 }
 OFFLINE_STORES = ("file", "spark")
 
@@ -118,6 +122,15 @@ def check_online_store(value: str) -> str:
 def check_offline_store(value: str) -> str:
     if value not in OFFLINE_STORES:
         raise ValueError(f"{value!r}: expected one of {', '.join(map(repr, OFFLINE_STORES))}")
+    return value
+
+
+def check_keep_days(value: Any) -> int:
+    """A number of days to keep: a whole number >= 1 (an int, or its digits as text); a ValueError says so."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{value!r}: expected a whole number of days >= 1")
     return value
 
 
@@ -171,6 +184,14 @@ def _read_config_file(config_file: Path) -> dict[str, Any]:
                 check(loaded[key])
             except ValueError as error:
                 raise ConfigError(f"{at(key)}: {key} {error}") from None
+    if loaded.get("glmix_keep_days") is not None:
+        if isinstance(loaded["glmix_keep_days"], str):
+            raise ConfigError(f"{at('glmix_keep_days')}: glmix_keep_days must be a number, got "
+                              f"{loaded['glmix_keep_days']!r}")
+        try:
+            check_keep_days(loaded["glmix_keep_days"])
+        except ValueError as error:
+            raise ConfigError(f"{at('glmix_keep_days')}: glmix_keep_days {error}") from None
     if "generator" in loaded:
         loaded["generator"] = _generator_settings(loaded["generator"], at("generator"))
     return loaded
@@ -203,6 +224,11 @@ def load_settings(data_dir: Path | str | None = None, **overrides: Any) -> Setti
                 check(os.environ[key])
             except ValueError as error:
                 raise ConfigError(f"environment variable {key}: {error}") from None
+    if "glmix_keep_days" in env:
+        try:
+            env["glmix_keep_days"] = check_keep_days(env["glmix_keep_days"])
+        except ValueError as error:
+            raise ConfigError(f"environment variable RANKFLOW_GLMIX_KEEP_DAYS: {error}") from None
     base_dir = Path(data_dir or env.get("data_dir") or DEFAULT_DATA_DIR)
     values: dict[str, Any] = {}
     config_file = base_dir / "rankflow.yaml"

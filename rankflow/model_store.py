@@ -286,3 +286,41 @@ def register_daily_model(settings: Settings, name: str, folder: Path, day: date,
             if str(old.tag) not in (tag, pinned):
                 store.delete(old.tag)
         return tag
+
+
+def pinned_tags(settings: Settings, name: str) -> set[str]:
+    """The tags of `name` that models/serving.json names: the one serving and its history (kept for rollback)."""
+    from rankflow.stages.ranker import serving_state
+
+    entry = serving_state(settings).get(name, {})
+    return {tag for tag in (entry.get("tag"), *entry.get("history", [])) if tag}
+
+
+def delete_daily_models(settings: Settings, name: str, days: list[date], dry_run: bool = False) -> dict[str, list[str]]:
+    """Delete the stored models `name` of these logical days (retention), except those serving.json names.
+
+    {"deleted": tags, "pinned": tags kept because serving.json names them (serving, or in its history)}; with
+    `dry_run` nothing is deleted and "deleted" lists what would be. Nothing to do without BentoML.
+    """
+    try:
+        from bentoml.exceptions import NotFound
+    except ImportError:
+        return {"deleted": [], "pinned": []}
+    from rankflow.stages.ranker import model_store
+
+    wanted = {day.isoformat() for day in days}
+    with registering(settings):  # no save of a daily model runs meanwhile
+        store = model_store(settings)
+        try:
+            models = [m for m in store.list(name) if m.info.labels.get("logical_date") in wanted]
+        except NotFound:
+            models = []
+        pinned = pinned_tags(settings, name)
+        kept = sorted(str(m.tag) for m in models if str(m.tag) in pinned)
+        deleted = sorted(str(m.tag) for m in models if str(m.tag) not in pinned)
+        if not dry_run:
+            for tag in deleted:
+                store.delete(tag)
+            if deleted:
+                _repoint_latest(settings, name)
+    return {"deleted": deleted, "pinned": kept}

@@ -294,6 +294,25 @@ def atomic_hard_link(source: Path, target: Path) -> bool:
     return True
 
 
+def remove_directory(target: Path) -> bool:
+    """Delete the folder `target` so that readers see it whole or not at all; False when it was not there.
+
+    It is renamed aside first (`.<name>.tmp-<pid>-<hex>`, one atomic step) and deleted there: a process killed
+    while deleting leaves that staged copy, never a half-deleted `target`, and the next writer of `target`
+    (or `remove_directory` of it) deletes the copy. Staged copies of `target` left by processes that are gone
+    are deleted first.
+    """
+    target = Path(target)
+    if target.parent.is_dir():
+        _recover(target)
+    if not target.is_dir():
+        return False
+    aside = _sibling(target, "tmp")
+    os.replace(target, aside)
+    _remove(aside)
+    return True
+
+
 def staging_directory(target: Path) -> Path:
     """A new empty hidden folder next to `target` (`.<name>.tmp-<pid>-<hex>`), to build something in aside.
 

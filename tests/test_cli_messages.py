@@ -102,6 +102,9 @@ def test_a_malformed_rankflow_yaml_is_one_line_naming_the_file_and_line(tmp_path
     ("- spark_master\n", "expected a mapping of settings"),
     ("spark_driver_memory: lots\n", "line 1: spark_driver_memory 'lots': expected a size such as 2g"),
     ("spark_driver_memory: 8\n", "line 1: spark_driver_memory must be a string, got 8"),
+    ("online_store: sqlite\nglmix_keep_days: 0\n", "line 2: glmix_keep_days 0: expected a whole number of days >= 1"),
+    ("glmix_keep_days: '7'\n", "line 1: glmix_keep_days must be a number, got '7'"),
+    ("glmix_keep_days: 2.5\n", "line 1: glmix_keep_days 2.5: expected a whole number of days >= 1"),
 ])
 def test_a_setting_that_cannot_be_used_names_the_file_and_line(tmp_path, text, expected):
     from rankflow.config import ConfigError, load_settings
@@ -118,6 +121,34 @@ def test_an_environment_value_that_cannot_be_used_names_the_variable(tmp_path, m
     monkeypatch.setenv("RANKFLOW_OFFLINE_STORE", "parquet")
     with pytest.raises(ConfigError, match="environment variable RANKFLOW_OFFLINE_STORE: 'parquet': expected one of"):
         load_settings(tmp_path)
+
+
+def test_glmix_retention_comes_from_rankflow_yaml_the_environment_or_the_flag(tmp_path, monkeypatch):
+    from rankflow.config import ConfigError, load_settings
+
+    assert load_settings(tmp_path).glmix_keep_days is None  # default: every state is kept
+    (tmp_path / "rankflow.yaml").write_text("glmix_keep_days: 30\n")
+    assert load_settings(tmp_path).glmix_keep_days == 30
+    monkeypatch.setenv("RANKFLOW_GLMIX_KEEP_DAYS", "7")
+    assert load_settings(tmp_path).glmix_keep_days == 7
+    assert load_settings(tmp_path, glmix_keep_days=3).glmix_keep_days == 3  # the CLI's --keep-days
+    monkeypatch.setenv("RANKFLOW_GLMIX_KEEP_DAYS", "a week")
+    with pytest.raises(ConfigError, match="RANKFLOW_GLMIX_KEEP_DAYS: 'a week': expected a whole number of days >= 1"):
+        load_settings(tmp_path)
+
+
+def test_rankflow_prune_needs_a_number_of_days_and_its_dry_run_deletes_nothing(tmp_path):
+    state = tmp_path / "models" / "glmix" / "dt=2026-01-01"
+    state.mkdir(parents=True)
+    (state / "meta.json").write_text("{}")
+    missing = _rankflow(["prune", "--data-dir", str(tmp_path)])
+    assert missing.returncode == 2 and "--keep-days" in missing.stderr, missing.stderr
+    (tmp_path / "models" / "glmix" / "dt=2026-01-02").mkdir()
+    (tmp_path / "models" / "glmix" / "dt=2026-01-02" / "meta.json").write_text("{}")
+    dry = _rankflow(["prune", "--keep-days", "1", "--dry-run", "--data-dir", str(tmp_path)])
+    assert dry.returncode == 0, dry.stderr
+    assert "would delete the GLMix states of 2026-01-01..2026-01-01 (1, 0.0 MB)" in dry.stdout, dry.stdout
+    assert state.exists() and not (tmp_path / "models" / "glmix" / "pruned.json").exists()
 
 
 def test_the_spark_driver_memory_comes_from_rankflow_yaml_or_the_environment(tmp_path, monkeypatch):

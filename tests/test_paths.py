@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 import rankflow.paths as paths
-from rankflow.paths import JOURNAL, atomic_directory, atomic_write_bytes, recover_replacement, replace_all_or_nothing
+from rankflow.paths import (JOURNAL, atomic_directory, atomic_write_bytes, recover_replacement, remove_directory,
+                            replace_all_or_nothing)
 
 
 class Killed(BaseException):
@@ -91,6 +92,23 @@ def test_leftovers_of_dead_writers_are_removed_and_those_of_live_ones_kept(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         f".other.json.tmp-{pid}-0a1b2c3d", f".serving.json.tmp-{live}-4e5f6a7b", "serving.json"]
     assert target.read_text() == "new"
+
+
+def test_a_removed_directory_is_whole_until_one_rename_takes_it_away(tmp_path, monkeypatch):
+    """remove_directory renames the folder aside before deleting it: killed while deleting, it leaves a staged
+    copy (deleted by the next writer of the target), never a half-deleted folder under the target's name."""
+    target = folder(tmp_path / "dt=2026-01-01", "state")
+    monkeypatch.setattr(paths, "_remove", die)
+    with pytest.raises(Killed):
+        remove_directory(target)
+    assert not target.exists()
+    [aside] = [p for p in tmp_path.iterdir()]
+    assert aside.name.startswith(f".dt=2026-01-01.tmp-{os.getpid()}-") and (aside / "part-0.parquet").exists()
+    monkeypatch.undo()
+    aside.rename(tmp_path / f".dt=2026-01-01.tmp-{dead_pid()}-0a1b2c3d")  # as if that process had died
+    assert remove_directory(target) is False  # nothing there; the dead process's copy is cleaned up
+    assert list(tmp_path.iterdir()) == []
+    assert remove_directory(folder(target, "again")) is True and list(tmp_path.iterdir()) == []
 
 
 def test_staging_names_carry_the_writers_pid(tmp_path):

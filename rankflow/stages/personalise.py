@@ -19,6 +19,11 @@ A day D is refused, before any write, when an earlier day has a training set but
 exists (check_no_skipped_day): D would silently start from the older state and the skipped day's random effects
 would never be published. The error names the day(s) and the `rankflow personalise` command to run first.
 
+Retention (`glmix_keep_days` in rankflow.yaml, RANKFLOW_GLMIX_KEEP_DAYS, or `rankflow prune`): after each day
+only the newest N states and their BentoML models are kept (prune_states; a model serving.json names stays).
+A d x d precision per entity makes a state large (0.67 GB a day at 100x the demo). A day whose prior was
+deleted is then refused (check_prior_kept) rather than started from an older state.
+
 Bad rows (a NaN / inf dense feature or offset, a label not 0 or 1, a weight not finite and > 0) are dropped by
 the library's one rule (training.glmix.random_effects.unusable_events) and reported per reason and column; a
 day with no usable row carries the prior state forward unchanged under D and publishes nothing
@@ -39,13 +44,15 @@ from rankflow.config import Settings
 from rankflow.errors import MissingInput
 from rankflow.logs import get_logger
 from rankflow.model_store import register_daily_model
-from rankflow.paths import atomic_directory, dt_partition, partition_days, read_json
+from rankflow.paths import (atomic_directory, atomic_write_bytes, dt_partition, partition_days, read_json,
+                            remove_directory)
 
 log = get_logger(__name__)
 
 MODEL_NAME = "rankflow-glmix"
 STATE_DIR = "glmix"
 MEMBER_VIEW, JOB_VIEW = "glmix_member", "glmix_job"
+PRUNED_FILE = "pruned.json"  # in models/glmix: which states retention deleted (prune_states)
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,76 @@ def check_no_skipped_day(settings: Settings, day: date) -> None:
             f"{state_root(settings)} (never run, or failed before the state was stored), so {day} would start from "
             f"{prior_day(settings, day)}'s state and {'its' if one else 'their'} random effects would never be "
             f"published; nothing was written. Run {run_first('rankflow personalise', skipped)} first, then {day}")
+
+
+def pruned_record(settings: Settings) -> dict | None:
+    """models/glmix/pruned.json: {"first", "through", "keep", "days"} of the states retention deleted, or None."""
+    path = state_root(settings) / PRUNED_FILE
+    return read_json(path) if path.exists() else None
+
+
+def check_prior_kept(settings: Settings, day: date) -> None:
+    """Refuse `day` when the state it must start from was deleted by retention (nothing written).
+
+    Retention deletes the oldest states (prune_states), so the day after the newest deleted one, and every older
+    day but those before the first deleted state, would start from an older state or the population prior instead
+    of its own prior: a different chain of posteriors, silently. The error names the days that can still be re-run.
+    """
+    record = pruned_record(settings)
+    if record is None:
+        return
+    first, through = date.fromisoformat(record["first"]), date.fromisoformat(record["through"])
+    previous = prior_day(settings, day)
+    if day > first and (previous is None or previous <= through):
+        kept = [d for d in state_days(settings) if d > through]
+        rerun = f"days after {kept[0]} can be re-run" if kept else "no stored state is left to start from"
+        raise MissingInput(
+            f"glmix {day}: the state it starts from was deleted by retention ({state_root(settings) / PRUNED_FILE}: "
+            f"the states of {first}..{through} are gone, the newest {record['keep']} were kept), so {day} would "
+            f"start from {previous or 'the population prior'} instead; nothing was written. Of the stored days, "
+            f"{rerun}; an older day needs its prior state restored into {state_root(settings)}")
+
+
+def prune_states(settings: Settings, keep: int, dry_run: bool = False) -> dict[str, Any]:
+    """Retention: keep the newest `keep` daily GLMix states, delete the older ones and their BentoML models.
+
+    Kept: the newest `keep` states (models/glmix/dt=D) and every rankflow-glmix model that models/serving.json
+    names (serving or in its history, for rollback). Order, so that a process killed at any step loses nothing
+    it should keep and never lets a day start from the wrong prior: pruned.json is written first (from then on
+    check_prior_kept refuses the days whose prior goes), then the models are deleted, then the state folders,
+    each renamed aside whole before it is deleted (rankflow.paths.remove_directory). `dry_run`: only says what
+    would go. The state folders' bytes are counted once (the day's model shares them: hard links).
+    """
+    from rankflow.model_store import delete_daily_models
+
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"glmix retention: keep must be a whole number of days >= 1, got {keep!r}")
+    days = state_days(settings)
+    gone = days[:-keep] if len(days) > keep else []
+    root = state_root(settings)
+    size = sum(f.stat().st_size for d in gone for f in (root / dt_partition(d)).iterdir() if f.is_file())
+    result: dict[str, Any] = {"keep": keep, "kept": [d.isoformat() for d in days[len(gone):]],
+                              "pruned": [d.isoformat() for d in gone], "bytes": size, "dry_run": dry_run,
+                              "models_deleted": [], "models_pinned": []}
+    if not gone:
+        return result
+    if not dry_run:
+        record = pruned_record(settings) or {}
+        first = min([gone[0], *([date.fromisoformat(record["first"])] if record else [])])
+        through = max([gone[-1], *([date.fromisoformat(record["through"])] if record else [])])
+        atomic_write_bytes(root / PRUNED_FILE, json.dumps(
+            {"first": first.isoformat(), "through": through.isoformat(), "keep": keep,
+             "days": sorted({*record.get("days", []), *result["pruned"]})}, indent=2).encode())
+    models = delete_daily_models(settings, MODEL_NAME, gone, dry_run=dry_run)
+    result["models_deleted"], result["models_pinned"] = models["deleted"], models["pinned"]
+    if not dry_run:
+        for day in gone:
+            remove_directory(root / dt_partition(day))
+        log.info("glmix retention: deleted the states of %s..%s (%d, %.1f MB) and %d BentoML model(s); kept %s..%s%s",
+                 gone[0], gone[-1], len(gone), size / 1e6, len(models["deleted"]), result["kept"][0],
+                 result["kept"][-1], f"; {len(models['pinned'])} model(s) serving.json names were kept"
+                 if models["pinned"] else "")
+    return result
 
 
 def load_state(settings: Settings, day: date):
@@ -423,6 +500,7 @@ def update_random_effects(settings: Settings, day: date, config: PersonaliseConf
 
     spec = check_training_set_exists(settings, day)  # said first, before the prior and the store are looked at
     check_no_skipped_day(settings, day)
+    check_prior_kept(settings, day)
     if write_online:
         from features.store import check_online_store
 
@@ -486,6 +564,8 @@ def update_random_effects(settings: Settings, day: date, config: PersonaliseConf
               "written": written}
     log.info("glmix %s: %d of %d rows used, %d members, %d jobs updated (prior %s)", day, rows.used, rows.read,
              members_updated, jobs_updated, previous)
+    if settings.glmix_keep_days is not None:  # retention, once the day is stored (an old day re-run is pruned too
+        result["retention"] = prune_states(settings, settings.glmix_keep_days)  # when newer states fill `keep`)
     return result
 
 

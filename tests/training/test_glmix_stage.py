@@ -15,6 +15,7 @@ from glmix_reference import one_torch_thread  # noqa: F401 (autouse fixture)
 
 from features.contract import read_raw
 from rankflow.config import load_settings
+from rankflow.errors import MissingInput
 from rankflow.paths import atomic_directory
 from rankflow.stages import ranker as ranker_stage
 from rankflow.stages.personalise import (
@@ -23,7 +24,9 @@ from rankflow.stages.personalise import (
     glmix_config_for,
     load_state,
     prior_day,
+    prune_states,
     ranker_logit,
+    state_days,
     training_events,
     update_random_effects,
 )
@@ -112,6 +115,93 @@ def test_daily_stage_chains_posteriors_and_rerunning_a_day_is_idempotent(stage_d
         assert (stored / file).stat().st_ino == (state_dir / file).stat().st_ino, file
     changed_state, _, _ = load_state(settings, DAYS[1])
     assert not torch.equal(changed_state.member.mean, before.member.mean)
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_retention_keeps_the_newest_states_and_refuses_a_day_whose_prior_it_deleted(stage_data, tmp_path):
+    """glmix_keep_days = 2: after each day only the newest two states and their BentoML models stay; a day whose
+    prior was deleted is refused with nothing written, a day whose prior stays re-runs to the same bytes."""
+    settings = load_settings(shutil.copytree(stage_data, tmp_path / "data")).with_overrides(glmix_keep_days=2)
+    results = [update_random_effects(settings, day, PersonaliseConfig(), write_online=False) for day in DAYS]
+    assert [r["retention"]["pruned"] for r in results] == [[], [], [DAYS[0].isoformat()]]
+    assert state_days(settings) == DAYS[1:]
+    assert sorted(_glmix_models(settings).values()) == [d.isoformat() for d in DAYS[1:]]
+    assert results[0]["bentoml_tag"] not in _glmix_models(settings)
+    record = json.loads((settings.paths.models / "glmix" / "pruned.json").read_text())
+    assert record == {"first": "2026-01-01", "through": "2026-01-01", "keep": 2, "days": ["2026-01-01"]}
+    glmix = settings.paths.models / "glmix"
+    assert sorted(p.name for p in glmix.iterdir()) == ["dt=2026-01-02", "dt=2026-01-03", "pruned.json"]
+
+    before, models = _tree(settings.paths.models), _glmix_models(settings)
+    with pytest.raises(MissingInput, match=r"glmix 2026-01-02: the state it starts from was deleted by retention .*"
+                                           r"the states of 2026-01-01\.\.2026-01-01 are gone.*start from the "
+                                           r"population prior instead; nothing was written"):
+        update_random_effects(settings, DAYS[1], PersonaliseConfig(), write_online=False)
+    assert _tree(settings.paths.models) == before and _glmix_models(settings) == models
+
+    again = update_random_effects(settings, DAYS[2], PersonaliseConfig(), write_online=False)
+    assert again["prior_date"] == "2026-01-02" and again["bentoml_tag"] == results[2]["bentoml_tag"]
+    assert _tree(settings.paths.models / "glmix") == _tree(glmix) and state_days(settings) == DAYS[1:]
+    assert _tree(glmix / "dt=2026-01-03") == {k.removeprefix("glmix/dt=2026-01-03/"): v for k, v in before.items()
+                                               if k.startswith("glmix/dt=2026-01-03/")}
+
+
+def test_prune_keeps_what_serving_json_names_and_a_dry_run_deletes_nothing(stage_data, tmp_path):
+    settings = load_settings(shutil.copytree(stage_data, tmp_path / "data"))
+    results = [update_random_effects(settings, day, PersonaliseConfig(), write_online=False) for day in DAYS]
+    ranker_stage._write_serving(settings, MODEL_NAME, results[1]["bentoml_tag"], [results[0]["bentoml_tag"]])
+    before = _tree(settings.paths.models)
+
+    dry = prune_states(settings, 1, dry_run=True)
+    assert dry["pruned"] == ["2026-01-01", "2026-01-02"] and dry["kept"] == ["2026-01-03"]
+    assert dry["models_deleted"] == [] and sorted(dry["models_pinned"]) == sorted(r["bentoml_tag"] for r in results[:2])
+    assert dry["bytes"] == sum(len(v) for k, v in before.items() if k.startswith(("glmix/dt=2026-01-01/",
+                                                                                   "glmix/dt=2026-01-02/")))
+    assert _tree(settings.paths.models) == before
+
+    done = prune_states(settings, 1)
+    assert {k: done[k] for k in ("pruned", "kept", "models_deleted")} == {k: dry[k] for k in ("pruned", "kept",
+                                                                                             "models_deleted")}
+    assert state_days(settings) == DAYS[2:]
+    # serving.json's GLMix tag and its history (rollback) stay in the store, with their files.
+    assert set(_glmix_models(settings)) == {r["bentoml_tag"] for r in results}
+    stored = Path(ranker_stage.model_store(settings).get(results[0]["bentoml_tag"]).path)
+    assert (stored / "member.safetensors").stat().st_size > 0
+    assert prune_states(settings, 1)["pruned"] == []  # nothing more to do
+    with pytest.raises(MissingInput, match="deleted by retention"):  # its prior, day 2, is gone
+        update_random_effects(settings, DAYS[2], PersonaliseConfig(), write_online=False)
+    with pytest.raises(ValueError, match="keep must be a whole number of days >= 1, got 0"):
+        prune_states(settings, 0)
+
+
+def test_a_prune_killed_before_it_deleted_a_state_still_refuses_the_day_after_it(stage_data, tmp_path, monkeypatch):
+    """pruned.json is written before anything is deleted: a prune killed after that leaves the old state on disk
+    but no day starts from it; the next prune finishes the deletion."""
+    import rankflow.stages.personalise as stage
+
+    settings = load_settings(shutil.copytree(stage_data, tmp_path / "data"))
+    for day in DAYS[:2]:
+        update_random_effects(settings, day, PersonaliseConfig(), write_online=False)
+
+    class Killed(BaseException):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed()
+
+    monkeypatch.setattr(stage, "remove_directory", killed)
+    with pytest.raises(Killed):
+        prune_states(settings, 1)
+    monkeypatch.undo()
+    assert state_days(settings) == DAYS[:2]  # still there, but already recorded as deleted
+    with pytest.raises(MissingInput, match="deleted by retention"):
+        update_random_effects(settings, DAYS[1], PersonaliseConfig(), write_online=False)
+    assert prune_states(settings, 1)["pruned"] == ["2026-01-01"] and state_days(settings) == DAYS[1:2]
+    assert update_random_effects(settings, DAYS[2], PersonaliseConfig(), write_online=False)["prior_date"] == \
+        "2026-01-02"
 
 
 def test_the_update_reads_only_the_training_set_columns_it_uses(stage_data, tmp_path, monkeypatch):
