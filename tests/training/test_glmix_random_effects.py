@@ -363,3 +363,33 @@ def test_cuda_float32_and_float64_equal_the_cpu_float64_update(dim, covariance, 
             assert torch.equal(again.mean, updated.mean) and torch.equal(again.precision, updated.precision)
     # The float32 runs (and only they) summed gradients and Hessians in the Triton kernels.
     assert set(fused_calls) == {("segment_sum", torch.float32), ("segment_outer_sum", torch.float32)}
+
+
+@pytest.mark.parametrize("covariance", ["full", "diagonal"])
+@pytest.mark.parametrize("case", ["some_known_some_new", "all_new", "all_known_some_stale", "every_entity"])
+def test_merge_puts_todays_rows_over_yesterdays_and_newcomers_in_id_order(covariance, case):
+    """_merge fills one output per tensor in place; checked against the plain definition (a dict by id)."""
+    from training.glmix.random_effects import _merge
+
+    rng = np.random.default_rng(3)
+    d = 3
+    old_ids = torch.tensor([] if case == "all_new" else [2, 5, 9, 14, 20], dtype=torch.int64)
+    shape = (old_ids.numel(), d, d) if covariance == "full" else (old_ids.numel(), d)
+    state = RandomEffectState(old_ids, torch.tensor(rng.normal(size=(old_ids.numel(), d))),
+                              torch.tensor(rng.normal(size=shape)))
+    today = {"some_known_some_new": [1, 5, 7, 20, 30], "all_new": [4, 8], "all_known_some_stale": [9, 14],
+             "every_entity": [2, 5, 9, 14, 20]}[case]
+    entities = torch.tensor(today, dtype=torch.int64)
+    rows, found = state.locate(entities)
+    mean = torch.tensor(rng.normal(size=(entities.numel(), d)))
+    precision = torch.tensor(rng.normal(size=(entities.numel(), *shape[1:])))
+    before = (state.mean.clone(), state.precision.clone())
+    merged = _merge(state, entities, found, rows, mean, precision)
+    assert torch.equal(state.mean, before[0]) and torch.equal(state.precision, before[1])  # the input is kept
+
+    expected = {int(i): (state.mean[k], state.precision[k]) for k, i in enumerate(old_ids)}
+    expected.update({int(i): (mean[k], precision[k]) for k, i in enumerate(entities)})
+    assert merged.entity_ids.tolist() == sorted(expected)
+    for row, entity in enumerate(merged.entity_ids.tolist()):
+        assert torch.equal(merged.mean[row], expected[entity][0]), entity
+        assert torch.equal(merged.precision[row], expected[entity][1]), entity

@@ -188,10 +188,13 @@ def daily_update(prior: GLMixState, events: GLMixEvents, config: GLMixConfig) ->
     member_design = torch.as_tensor(events.member_design).to(device, dtype)
     job_design = torch.as_tensor(events.job_design).to(device, dtype)
     member_ids, item_ids = torch.as_tensor(events.member_ids).to(device), torch.as_tensor(events.item_ids).to(device)
-    job_current = prior.job
+    job_current, member_state = prior.job, None
     summary = GLMixSummary()
     for _ in range(config.passes):
         job_term = (effect_means(job_current, config.job, item_ids) * job_design).sum(1)
+        # The last pass's states are dropped before the new ones are made: each pass starts from `prior` and
+        # needs only the other side's means (job_term, member_term), so two states of a side never coexist.
+        job_current = member_state = None
         member_state, member_summary = update_random_effects(
             prior.member, EntityEvents(member_ids, member_design, events.labels, events.weights, offsets + job_term),
             config.member)

@@ -611,6 +611,9 @@ def update_random_effects(state: RandomEffectState, events: EntityEvents, config
         for members, solve in tasks:
             store(members, *solve())
 
+    # The day's sorted event copies (and the tasks' closures over them) go before the merge allocates the new
+    # state: at 100x the demo they are 0.4 GB of the update's peak.
+    del tasks, features, labels, weights, offsets, segments, p_features, p_labels, p_weights, p_offsets, p_segments
     steps, grad_norm = torch.cat(all_steps), torch.cat(all_grad)
     summary.entities_updated = int(entities.numel())
     summary.new_entities = int((~found).sum())
@@ -623,22 +626,37 @@ def update_random_effects(state: RandomEffectState, events: EntityEvents, config
 
 def _merge(state: RandomEffectState, entities: torch.Tensor, found: torch.Tensor, rows: torch.Tensor,
            mean: torch.Tensor, precision: torch.Tensor) -> RandomEffectState:
-    """Yesterday's state with today's rows replaced and newcomers inserted in id order."""
+    """Yesterday's state with today's rows replaced and newcomers inserted in id order.
+
+    Each output tensor is allocated once and filled in place (yesterday's rows, then today's over them, and the
+    newcomers at their sorted places): a state is n x d x d, 0.42 GB for 312k members at d = 13 in float64,
+    and a clone, a concatenation and a reordering of it made three such copies at once.
+    """
     known = found.nonzero().squeeze(1)
-    known_rows = rows.index_select(0, known)
-    if known.numel() == found.numel():
-        known_mean, known_precision = mean, precision
-    else:
-        known_mean, known_precision = mean.index_select(0, known), precision.index_select(0, known)
-    if known.numel() == len(state):  # every entity of the state was updated: its rows are 0..n-1 in order
-        merged_mean, merged_precision = known_mean, known_precision
-    else:
-        merged_mean = state.mean.clone().index_copy_(0, known_rows, known_mean)
-        merged_precision = state.precision.clone().index_copy_(0, known_rows, known_precision)
     fresh = (~found).nonzero().squeeze(1)
-    if fresh.numel() == 0:
-        return RandomEffectState(state.entity_ids.clone(), merged_mean, merged_precision)
-    ids = torch.cat([state.entity_ids, entities[fresh]])
-    order = torch.argsort(ids)
-    return RandomEffectState(ids[order], torch.cat([merged_mean, mean.index_select(0, fresh)]).index_select(0, order),
-                             torch.cat([merged_precision, precision.index_select(0, fresh)]).index_select(0, order))
+    if known.numel() == len(state) and fresh.numel() == 0:  # every entity updated: rows 0..n-1 in order
+        return RandomEffectState(state.entity_ids.clone(), mean, precision)
+    size = len(state) + fresh.numel()
+    if fresh.numel():
+        ids = torch.cat([state.entity_ids, entities.index_select(0, fresh)])
+        order = torch.argsort(ids)
+        place = torch.empty_like(order)  # the output row of each row of [yesterday's rows, newcomers]
+        place[order] = torch.arange(size, device=order.device)
+        old_place, fresh_place, ids = place[: len(state)], place[len(state) :], ids.index_select(0, order)
+    else:
+        old_place, fresh_place, ids = None, None, state.entity_ids.clone()
+    known_place = rows.index_select(0, known) if old_place is None else old_place.index_select(
+        0, rows.index_select(0, known))
+
+    def merged(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        out = torch.empty((size, *old.shape[1:]), dtype=old.dtype, device=old.device)
+        if old_place is None:
+            out.copy_(old)
+        else:
+            out.index_copy_(0, old_place, old)
+        out.index_copy_(0, known_place, new if known.numel() == new.shape[0] else new.index_select(0, known))
+        if fresh_place is not None:
+            out.index_copy_(0, fresh_place, new.index_select(0, fresh))
+        return out
+
+    return RandomEffectState(ids, merged(state.mean, mean), merged(state.precision, precision))
