@@ -1,9 +1,13 @@
 """Time and peak memory of the daily commands at a multiple of the demo's size, one command at a time.
 
     python benchmarks/bench_scale.py --scale 100 --days 2 --data-dir /tmp/scale100
+    python benchmarks/bench_scale.py --scale 100 --days 2 --data-dir /tmp/scale100 --reuse --commands personalise
 
 Generates a market of `scale` x the demo's members, jobs and impressions a day (`rankflow generate`), then for each
-day runs `rankflow features build --date D` and `rankflow personalise --date D`, each in its own process tree. Every
+day runs `rankflow features build --date D` and `rankflow personalise --date D`, each in its own process tree.
+`--reuse` keeps a data directory an earlier run made (no generate) and `--commands` picks which daily commands run:
+`--reuse --commands personalise` re-runs only the GLMix update of each day (day D starts from D-1's state), to
+compare two versions of the code on the same data. Every
 0.25 s it sums the resident memory (RSS) of every process of the tree (the rankflow process, Spark's JVM and its
 helpers): the table gives the peak of that sum, and the largest single process at its peak. Writes
 benchmarks/results/scale-<scale>x-<machine>.md. Run it on a quiet machine: memory is the point, time is a guide.
@@ -63,19 +67,31 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=10, help="multiple of the demo's size (default 10)")
     parser.add_argument("--days", type=int, default=2, help="days to generate and run (default 2)")
     parser.add_argument("--data-dir", type=Path, required=True, help="a scratch data directory (replaced)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the data directory an earlier run of the same --scale and --days made; no generate")
+    parser.add_argument("--commands", default="features,personalise",
+                        help="daily commands to run, comma-separated, in this order (default features,personalise)")
     args = parser.parse_args()
+    daily = {"features": ["features", "build"], "personalise": ["personalise"]}
+    wanted = [c.strip() for c in args.commands.split(",") if c.strip()]
+    unknown = [c for c in wanted if c not in daily]
+    if unknown or not wanted:
+        parser.error(f"--commands: expected some of {', '.join(daily)}, got {args.commands!r}")
+    if args.reuse and not (args.data_dir / "raw").is_dir():
+        parser.error(f"--reuse: {args.data_dir} holds no raw/ zone; run without --reuse first")
     rankflow = str(Path(sys.executable).with_name("rankflow"))
     env = dict(os.environ, RANKFLOW_DATA_DIR=str(args.data_dir))
-    shutil.rmtree(args.data_dir, ignore_errors=True)
+    if not args.reuse:
+        shutil.rmtree(args.data_dir, ignore_errors=True)
     logs = args.data_dir.parent / f"{args.data_dir.name}-logs"
     logs.mkdir(parents=True, exist_ok=True)
     machine = describe_machine()
-    commands = [[rankflow, "generate", "--members", str(DEMO["members"] * args.scale),
-                 "--jobs", str(DEMO["jobs"] * args.scale), "--days", str(args.days),
-                 "--impressions-per-day", str(DEMO["impressions_per_day"] * args.scale)]]
+    commands = [] if args.reuse else [[rankflow, "generate", "--members", str(DEMO["members"] * args.scale),
+                                       "--jobs", str(DEMO["jobs"] * args.scale), "--days", str(args.days),
+                                       "--impressions-per-day", str(DEMO["impressions_per_day"] * args.scale)]]
     for offset in range(args.days):
         day = (START + timedelta(days=offset)).isoformat()
-        commands += [[rankflow, "features", "build", "--date", day], [rankflow, "personalise", "--date", day]]
+        commands += [[rankflow, *daily[name], "--date", day] for name in wanted]
     rows = []
     for index, command in enumerate(commands):
         result = run_sampled(command, env, logs / f"{index:02d}-{command[1]}.log")
@@ -86,8 +102,10 @@ def main() -> None:
             raise SystemExit(f"{result['command']} failed: see {logs}")
     events = DEMO["impressions_per_day"] * args.scale
     table = [f"{args.scale}x the demo: {DEMO['members'] * args.scale:,} members, {DEMO['jobs'] * args.scale:,} jobs, "
-             f"{events:,} impressions a day, {args.days} days. Peak: RSS of the command's whole process tree, "
-             f"sampled every 0.25 s; largest: the biggest process at that peak.", "",
+             f"{events:,} impressions a day, {args.days} days"
+             + (" (an earlier run's data directory, reused)" if args.reuse else "")
+             + ". Peak: RSS of the command's whole process tree, sampled every 0.25 s; largest: the biggest process "
+             "at that peak.", "",
              "| command | wall s | peak tree GB | largest process at the peak |", "|---|---:|---:|---|"]
     table += [f"| `rankflow {r['command']}` | {r['seconds']:.0f} | {r['peak_gb']:.2f} | {r['largest']} "
               f"{r['largest_gb']:.2f} GB |" for r in rows]

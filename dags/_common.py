@@ -139,6 +139,30 @@ def run_stage(area: str, function: str, *args: Any, **kwargs: Any) -> dict:
     return result
 
 
+def run_stage_days(area: str, function: str, days: list[date]) -> dict[str, dict]:
+    """run_stage for each day, oldest first; {day: result}. A day refused because retention deleted the state it
+    starts from (rankflow.errors.PriorDeleted) is skipped, {"skipped": why}, with a warning, and the others still
+    run; the task fails when every day was refused (a backfill of days that can no longer be re-run)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from rankflow.errors import PriorDeleted
+    from rankflow.logs import get_logger
+
+    results: dict[str, dict] = {}
+    for day in days:
+        try:
+            results[day.isoformat()] = run_stage(area, function, day)
+        except AirflowFailException as error:
+            if not isinstance(error.__cause__, PriorDeleted):
+                raise
+            get_logger(f"dags.{area}").warning("%s.%s %s skipped: %s", area, function, day, error.__cause__)
+            results[day.isoformat()] = {"skipped": str(error.__cause__)}
+    if days and all("skipped" in result for result in results.values()):
+        raise AirflowFailException(f"{area}.{function}: every day was refused: "
+                                   + "; ".join(result["skipped"] for result in results.values()))
+    return results
+
+
 def triggered_days(triggering_asset_events: Any, asset: Asset, requested_day: str | None = None) -> list[date]:
     """The logical days an asset-triggered run must process, oldest first.
 

@@ -4,6 +4,8 @@ resolve_days -> update_random_effects -> refresh_meta_embeddings -> Asset `perso
 Meta embeddings start once a meta-initialisation exists or can be trained (3 days of history).
 Triggered by Asset `features`; the days come from the triggering events (oldest first, because
 each day's posterior is the next day's prior). A manual run takes conf {"day": "YYYY-MM-DD"}.
+With GLMix retention on (`glmix_keep_days`), a backfilled day whose prior state was deleted is skipped with a
+warning and the other days run; the run fails only when every day was refused.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dags._common import (
     TAGS,
     meta_not_ready,
     run_stage,
+    run_stage_days,
     schedule_start,
     triggered_days,
 )
@@ -43,7 +46,8 @@ def personalisation():
 
     @task
     def update_random_effects(days: list[str]) -> dict:
-        return {day: run_stage("personalise", "update_random_effects", date.fromisoformat(day)) for day in days}
+        # A day whose prior state retention deleted (glmix_keep_days) is skipped, the others run (run_stage_days).
+        return run_stage_days("personalise", "update_random_effects", [date.fromisoformat(day) for day in days])
 
     @task(outlets=[PERSONALISATION])
     def refresh_meta_embeddings(days: list[str], outlet_events=None) -> dict:

@@ -9,3 +9,9 @@ class MissingInput(FileNotFoundError):
 
 class UnreadableInput(ValueError):
     """An input file that cannot be read (cut off, corrupt, not what it should be); the message names it."""
+
+
+class PriorDeleted(MissingInput):
+    """The state a day would start from was deleted by retention (`glmix_keep_days`): the day cannot be re-run.
+
+    A run over several days skips such a day and goes on with the others (dags/_common.run_stage_days)."""

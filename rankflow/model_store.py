@@ -249,7 +249,8 @@ def register_daily_model(settings: Settings, name: str, folder: Path, day: date,
     A stored model of `day` with the same files and metadata is reused as it is (re-running a day that gives
     the same answer adds nothing). Otherwise the new model is created in full first and only then are the
     day's older models deleted, so a reader always finds a complete model of the day (serving picks the
-    newest by logical_date, then creation time). A model that models/serving.json pins is never deleted.
+    newest by logical_date, then creation time). A model that models/serving.json names (`pinned_tags`: serving,
+    or in its history) is never deleted.
     The stored files are hard links to `folder`'s where the store shares its file system (`share_file`).
     Returns the tag, or None when BentoML is not installed.
     """
@@ -258,7 +259,7 @@ def register_daily_model(settings: Settings, name: str, folder: Path, day: date,
         from bentoml.exceptions import NotFound
     except ImportError:
         return None
-    from rankflow.stages.ranker import model_store, serving_tag
+    from rankflow.stages.ranker import model_store
 
     with registering(settings):  # incomplete versions of a killed save moved out first; readers wait
         store = model_store(settings)
@@ -282,9 +283,9 @@ def register_daily_model(settings: Settings, name: str, folder: Path, day: date,
         # links to `folder`'s, which the caller swaps in as the day's state.
         for file in names:
             share_file(folder / file, Path(store.get(tag).path) / file)
-        pinned = serving_tag(settings, name)
+        pinned = pinned_tags(settings, name)
         for old in same_day:
-            if str(old.tag) not in (tag, pinned):
+            if str(old.tag) != tag and str(old.tag) not in pinned:
                 store.delete(old.tag)
         return tag
 
@@ -310,18 +311,23 @@ def delete_daily_models(settings: Settings, name: str, days: list[date], dry_run
     from rankflow.stages.ranker import model_store
 
     wanted = {day.isoformat() for day in days}
+    pinned = pinned_tags(settings, name)
+
+    def split(models) -> tuple[list[str], list[str]]:
+        tags = [str(m.tag) for m in models if m.info.labels.get("logical_date") in wanted]
+        return sorted(t for t in tags if t not in pinned), sorted(t for t in tags if t in pinned)
+
+    if dry_run:  # looks only: no lock taken, nothing moved (incomplete versions are left out, as readers do)
+        deleted, kept = split(complete_models(settings, name))
+        return {"deleted": deleted, "pinned": kept}
     with registering(settings):  # no save of a daily model runs meanwhile
         store = model_store(settings)
         try:
-            models = [m for m in store.list(name) if m.info.labels.get("logical_date") in wanted]
+            deleted, kept = split(store.list(name))
         except NotFound:
-            models = []
-        pinned = pinned_tags(settings, name)
-        kept = sorted(str(m.tag) for m in models if str(m.tag) in pinned)
-        deleted = sorted(str(m.tag) for m in models if str(m.tag) not in pinned)
-        if not dry_run:
-            for tag in deleted:
-                store.delete(tag)
-            if deleted:
-                _repoint_latest(settings, name)
+            deleted, kept = [], []
+        for tag in deleted:
+            store.delete(tag)
+        if deleted:
+            _repoint_latest(settings, name)
     return {"deleted": deleted, "pinned": kept}

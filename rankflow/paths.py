@@ -313,6 +313,19 @@ def remove_directory(target: Path) -> bool:
     return True
 
 
+def sweep_leftovers(directory: Path) -> list[Path]:
+    """Delete the staged copies (`.<name>.tmp-<pid>-<hex>`) in `directory` whose writing process is gone; the paths.
+
+    Each writer of a target deletes its own target's leftovers; this is for targets nothing will write again (a
+    state folder that retention renamed aside, `remove_directory`, before its process was killed). Replaced copies
+    (`.old-`) are left to `_recover`, which may need them to restore their target.
+    """
+    leftovers = [path for path, _, _ in _leftovers(Path(directory), ("tmp",))]
+    for path in leftovers:
+        _remove(path)
+    return leftovers
+
+
 def staging_directory(target: Path) -> Path:
     """A new empty hidden folder next to `target` (`.<name>.tmp-<pid>-<hex>`), to build something in aside.
 

@@ -147,7 +147,7 @@ def test_rankflow_prune_needs_a_number_of_days_and_its_dry_run_deletes_nothing(t
     (tmp_path / "models" / "glmix" / "dt=2026-01-02" / "meta.json").write_text("{}")
     dry = _rankflow(["prune", "--keep-days", "1", "--dry-run", "--data-dir", str(tmp_path)])
     assert dry.returncode == 0, dry.stderr
-    assert "would delete the GLMix states of 2026-01-01..2026-01-01 (1, 0.0 MB)" in dry.stdout, dry.stdout
+    assert "would delete the GLMix states of 2026-01-01..2026-01-01 (1, 0.0 MB of state files)" in dry.stdout, dry.stdout
     assert state.exists() and not (tmp_path / "models" / "glmix" / "pruned.json").exists()
 
 

@@ -77,7 +77,7 @@ def prune(
     verb = "would delete" if dry_run else "deleted"
     if result["pruned"]:
         console.print(f"{verb} the GLMix states of {result['pruned'][0]}..{result['pruned'][-1]} "
-                      f"({len(result['pruned'])}, {result['bytes'] / 1e6:.1f} MB) and {len(result['models_deleted'])} "
+                      f"({len(result['pruned'])}, {result['state_bytes'] / 1e6:.1f} MB of state files) and {len(result['models_deleted'])} "
                       f"BentoML model(s); kept {result['kept'][0]}..{result['kept'][-1]}"
                       + (f" and {len(result['models_pinned'])} model(s) serving.json names" if result["models_pinned"]
                          else ""))

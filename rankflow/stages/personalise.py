@@ -41,11 +41,11 @@ from typing import Any
 import numpy as np
 
 from rankflow.config import Settings
-from rankflow.errors import MissingInput
+from rankflow.errors import MissingInput, PriorDeleted
 from rankflow.logs import get_logger
 from rankflow.model_store import register_daily_model
 from rankflow.paths import (atomic_directory, atomic_write_bytes, dt_partition, partition_days, read_json,
-                            remove_directory)
+                            remove_directory, sweep_leftovers)
 
 log = get_logger(__name__)
 
@@ -125,26 +125,36 @@ def pruned_record(settings: Settings) -> dict | None:
     return read_json(path) if path.exists() else None
 
 
-def check_prior_kept(settings: Settings, day: date) -> None:
-    """Refuse `day` when the state it must start from was deleted by retention (nothing written).
+def pruned_prior(settings: Settings, day: date) -> str | None:
+    """Why `day` cannot start from its prior state, when retention deleted it; None when it can.
 
-    Retention deletes the oldest states (prune_states), so the day after the newest deleted one, and every older
-    day but those before the first deleted state, would start from an older state or the population prior instead
-    of its own prior: a different chain of posteriors, silently. The error names the days that can still be re-run.
+    The prior is the newest stored state before `day`. It is the wrong one when a state that retention deleted
+    (pruned.json's days, and not stored again since) lies between that one and `day`: `day` would start from an
+    older state, or the population prior, instead of its own prior, a different chain of posteriors, silently.
     """
     record = pruned_record(settings)
     if record is None:
-        return
-    first, through = date.fromisoformat(record["first"]), date.fromisoformat(record["through"])
+        return None
+    stored = state_days(settings)
     previous = prior_day(settings, day)
-    if day > first and (previous is None or previous <= through):
-        kept = [d for d in state_days(settings) if d > through]
-        rerun = f"days after {kept[0]} can be re-run" if kept else "no stored state is left to start from"
-        raise MissingInput(
-            f"glmix {day}: the state it starts from was deleted by retention ({state_root(settings) / PRUNED_FILE}: "
-            f"the states of {first}..{through} are gone, the newest {record['keep']} were kept), so {day} would "
-            f"start from {previous or 'the population prior'} instead; nothing was written. Of the stored days, "
-            f"{rerun}; an older day needs its prior state restored into {state_root(settings)}")
+    gone = [d for d in sorted(map(date.fromisoformat, record["days"]))
+            if (previous is None or previous < d) and d < day and d not in stored]
+    if not gone:
+        return None
+    after = next((d for d in stored if d > gone[-1]), None)
+    rerun = f"stored days after {after} can be re-run" if after else "no stored state is left after them"
+    return (f"glmix {day}: the state it starts from, {gone[-1]}'s, was deleted by retention "
+            f"({state_root(settings) / PRUNED_FILE}: {', '.join(map(str, gone))} gone, the newest {record['keep']} "
+            f"kept), so {day} would start from {previous or 'the population prior'} instead; nothing was written. "
+            f"Of the {len(stored)} stored state(s), {rerun}; to re-run {day}, restore {gone[-1]}'s state into "
+            f"{state_root(settings)} first")
+
+
+def check_prior_kept(settings: Settings, day: date) -> None:
+    """Refuse `day` (PriorDeleted, nothing written) when retention deleted the state it starts from (pruned_prior)."""
+    reason = pruned_prior(settings, day)
+    if reason is not None:
+        raise PriorDeleted(reason)
 
 
 def prune_states(settings: Settings, keep: int, dry_run: bool = False) -> dict[str, Any]:
@@ -155,7 +165,8 @@ def prune_states(settings: Settings, keep: int, dry_run: bool = False) -> dict[s
     it should keep and never lets a day start from the wrong prior: pruned.json is written first (from then on
     check_prior_kept refuses the days whose prior goes), then the models are deleted, then the state folders,
     each renamed aside whole before it is deleted (rankflow.paths.remove_directory). `dry_run`: only says what
-    would go. The state folders' bytes are counted once (the day's model shares them: hard links).
+    would go. `state_bytes`: the size of the state folders deleted; the disk space freed is that, once (the day's
+    model shares the files: hard links), less what a model serving.json names keeps linked.
     """
     from rankflow.model_store import delete_daily_models
 
@@ -166,8 +177,10 @@ def prune_states(settings: Settings, keep: int, dry_run: bool = False) -> dict[s
     root = state_root(settings)
     size = sum(f.stat().st_size for d in gone for f in (root / dt_partition(d)).iterdir() if f.is_file())
     result: dict[str, Any] = {"keep": keep, "kept": [d.isoformat() for d in days[len(gone):]],
-                              "pruned": [d.isoformat() for d in gone], "bytes": size, "dry_run": dry_run,
+                              "pruned": [d.isoformat() for d in gone], "state_bytes": size, "dry_run": dry_run,
                               "models_deleted": [], "models_pinned": []}
+    if not dry_run and root.is_dir():
+        sweep_leftovers(root)  # folders a killed prune had renamed aside: no later write of their day deletes them
     if not gone:
         return result
     if not dry_run:
@@ -564,8 +577,9 @@ def update_random_effects(settings: Settings, day: date, config: PersonaliseConf
               "written": written}
     log.info("glmix %s: %d of %d rows used, %d members, %d jobs updated (prior %s)", day, rows.used, rows.read,
              members_updated, jobs_updated, previous)
-    if settings.glmix_keep_days is not None:  # retention, once the day is stored (an old day re-run is pruned too
-        result["retention"] = prune_states(settings, settings.glmix_keep_days)  # when newer states fill `keep`)
+    # Retention, once the day is stored (an old day re-run is pruned too when newer states fill `keep`).
+    if settings.glmix_keep_days is not None:
+        result["retention"] = prune_states(settings, settings.glmix_keep_days)
     return result
 
 
@@ -588,13 +602,18 @@ def served_random_effects(settings: Settings, day: date, frame, spec: dict) -> t
     """beta_m . phi(j) + gamma_j . phi(m) per row of `day`'s training-set `frame`, and the state's day.
 
     The state is the newest one before `day` (prior_day): what the online store held while `day`'s events
-    were served, never `day`'s own posterior, which has seen their labels. None when there is no such state.
+    were served, never `day`'s own posterior, which has seen their labels. None when there is no such state, or
+    when retention deleted it (pruned_prior: an older state is not what was served; a warning says so).
     Ids the state has not seen get the population mean, as in serving.
     """
     from training.glmix.model import random_effect_logit
 
     previous = prior_day(settings, day)
     if previous is None:
+        return None
+    pruned = pruned_prior(settings, day)
+    if pruned is not None:  # the state the service held on `day` is gone: an older one would say something else
+        log.warning("served random effects of %s: not computed: %s", day, pruned)
         return None
     state, _, meta = load_state(settings, previous)
     member_basis, job_basis = _basis_json(meta["member_basis"]), _basis_json(meta["job_basis"])

@@ -199,7 +199,8 @@ def served_auc(settings: Settings, model, days: list[date]) -> dict[str, Any]:
     """AUC on `days` of the score the service computes: the ranker's calibrated logit + GLMix random effects.
 
     Each day's effects come from the newest GLMix state before it (personalise.served_random_effects), as
-    serving.scoring adds them online. Empty when a day has no earlier state (personalisation has not run):
+    serving.scoring adds them online. Empty when a day has no earlier state (personalisation has not run, or
+    retention deleted it):
     the ranker's own AUC is then the served one.
     """
     import numpy as np

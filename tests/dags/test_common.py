@@ -104,3 +104,38 @@ def test_schedules_cover_the_raw_zones_event_days_else_the_generators_range(tmp_
         (events / f"dt={day}" / PART_FILE).write_bytes(b"")
     (events / "dt=2025-03-09").mkdir()  # no data file: not a day
     assert settings.scheduled_days() == (date(2025, 3, 5), date(2025, 3, 7))
+
+
+def test_a_day_whose_prior_state_retention_deleted_is_skipped_and_the_others_run(rankflow_data_dir, tmp_path,
+                                                                                  monkeypatch):
+    """A backfill of days with glmix_keep_days on: the refused day (PriorDeleted) is skipped with its reason,
+    the later days still run; a run whose every day is refused fails, without retry; other errors still fail."""
+    import sys
+    import types
+
+    from dags._common import run_stage_days
+    from rankflow.errors import MissingInput, PriorDeleted
+
+    refused, calls = {date(2026, 1, 2)}, []
+
+    def update(settings, day):
+        calls.append(day)
+        if day in refused:
+            raise PriorDeleted(f"glmix {day}: the state it starts from was deleted by retention")
+        if day == date(2026, 1, 9):
+            raise MissingInput(f"no training set for {day}")
+        return {"day": day.isoformat()}
+
+    module = types.ModuleType("rankflow.stages.fake_personalise")
+    module.update = update
+    monkeypatch.setitem(sys.modules, "rankflow.stages.fake_personalise", module)
+    rankflow_data_dir(tmp_path / "data")
+    days = [date(2026, 1, 2), date(2026, 1, 3), date(2026, 1, 4)]
+    results = run_stage_days("fake_personalise", "update", days)
+    assert calls == days
+    assert results["2026-01-02"] == {"skipped": "glmix 2026-01-02: the state it starts from was deleted by retention"}
+    assert results["2026-01-03"] == {"day": "2026-01-03"} and results["2026-01-04"] == {"day": "2026-01-04"}
+    with pytest.raises(AirflowFailException, match="every day was refused: glmix 2026-01-02"):
+        run_stage_days("fake_personalise", "update", [date(2026, 1, 2)])
+    with pytest.raises(AirflowFailException, match="no training set for 2026-01-09"):
+        run_stage_days("fake_personalise", "update", [date(2026, 1, 3), date(2026, 1, 9)])

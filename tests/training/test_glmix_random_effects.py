@@ -366,7 +366,8 @@ def test_cuda_float32_and_float64_equal_the_cpu_float64_update(dim, covariance, 
 
 
 @pytest.mark.parametrize("covariance", ["full", "diagonal"])
-@pytest.mark.parametrize("case", ["some_known_some_new", "all_new", "all_known_some_stale", "every_entity"])
+@pytest.mark.parametrize("case", ["some_known_some_new", "all_new", "all_known_some_stale", "every_entity",
+                                  "every_entity_and_newcomers"])
 def test_merge_puts_todays_rows_over_yesterdays_and_newcomers_in_id_order(covariance, case):
     """_merge fills one output per tensor in place; checked against the plain definition (a dict by id)."""
     from training.glmix.random_effects import _merge
@@ -378,7 +379,7 @@ def test_merge_puts_todays_rows_over_yesterdays_and_newcomers_in_id_order(covari
     state = RandomEffectState(old_ids, torch.tensor(rng.normal(size=(old_ids.numel(), d))),
                               torch.tensor(rng.normal(size=shape)))
     today = {"some_known_some_new": [1, 5, 7, 20, 30], "all_new": [4, 8], "all_known_some_stale": [9, 14],
-             "every_entity": [2, 5, 9, 14, 20]}[case]
+             "every_entity": [2, 5, 9, 14, 20], "every_entity_and_newcomers": [0, 2, 5, 9, 11, 14, 20, 25]}[case]
     entities = torch.tensor(today, dtype=torch.int64)
     rows, found = state.locate(entities)
     mean = torch.tensor(rng.normal(size=(entities.numel(), d)))

@@ -15,7 +15,7 @@ from glmix_reference import one_torch_thread  # noqa: F401 (autouse fixture)
 
 from features.contract import read_raw
 from rankflow.config import load_settings
-from rankflow.errors import MissingInput
+from rankflow.errors import MissingInput, PriorDeleted
 from rankflow.paths import atomic_directory
 from rankflow.stages import ranker as ranker_stage
 from rankflow.stages.personalise import (
@@ -136,72 +136,102 @@ def test_retention_keeps_the_newest_states_and_refuses_a_day_whose_prior_it_dele
     assert sorted(p.name for p in glmix.iterdir()) == ["dt=2026-01-02", "dt=2026-01-03", "pruned.json"]
 
     before, models = _tree(settings.paths.models), _glmix_models(settings)
-    with pytest.raises(MissingInput, match=r"glmix 2026-01-02: the state it starts from was deleted by retention .*"
-                                           r"the states of 2026-01-01\.\.2026-01-01 are gone.*start from the "
-                                           r"population prior instead; nothing was written"):
+    with pytest.raises(PriorDeleted, match=r"glmix 2026-01-02: the state it starts from, 2026-01-01's, was deleted "
+                                           r"by retention .*2026-01-01 gone, the newest 2 kept\), so 2026-01-02 would "
+                                           r"start from the population prior instead; nothing was written\. Of the 2 "
+                                           r"stored state\(s\), stored days after 2026-01-02 can be re-run"):
         update_random_effects(settings, DAYS[1], PersonaliseConfig(), write_online=False)
     assert _tree(settings.paths.models) == before and _glmix_models(settings) == models
 
     again = update_random_effects(settings, DAYS[2], PersonaliseConfig(), write_online=False)
     assert again["prior_date"] == "2026-01-02" and again["bentoml_tag"] == results[2]["bentoml_tag"]
-    assert _tree(settings.paths.models / "glmix") == _tree(glmix) and state_days(settings) == DAYS[1:]
-    assert _tree(glmix / "dt=2026-01-03") == {k.removeprefix("glmix/dt=2026-01-03/"): v for k, v in before.items()
-                                               if k.startswith("glmix/dt=2026-01-03/")}
+    assert again["retention"]["pruned"] == [] and state_days(settings) == DAYS[1:]
+    after = _tree(glmix)
+    assert after == {k.removeprefix("glmix/"): v for k, v in before.items() if k.startswith("glmix/")}
 
 
 def test_prune_keeps_what_serving_json_names_and_a_dry_run_deletes_nothing(stage_data, tmp_path):
     settings = load_settings(shutil.copytree(stage_data, tmp_path / "data"))
     results = [update_random_effects(settings, day, PersonaliseConfig(), write_online=False) for day in DAYS]
-    ranker_stage._write_serving(settings, MODEL_NAME, results[1]["bentoml_tag"], [results[0]["bentoml_tag"]])
+    ranker_stage._write_serving(settings, MODEL_NAME, results[2]["bentoml_tag"], [results[0]["bentoml_tag"]])
     before = _tree(settings.paths.models)
 
     dry = prune_states(settings, 1, dry_run=True)
     assert dry["pruned"] == ["2026-01-01", "2026-01-02"] and dry["kept"] == ["2026-01-03"]
-    assert dry["models_deleted"] == [] and sorted(dry["models_pinned"]) == sorted(r["bentoml_tag"] for r in results[:2])
-    assert dry["bytes"] == sum(len(v) for k, v in before.items() if k.startswith(("glmix/dt=2026-01-01/",
+    assert dry["models_deleted"] == [results[1]["bentoml_tag"]] and dry["models_pinned"] == [results[0]["bentoml_tag"]]
+    assert dry["state_bytes"] == sum(len(v) for k, v in before.items() if k.startswith(("glmix/dt=2026-01-01/",
                                                                                    "glmix/dt=2026-01-02/")))
     assert _tree(settings.paths.models) == before
 
     done = prune_states(settings, 1)
-    assert {k: done[k] for k in ("pruned", "kept", "models_deleted")} == {k: dry[k] for k in ("pruned", "kept",
-                                                                                             "models_deleted")}
+    assert {k: done[k] for k in ("pruned", "kept", "models_deleted", "models_pinned")} == \
+        {k: dry[k] for k in ("pruned", "kept", "models_deleted", "models_pinned")}
     assert state_days(settings) == DAYS[2:]
-    # serving.json's GLMix tag and its history (rollback) stay in the store, with their files.
-    assert set(_glmix_models(settings)) == {r["bentoml_tag"] for r in results}
+    # serving.json's GLMix tag and its history (rollback) stay in the store, with their files; day 2's model goes.
+    assert set(_glmix_models(settings)) == {results[0]["bentoml_tag"], results[2]["bentoml_tag"]}
     stored = Path(ranker_stage.model_store(settings).get(results[0]["bentoml_tag"]).path)
     assert (stored / "member.safetensors").stat().st_size > 0
     assert prune_states(settings, 1)["pruned"] == []  # nothing more to do
-    with pytest.raises(MissingInput, match="deleted by retention"):  # its prior, day 2, is gone
+    with pytest.raises(PriorDeleted, match="deleted by retention"):  # its prior, day 2, is gone
         update_random_effects(settings, DAYS[2], PersonaliseConfig(), write_online=False)
     with pytest.raises(ValueError, match="keep must be a whole number of days >= 1, got 0"):
         prune_states(settings, 0)
 
 
-def test_a_prune_killed_before_it_deleted_a_state_still_refuses_the_day_after_it(stage_data, tmp_path, monkeypatch):
-    """pruned.json is written before anything is deleted: a prune killed after that leaves the old state on disk
-    but no day starts from it; the next prune finishes the deletion."""
+def test_a_prune_killed_midway_refuses_only_days_whose_prior_is_gone_and_the_next_prune_finishes(
+        stage_data, tmp_path, monkeypatch):
+    """pruned.json is written before anything is deleted. Killed after day 1's folder went and before day 2's:
+    day 2 (prior gone) is refused, day 3 (prior, day 2, still there) runs. Killed again while deleting day 2's
+    folder, renamed aside by then: day 3 is refused too, and the next prune deletes the copy left aside."""
+    import rankflow.paths as paths
     import rankflow.stages.personalise as stage
 
     settings = load_settings(shutil.copytree(stage_data, tmp_path / "data"))
-    for day in DAYS[:2]:
+    for day in DAYS:
         update_random_effects(settings, day, PersonaliseConfig(), write_online=False)
 
     class Killed(BaseException):
         pass
 
-    def killed(*args, **kwargs):
-        raise Killed()
+    real_remove_directory, removed = stage.remove_directory, []
 
-    monkeypatch.setattr(stage, "remove_directory", killed)
+    def killed_before_the_second(path):
+        if removed:
+            raise Killed()
+        removed.append(path)
+        return real_remove_directory(path)
+
+    monkeypatch.setattr(stage, "remove_directory", killed_before_the_second)
     with pytest.raises(Killed):
         prune_states(settings, 1)
     monkeypatch.undo()
-    assert state_days(settings) == DAYS[:2]  # still there, but already recorded as deleted
-    with pytest.raises(MissingInput, match="deleted by retention"):
+    assert state_days(settings) == DAYS[1:]
+    with pytest.raises(PriorDeleted, match="glmix 2026-01-02: the state it starts from, 2026-01-01's"):
         update_random_effects(settings, DAYS[1], PersonaliseConfig(), write_online=False)
-    assert prune_states(settings, 1)["pruned"] == ["2026-01-01"] and state_days(settings) == DAYS[1:2]
     assert update_random_effects(settings, DAYS[2], PersonaliseConfig(), write_online=False)["prior_date"] == \
         "2026-01-02"
+
+    monkeypatch.setattr(paths, "_remove", lambda path: (_ for _ in ()).throw(Killed()))
+    with pytest.raises(Killed):
+        prune_states(settings, 1)  # day 2's folder is renamed aside, then the kill
+    monkeypatch.undo()
+    glmix = settings.paths.models / "glmix"
+    [aside] = [p for p in glmix.iterdir() if p.name.startswith(".dt=2026-01-02.tmp-")]
+    assert state_days(settings) == DAYS[2:]
+    with pytest.raises(PriorDeleted, match="glmix 2026-01-03: the state it starts from, 2026-01-02's"):
+        update_random_effects(settings, DAYS[2], PersonaliseConfig(), write_online=False)
+    aside.rename(glmix / f".dt=2026-01-02.tmp-{_dead_pid()}-0a1b2c3d")  # as if the killed process had exited
+    assert prune_states(settings, 1)["pruned"] == []
+    assert sorted(p.name for p in glmix.iterdir()) == ["dt=2026-01-03", "pruned.json"]
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", ""])
+    process.wait()
+    return process.pid
 
 
 def test_the_update_reads_only_the_training_set_columns_it_uses(stage_data, tmp_path, monkeypatch):
