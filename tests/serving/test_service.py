@@ -108,28 +108,48 @@ def metric(text: str, name: str) -> float:
                if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"))
 
 
+def settled_metrics(url: str, quiet_s: float = 0.5, limit_s: float = 20.0) -> str:
+    """/metrics once its scorer counters stop moving: the batch histogram of a request that has already been answered
+    can still be counted a moment later (on a slow VM, a request of the test before landed inside this one's window)."""
+    text, deadline = httpx.get(f"{url}/metrics", timeout=10).text, time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        again = httpx.get(f"{url}/metrics", timeout=10).text
+        if metric(again, "rankflow_scored_batch_rows_count") == metric(text, "rankflow_scored_batch_rows_count"):
+            return again
+        text = again
+    return text
+
+
 def test_concurrent_requests_are_batched_and_still_exact(service, served_settings, known_ids):
     members, items = known_ids
     results: dict[int, dict] = {}
 
-    def call(member_id: int) -> None:
+    def call(member_id: int, start: threading.Barrier) -> None:
+        start.wait()  # the 16 requests leave together, so the scorer sees them at once
         response = httpx.post(f"{service.url}/rank", json={"member_id": member_id, "candidates": items[:50], "k": 50},
                               timeout=30)
         results[member_id] = response.json() if response.status_code == 200 else {"error": response.text}
 
-    before = httpx.get(f"{service.url}/metrics", timeout=10).text
-    threads = [threading.Thread(target=call, args=(m,)) for m in members[:16]]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    after = httpx.get(f"{service.url}/metrics", timeout=10).text
-    # Every request's 50 rows went through the scorer (none scored in the front after a failed call), in fewer
-    # batches than requests: some batch held more than one request.
-    assert metric(after, "rankflow_scorer_fallbacks_total") == metric(before, "rankflow_scorer_fallbacks_total")
-    rows = metric(after, "rankflow_scored_batch_rows_sum") - metric(before, "rankflow_scored_batch_rows_sum")
-    batches = metric(after, "rankflow_scored_batch_rows_count") - metric(before, "rankflow_scored_batch_rows_count")
-    assert rows == 16 * 50 and 1 <= batches < 16, (rows, batches)
+    # Batching is opportunistic (a burst that arrives while the scorer is idle may be served request by request on a
+    # loaded machine): up to 3 bursts, until one is batched; every burst must be scored whole and exactly.
+    for _ in range(3):
+        before = settled_metrics(service.url)
+        start = threading.Barrier(16)
+        threads = [threading.Thread(target=call, args=(m, start)) for m in members[:16]]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        after = settled_metrics(service.url)
+        # Every request's 50 rows went through the scorer (none scored in the front after a failed call).
+        assert metric(after, "rankflow_scorer_fallbacks_total") == metric(before, "rankflow_scorer_fallbacks_total")
+        rows = metric(after, "rankflow_scored_batch_rows_sum") - metric(before, "rankflow_scored_batch_rows_sum")
+        batches = metric(after, "rankflow_scored_batch_rows_count") - metric(before, "rankflow_scored_batch_rows_count")
+        assert rows == 16 * 50 and batches >= 1, (rows, batches)
+        if batches < 16:  # some batch held more than one request
+            break
+    assert batches < 16, f"3 bursts of 16 concurrent requests were each scored one request a batch ({batches})"
     from serving.models import RANKER, resolve_tags
 
     offline_tag = resolve_tags(served_settings)[RANKER]
