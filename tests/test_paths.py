@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,20 +12,11 @@ import pytest
 import rankflow.paths as paths
 from rankflow.paths import (JOURNAL, atomic_directory, atomic_write_bytes, recover_replacement, remove_directory,
                             replace_all_or_nothing)
-
-
-class Killed(BaseException):
-    """Stands for SIGKILL: nothing after it runs, not even the rollback."""
+from tests.killing import Killed, dead_pid
 
 
 def die(*args) -> None:
     raise Killed()
-
-
-def dead_pid() -> int:
-    process = subprocess.Popen([sys.executable, "-c", ""])
-    process.wait()
-    return process.pid
 
 
 def tree(root: Path) -> dict[str, str]:

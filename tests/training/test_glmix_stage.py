@@ -30,6 +30,7 @@ from rankflow.stages.personalise import (
     training_events,
     update_random_effects,
 )
+from tests.killing import Killed, dead_pid
 
 DAYS = [date(2026, 1, 1) + timedelta(days=i) for i in range(3)]
 
@@ -190,9 +191,6 @@ def test_a_prune_killed_midway_refuses_only_days_whose_prior_is_gone_and_the_nex
     for day in DAYS:
         update_random_effects(settings, day, PersonaliseConfig(), write_online=False)
 
-    class Killed(BaseException):
-        pass
-
     real_remove_directory, removed = stage.remove_directory, []
 
     def killed_before_the_second(path):
@@ -220,18 +218,9 @@ def test_a_prune_killed_midway_refuses_only_days_whose_prior_is_gone_and_the_nex
     assert state_days(settings) == DAYS[2:]
     with pytest.raises(PriorDeleted, match="glmix 2026-01-03: the state it starts from, 2026-01-02's"):
         update_random_effects(settings, DAYS[2], PersonaliseConfig(), write_online=False)
-    aside.rename(glmix / f".dt=2026-01-02.tmp-{_dead_pid()}-0a1b2c3d")  # as if the killed process had exited
+    aside.rename(glmix / f".dt=2026-01-02.tmp-{dead_pid()}-0a1b2c3d")  # as if the killed process had exited
     assert prune_states(settings, 1)["pruned"] == []
     assert sorted(p.name for p in glmix.iterdir()) == ["dt=2026-01-03", "pruned.json"]
-
-
-def _dead_pid() -> int:
-    import subprocess
-    import sys
-
-    process = subprocess.Popen([sys.executable, "-c", ""])
-    process.wait()
-    return process.pid
 
 
 def test_the_update_reads_only_the_training_set_columns_it_uses(stage_data, tmp_path, monkeypatch):
