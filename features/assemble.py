@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 UNKNOWN = "__unknown__"
 MEMBER_PREFIX, JOB_PREFIX, AFFINITY_PREFIX = "m_", "j_", "a_"
@@ -64,18 +66,74 @@ def infer_roles(frame: pd.DataFrame) -> dict[str, list[str]]:
     return roles
 
 
-def _affinity_lookup(values: Any, rates: Any, wanted: Any, fallback: float) -> float:
-    if _is_list(values) and len(values):
-        for name, rate in zip(values, rates):
-            if name == wanted:
-                return float(rate)
-    return fallback
+def _lists(cells, value_type: pa.DataType) -> tuple[np.ndarray, pa.Array]:
+    """An object column of lists as (length of each row's list, every element in row order). A cell that is
+    not a list (None, NaN) counts as an empty list."""
+    try:  # the usual column: lists / arrays and nulls, which Arrow converts in one pass
+        lists = pa.array(cells, type=pa.list_(value_type), from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+        lists = pa.array([cell if _is_list(cell) else None for cell in cells], type=pa.list_(value_type))
+    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy().astype(np.int64)
+    return lengths, lists.flatten()
+
+
+def _codes(*arrays: pa.Array) -> tuple[list[np.ndarray], int]:
+    """The strings of several arrays as integer codes of one dictionary (a null is a value of its own, as
+    None is a key of a Python dict or set), and the dictionary's size."""
+    encoded = pa.concat_arrays(list(arrays)).dictionary_encode(null_encoding="encode")
+    codes = encoded.indices.to_numpy().astype(np.int64)
+    bounds = np.cumsum([0, *map(len, arrays)])
+    return [codes[a:b] for a, b in zip(bounds[:-1], bounds[1:])], max(len(encoded.dictionary), 1)
+
+
+def _position_in_row(lengths: np.ndarray) -> np.ndarray:
+    """For the elements of rows of these lengths, laid end to end: each one's index within its row."""
+    return np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+
+
+def _member_rates(values, rates) -> tuple[np.ndarray, pa.Array, np.ndarray]:
+    """The member side of an affinity, its (name, rate) pairs in row order: (row of each pair, its name, its
+    rate). Each row's two lists are zipped: the shorter one bounds its pairs."""
+    value_lengths, names = _lists(values, pa.string())
+    rate_lengths, flat_rates = _lists(rates, pa.float64())
+    pairs = np.minimum(value_lengths, rate_lengths)
+    rows = np.repeat(np.arange(len(pairs)), value_lengths)
+    kept = _position_in_row(value_lengths) < pairs[rows]
+    rate_rows = np.repeat(np.arange(len(pairs)), rate_lengths)
+    rate_of_pair = flat_rates.to_numpy(zero_copy_only=False)[_position_in_row(rate_lengths) < pairs[rate_rows]]
+    if kept.all():
+        return rows, names, rate_of_pair
+    return rows[kept], names.filter(pa.array(kept)), rate_of_pair
+
+
+def _lookup(member_rows, member_codes, member_rates, keep: str, rows, codes, n_codes: int):
+    """For each (row, code) asked: whether that row's pairs have the name, and its rate. With a name twice
+    in one row, `keep` says which rate counts: "first" (a scan that stops at the first match) or "last" (a
+    dict built from the pairs)."""
+    keys = member_rows * n_codes + member_codes
+    order = np.argsort(keys, kind="stable")  # row-major already: only each row's names get sorted
+    known = keys[order]
+    wanted = rows * n_codes + codes
+    if not len(known):
+        return np.zeros(len(wanted), bool), np.zeros(len(wanted))
+    if keep == "first":
+        at = np.minimum(np.searchsorted(known, wanted, side="left"), len(known) - 1)
+    else:
+        at = np.maximum(np.searchsorted(known, wanted, side="right") - 1, 0)
+    found = known[at] == wanted
+    return found, np.where(found, member_rates[order[at]], 0.0)
 
 
 def _affinity_columns(frame: pd.DataFrame, fallback: np.ndarray, multi_valued: set[str]) -> dict[str, np.ndarray]:
+    """x_affinity_<A> (a job categorical): the member's rate for the job's value, the first pair of that name;
+    x_affinity_<A>_mean / _max (a job bag): over the job's values, each the member's rate (the last pair of
+    that name) or the fallback, as np.mean / np.max of that row's list. The fallback (m_rate_28d) wherever
+    the member has no such value, no list, or the job no value. Vectorised over rows: the same numbers as
+    a loop over rows that looks each value up (tests/features/test_assemble.py holds that loop)."""
     # Whether the job attribute is a bag comes from its declared role, never from the values: on a day
     # where no job has features yet every value is null, and the output columns must not change shape.
     out: dict[str, np.ndarray] = {}
+    n = len(frame)
     for column in frame.columns:
         if not (column.startswith(AFFINITY_PREFIX) and column.endswith("_values")):
             continue
@@ -83,24 +141,37 @@ def _affinity_columns(frame: pd.DataFrame, fallback: np.ndarray, multi_valued: s
         job_column = f"{JOB_PREFIX}{attribute}"
         if job_column not in frame.columns:
             continue
-        values, rates = frame[column].to_numpy(), frame[f"{AFFINITY_PREFIX}{attribute}_rates"].to_numpy()
-        candidates = frame[job_column].to_numpy()
-        if job_column in multi_valued:
-            means, maxima = np.empty(len(frame), np.float32), np.empty(len(frame), np.float32)
-            for i, (vals, rts, wanted) in enumerate(zip(values, rates, candidates)):
-                table = dict(zip(vals, rts)) if _is_list(vals) else {}
-                found = [float(table.get(v, fallback[i])) for v in wanted] if _is_list(wanted) and len(wanted) else []
-                means[i] = np.mean(found) if found else fallback[i]
-                maxima[i] = np.max(found) if found else fallback[i]
-            out[f"x_affinity_{attribute}_mean"], out[f"x_affinity_{attribute}_max"] = means, maxima
+        is_bag = job_column in multi_valued
+        member_rows, names, member_rates = _member_rates(
+            frame[column].to_numpy(), frame[f"{AFFINITY_PREFIX}{attribute}_rates"].to_numpy())
+        if is_bag:
+            wanted_lengths, wanted = _lists(frame[job_column].to_numpy(), pa.string())
         else:
-            out[f"x_affinity_{attribute}"] = np.array(
-                [_affinity_lookup(v, r, w, fallback[i]) for i, (v, r, w) in enumerate(zip(values, rates, candidates))],
-                dtype=np.float32)
+            wanted_lengths = np.ones(n, np.int64)
+            wanted = pa.array([v if isinstance(v, str) else None for v in frame[job_column].to_numpy()],
+                              type=pa.string())
+        (member_codes, wanted_codes), n_codes = _codes(names, wanted)
+        wanted_rows = np.repeat(np.arange(n), wanted_lengths)
+        found, rate = _lookup(member_rows, member_codes, member_rates, "last" if is_bag else "first",
+                              wanted_rows, wanted_codes, n_codes)
+        values = np.where(found, rate, fallback[wanted_rows].astype(np.float64))
+        if not is_bag:
+            out[f"x_affinity_{attribute}"] = values.astype(np.float32)
+            continue
+        means, maxima = fallback.astype(np.float32), fallback.astype(np.float32)
+        starts = np.cumsum(wanted_lengths) - wanted_lengths
+        for length in np.unique(wanted_lengths[wanted_lengths > 0]):
+            rows = np.flatnonzero(wanted_lengths == length)
+            block = values[starts[rows, None] + np.arange(length)]  # rows x length, each row's list in order
+            means[rows], maxima[rows] = block.mean(axis=1), block.max(axis=1)
+        out[f"x_affinity_{attribute}_mean"], out[f"x_affinity_{attribute}_max"] = means, maxima
     return out
 
 
 def _match_columns(frame: pd.DataFrame, roles: dict[str, list[str]]) -> dict[str, np.ndarray]:
+    """x_<attr>_match: member and job share a known categorical value; x_<attr>_overlap: the share of the
+    job's list (its length, duplicates counted) that is the member's distinct values it holds, i.e.
+    len(set(member) & set(job)) / len(job), 0 for an empty job list."""
     out: dict[str, np.ndarray] = {}
     for column in roles["categorical"]:
         if column.startswith(MEMBER_PREFIX) and f"{JOB_PREFIX}{column[2:]}" in roles["categorical"]:
@@ -108,10 +179,27 @@ def _match_columns(frame: pd.DataFrame, roles: dict[str, list[str]]) -> dict[str
             out[f"x_{column[2:]}_match"] = ((member == job) & (member != UNKNOWN)).astype(np.float32)
     for column in roles["multi_valued"]:
         if column.startswith(MEMBER_PREFIX) and f"{JOB_PREFIX}{column[2:]}" in roles["multi_valued"]:
-            overlap = [len(set(m) & set(j)) / len(j) if len(j) else 0.0
-                       for m, j in zip(frame[column], frame[f"{JOB_PREFIX}{column[2:]}"])]
-            out[f"x_{column[2:]}_overlap"] = np.asarray(overlap, dtype=np.float32)
+            member_lengths, member = _lists(frame[column].to_numpy(), pa.string())
+            job_lengths, job = _lists(frame[f"{JOB_PREFIX}{column[2:]}"].to_numpy(), pa.string())
+            (member_codes, job_codes), n_codes = _codes(member, job)
+            rows = np.arange(len(frame))
+            member_keys = np.sort(np.repeat(rows, member_lengths) * n_codes + member_codes)
+            job_keys = np.sort(np.repeat(rows, job_lengths) * n_codes + job_codes)
+            job_keys = job_keys[np.r_[True, job_keys[1:] != job_keys[:-1]]] if len(job_keys) else job_keys
+            at = np.minimum(np.searchsorted(member_keys, job_keys), max(len(member_keys) - 1, 0))
+            held = member_keys[at] == job_keys if len(member_keys) else np.zeros(len(job_keys), bool)
+            shared = np.bincount(job_keys[held] // n_codes, minlength=len(frame))
+            overlap = np.divide(shared, job_lengths, out=np.zeros(len(frame)), where=job_lengths > 0)
+            out[f"x_{column[2:]}_overlap"] = overlap.astype(np.float32)
     return out
+
+
+def _passthrough(column: pd.Series):
+    """A column as it passes through: a time zone-aware one in nanoseconds without a detour through an array
+    of Timestamp objects (which is what it read back as before: to_numpy() made one per row)."""
+    if isinstance(column.dtype, pd.DatetimeTZDtype):
+        return column.dt.as_unit("ns").array
+    return column.to_numpy()
 
 
 def assemble_rows(frame: pd.DataFrame, spec: dict | None = None,
@@ -123,7 +211,7 @@ def assemble_rows(frame: pd.DataFrame, spec: dict | None = None,
     roles = {k: list(v) for k, v in roles.items()} if roles is not None else infer_roles(frame)
     if spec is not None:
         roles["categorical"], roles["multi_valued"] = list(spec["categorical"]), list(spec["multi_valued"])
-    out: dict[str, Any] = {c: frame[c].to_numpy() for c in PASSTHROUGH if c in frame.columns}
+    out: dict[str, Any] = {c: _passthrough(frame[c]) for c in PASSTHROUGH if c in frame.columns}
     categorical = {}
     for column in roles["categorical"]:
         raw = frame[column] if column in frame.columns else pd.Series([None] * len(frame), index=frame.index)
