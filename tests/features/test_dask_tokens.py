@@ -1,10 +1,13 @@
-"""features.dask_tokens: content hashes of object columns that dask would otherwise pickle three times."""
+"""features.dask_tokens: object arrays are named by identity (one token per array while it holds the same
+elements), never by pickling their content, and dask's graphs over them compute the same frames."""
 
 from __future__ import annotations
 
+import gc
+
+import dask.dataframe as dd
 import numpy as np
 import pandas as pd
-import pytest
 from dask.tokenize import tokenize
 
 from features import dask_tokens
@@ -28,76 +31,78 @@ def _frame() -> pd.DataFrame:
     })
 
 
-def test_equal_content_gives_equal_tokens_and_any_change_a_different_one():
-    base = _frame()
-    for column in ("m_industry", "m_skills", "meta_embedding"):  # hashed here, not pickled by dask
-        assert dask_tokens._object_array_token(base[column].to_numpy()) is not None, column
-    assert tokenize(base) == tokenize(_frame()) == tokenize(base.copy(deep=True))
-    changes = {
-        "a string": ("m_industry", 2, "retail"),
-        "None for NaN": ("m_industry", 3, None),
-        "a skill": ("m_skills", 0, np.array(["python", "spark"], dtype=object)),
-        "an empty list for None": ("m_skills", 1, np.array([], dtype=object)),
-        "one number of an embedding": ("meta_embedding", 3, np.array([1.0, 2.5], dtype=np.float32)),
-    }
-    seen = {tokenize(base)}
-    for name, (column, row, value) in changes.items():
-        changed = _frame()
-        changed.at[row, column] = value
-        token = tokenize(changed)
-        assert token not in seen, name
-        seen.add(token)
+def test_an_array_keeps_its_token_and_another_array_never_shares_it(monkeypatch):
+    """No pickling: the content is never read. The same array: the same token; a copy, even equal, another."""
+    import pickle
+
+    monkeypatch.setattr(pickle, "dumps", lambda *a, **k: (_ for _ in ()).throw(AssertionError("pickled")))
+    skills = _objects(np.array(["python", "sql"], dtype=object), None, ["excel"])
+    assert tokenize(skills) == tokenize(skills)
+    assert tokenize(skills.copy()) != tokenize(skills)
+    assert tokenize(_objects("a", "b")) != tokenize(_objects("a", "b"))
 
 
-@pytest.mark.parametrize("left, right", [
-    (_objects("ab", "c"), _objects("a", "bc")),                      # same joined text, other boundaries
-    (_objects(["ab"], ["c"]), _objects(["a"], ["bc"])),
-    (_objects(["a", "b"], []), _objects(["a"], ["b"])),              # same inner values, other lists
-    (_objects(np.array([1, 2], np.int32)), _objects(np.array([1, 2], np.int64))),  # same values, other dtype
-    (_objects(None, "a"), _objects(np.nan, "a")),
-])
-def test_the_hash_keeps_boundaries_nulls_and_dtypes_apart(left, right):
-    assert dask_tokens._object_array_token(left) is not None and dask_tokens._object_array_token(right) is not None
-    assert tokenize(left) != tokenize(right)
-    assert tokenize(left) == tokenize(left.copy())
-
-
-def test_other_objects_go_to_dasks_own_normaliser():
-    # Dicts, floats other than NaN beside strings, and 0-d arrays are not the kinds handled here: dask still
-    # hashes them (by pickling), by content.
-    def scalar_array(v):  # a 0-d array beside a null: has no length
-        out = _objects(None, None)
-        out[0] = np.array(v)
-        return out
-
-    for make in (lambda v: _objects({"a": v}, "x"), lambda v: _objects("x", float(v)), scalar_array):
-        assert dask_tokens._object_array_token(make(1)) is None
-        assert tokenize(make(1)) == tokenize(make(1)) != tokenize(make(2))
-
-
-def test_install_is_idempotent():
-    dask_tokens.install()
-    dask_tokens.install()
-    assert tokenize(_frame()) == tokenize(_frame())
-
-
-def test_an_array_is_hashed_once_while_it_lives_and_again_when_an_element_is_replaced(monkeypatch):
-    import gc
-
-    hashed = []
-    compute = dask_tokens._object_array_token
-    monkeypatch.setattr(dask_tokens, "_object_array_token", lambda x: hashed.append(id(x)) or compute(x))
+def test_an_element_put_in_another_s_place_gives_a_new_token():
     skills = _objects(np.array(["python", "sql"], dtype=object), None, ["excel"])
     first = tokenize(skills)
-    assert tokenize(skills) == first and len(hashed) == 1  # the second call reused the first token
+    skills[2] = ["excel"]  # equal content, another object: the array may have changed, so a new name
+    second = tokenize(skills)
+    assert second != first
+    assert tokenize(skills) == second
+    block = np.empty((2, 3), dtype=object)  # a 2-D pandas block, written through a column view
+    block[:] = "x"
+    before = tokenize(block)
+    block[1, 2] = "y"
+    assert tokenize(block) != before
 
-    skills[2] = ["excel"]  # equal content, another object: hashed again, same token
-    assert tokenize(skills) == first and len(hashed) == 2
-    skills[2] = ["word"]
-    assert tokenize(skills) != first and len(hashed) == 3
 
+def test_a_dead_array_is_forgotten():
+    skills = _objects(["excel"], None)
+    tokenize(skills)
     key = id(skills)
     assert key in dask_tokens._MEMO
     del skills
     gc.collect()
-    assert key not in dask_tokens._MEMO  # forgotten with the array: a later array at that address is hashed
+    assert key not in dask_tokens._MEMO  # a later array at that address gets a token of its own
+
+
+def test_other_arrays_keep_dasks_content_tokens():
+    assert tokenize(np.arange(5)) == tokenize(np.arange(5)) != tokenize(np.arange(6))
+    empty = np.empty(0, dtype=object)
+    assert tokenize(empty) == tokenize(empty.copy())
+
+
+def test_install_is_idempotent():
+    frame = _frame()
+    dask_tokens.install()
+    dask_tokens.install()
+    assert tokenize(frame) == tokenize(frame)
+
+
+def _through_dask(left: pd.DataFrame, right: pd.DataFrame) -> pd.DataFrame:
+    joined = dd.from_pandas(left, npartitions=2).persist().merge(
+        dd.from_pandas(right, npartitions=2).persist(), on="member_id", how="left").persist()
+    joined = joined[joined["rank"].fillna(0) != 3].drop_duplicates(subset=["member_id"]).persist()
+    return joined.compute().sort_values("member_id", ignore_index=True)
+
+
+def test_dask_merges_and_persists_frames_of_lists_to_the_pandas_result():
+    """What Feast's file offline store does with our rows: persist, merge, filter, drop duplicates (with its
+    dask setting: object columns stay objects)."""
+    import dask
+
+    left = _frame()
+    right = pd.DataFrame({"member_id": [1, 2, 2, 4, 5], "a_values": [["a"], None, ["b", "c"], [], ["d"]],
+                          "rank": [1, 2, 3, 4, 5]})
+    with dask.config.set({"dataframe.convert-string": False}):
+        got = _through_dask(left, right)
+    expected = left.merge(right, on="member_id", how="left")
+    expected = expected[expected["rank"].fillna(0) != 3].drop_duplicates(subset=["member_id"])
+    expected = expected.sort_values("member_id", ignore_index=True)
+    assert got["member_id"].tolist() == expected["member_id"].tolist() == [1, 2, 3, 4]
+
+    def plain(value):
+        return list(value) if isinstance(value, (list, np.ndarray)) else None if pd.isna(value) else value
+
+    for column in ("m_industry", "m_skills", "meta_embedding", "a_values"):
+        assert repr([plain(v) for v in got[column]]) == repr([plain(v) for v in expected[column]]), column
