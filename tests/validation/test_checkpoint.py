@@ -98,3 +98,31 @@ def test_data_docs_templates_compile_once_per_process(reports_dir, monkeypatch):
     result = validate(good_events(), DAY + timedelta(days=1), reports_dir)
     assert result.data_docs_page.exists() and "Succeeded" in result.data_docs_page.read_text()
     assert compiled == []
+
+
+def test_gx_sees_only_the_columns_its_expectations_read_unless_one_reads_the_whole_table():
+    """Each column expectation makes GX's pandas engine copy the whole frame: columns no expectation reads
+    (a training set's dense values, checked through flag columns) are left out of the frame it is given; a
+    table-level expectation (the column set) gets every column. Flags and vector lengths as before."""
+    import great_expectations.expectations as gxe
+    import numpy as np
+
+    from validation.checkpoint import Flag, _gx_view
+
+    frame = pd.DataFrame({"event_id": [3, 1, 2], "label": [0, 1, 0], "dense": [0.5, np.nan, 1.0],
+                          "vector": [np.zeros(2), None, np.ones(3)]}, index=[10, 11, 12])
+    finite = Flag(source="dense", rule="finite", passed=pd.Series([True, False, True], index=frame.index))
+    by_column = [gxe.ExpectTableRowCountToBeBetween(min_value=1),
+                 gxe.ExpectColumnValuesToBeUnique(column="event_id"),
+                 gxe.ExpectCompoundColumnsToBeUnique(column_list=["event_id", "vector"]),
+                 gxe.ExpectColumnValuesToBeInSet(column=finite.column, value_set=[True])]
+    view = _gx_view(frame, [finite], by_column)
+    assert list(view.columns) == ["event_id", "vector", finite.column]
+    assert list(view.index) == [10, 11, 12] and view["event_id"].dtype == np.int64
+    assert view["vector"].tolist()[0::2] == [2.0, 3.0] and np.isnan(view["vector"].iloc[1])
+    assert view[finite.column].tolist() == [True, False, True]
+    assert view._mgr.is_consolidated()
+
+    whole = _gx_view(frame, [finite], [*by_column, gxe.ExpectTableColumnsToMatchSet(column_set=list(frame.columns))])
+    assert list(whole.columns) == ["event_id", "label", "dense", "vector", finite.column]
+    assert whole["dense"].equals(frame["dense"])
