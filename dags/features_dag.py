@@ -30,7 +30,8 @@ def features():
 
     @task
     def build_features(data_interval_start=None) -> dict:
-        return run_stage("features", "build_features", logical_day(data_interval_start))
+        # release_spark: the task process needs no Spark after the build; its JVM goes before the training set
+        return run_stage("features", "build_features", logical_day(data_interval_start), release_spark=True)
 
     @task(outlets=[FEATURES])
     def materialize(data_interval_start=None, outlet_events=None) -> dict:

@@ -55,7 +55,7 @@ def _run(command: str, steps: tuple[str, ...], day: str | None, start: str | Non
             bar.update(task, description=f"{day.isoformat()}: {part or STEP_NAMES.get(step, step)}")
 
         try:
-            run_range(settings, days, steps=steps, on_day=on_day, on_step=on_step)
+            run_range(settings, days, steps=steps, on_day=on_day, on_step=on_step, release_spark=True)
         except ValidationFailed as failure:
             bar.stop()
             _stderr.print(f"[bold red]rankflow features {command} failed:[/] validation failed: "

@@ -99,6 +99,9 @@ def run_demo(settings: Settings, fresh: bool = False, serve_check: bool = True,
                 totals["meta embeddings"] += time.perf_counter() - started
                 counts["meta embeddings"] += 1
             progress.advance(task)
+    from features.spark.session import stop_spark_session
+
+    stop_spark_session()  # nothing after the daily loop needs Spark: its JVM goes before the ranker trains
 
     outputs = {"features": f"{paths.features}, {paths.feast}", "random effects": f"{paths.models / 'glmix'}",
                "meta training": f"{paths.models / 'meta'}", "meta embeddings": f"{paths.feature_table('meta_embedding')}"}

@@ -22,3 +22,49 @@ def test_the_spark_jvm_starts_without_its_default_profile_and_warn_lines(tmp_pat
     assert "a warning from the JVM" not in done.stderr
     assert "default log4j profile" not in done.stderr and " WARN " not in done.stderr, done.stderr
     assert "Setting default log level" not in done.stderr, done.stderr
+
+
+def test_stopping_the_session_ends_its_jvm_and_the_next_session_starts_a_new_one(tmp_path):
+    """SparkSession.stop() alone leaves the JVM (its heap) running until Python exits: stop_spark_session ends
+    it, without a py4j error on the way, and a later spark_session() works in the same process."""
+    script = textwrap.dedent(f"""
+        import os
+        from features.spark.session import spark_session, stop_spark_session
+        from pyspark import SparkContext
+        from rankflow.config import Settings
+
+        def java_children():
+            found = []
+            for pid in os.listdir("/proc"):
+                try:
+                    with open(f"/proc/{{pid}}/stat") as stat:
+                        parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+                    with open(f"/proc/{{pid}}/cmdline", "rb") as cmdline:
+                        words = cmdline.read().split(b"\\0")
+                except (OSError, ValueError, IndexError):
+                    continue
+                if parent == os.getpid() and words and words[0].endswith(b"java"):
+                    found.append(int(pid))
+            return found
+
+        settings = Settings(data_dir={str(tmp_path)!r})
+        frame = spark_session(settings).range(5)
+        assert frame.count() == 5
+        first = java_children()
+        assert len(first) == 1, first
+        process = SparkContext._gateway.proc
+        stop_spark_session()
+        assert process.poll() is not None, "the JVM is still running"
+        assert java_children() == []
+        del frame
+        import gc; gc.collect()
+        assert spark_session(settings).range(7).count() == 7
+        second = java_children()
+        assert len(second) == 1 and second != first, (first, second)
+        stop_spark_session()
+        assert java_children() == []
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
