@@ -66,13 +66,19 @@ def infer_roles(frame: pd.DataFrame) -> dict[str, list[str]]:
     return roles
 
 
-def _lists(cells, value_type: pa.DataType) -> tuple[np.ndarray, pa.Array]:
+_LIST_OR_NONE = {list, tuple, np.ndarray, type(None)}
+
+
+def _lists(cells, value_type: pa.DataType, column: str) -> tuple[np.ndarray, pa.Array]:
     """An object column of lists as (length of each row's list, every element in row order). A cell that is
-    not a list (None, NaN) counts as an empty list."""
-    try:  # the usual column: lists / arrays and nulls, which Arrow converts in one pass
-        lists = pa.array(cells, type=pa.list_(value_type), from_pandas=True)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
-        lists = pa.array([cell if _is_list(cell) else None for cell in cells], type=pa.list_(value_type))
+    not a list (None, NaN, a string) counts as an empty list; an element that is not of `value_type` is an
+    error naming the column."""
+    if not set(map(type, cells)) <= _LIST_OR_NONE:  # the usual column converts as it is, in one pass
+        cells = [cell if _is_list(cell) else None for cell in cells]
+    try:
+        lists = pa.array(cells, type=pa.list_(value_type))
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        raise ValueError(f"column {column}: expected lists of {value_type} ({error})") from None
     lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy().astype(np.int64)
     return lengths, lists.flatten()
 
@@ -91,11 +97,11 @@ def _position_in_row(lengths: np.ndarray) -> np.ndarray:
     return np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
 
 
-def _member_rates(values, rates) -> tuple[np.ndarray, pa.Array, np.ndarray]:
+def _member_rates(values, rates, attribute: str) -> tuple[np.ndarray, pa.Array, np.ndarray]:
     """The member side of an affinity, its (name, rate) pairs in row order: (row of each pair, its name, its
     rate). Each row's two lists are zipped: the shorter one bounds its pairs."""
-    value_lengths, names = _lists(values, pa.string())
-    rate_lengths, flat_rates = _lists(rates, pa.float64())
+    value_lengths, names = _lists(values, pa.string(), f"{AFFINITY_PREFIX}{attribute}_values")
+    rate_lengths, flat_rates = _lists(rates, pa.float64(), f"{AFFINITY_PREFIX}{attribute}_rates")
     pairs = np.minimum(value_lengths, rate_lengths)
     rows = np.repeat(np.arange(len(pairs)), value_lengths)
     kept = _position_in_row(value_lengths) < pairs[rows]
@@ -143,17 +149,20 @@ def _affinity_columns(frame: pd.DataFrame, fallback: np.ndarray, multi_valued: s
             continue
         is_bag = job_column in multi_valued
         member_rows, names, member_rates = _member_rates(
-            frame[column].to_numpy(), frame[f"{AFFINITY_PREFIX}{attribute}_rates"].to_numpy())
+            frame[column].to_numpy(), frame[f"{AFFINITY_PREFIX}{attribute}_rates"].to_numpy(), attribute)
         if is_bag:
-            wanted_lengths, wanted = _lists(frame[job_column].to_numpy(), pa.string())
+            wanted_lengths, wanted = _lists(frame[job_column].to_numpy(), pa.string(), job_column)
         else:
-            wanted_lengths = np.ones(n, np.int64)
-            wanted = pa.array([v if isinstance(v, str) else None for v in frame[job_column].to_numpy()],
-                              type=pa.string())
+            wanted_lengths, candidates = np.ones(n, np.int64), frame[job_column].to_numpy()
+            wanted = pa.array([v if isinstance(v, str) else None for v in candidates], type=pa.string())
+            # None equals a None name, as in a scan with ==; NaN or any other non-string equals no name.
+            matchable = np.fromiter((v is None or isinstance(v, str) for v in candidates), bool, n)
         (member_codes, wanted_codes), n_codes = _codes(names, wanted)
         wanted_rows = np.repeat(np.arange(n), wanted_lengths)
         found, rate = _lookup(member_rows, member_codes, member_rates, "last" if is_bag else "first",
                               wanted_rows, wanted_codes, n_codes)
+        if not is_bag:
+            found &= matchable
         values = np.where(found, rate, fallback[wanted_rows].astype(np.float64))
         if not is_bag:
             out[f"x_affinity_{attribute}"] = values.astype(np.float32)
@@ -179,8 +188,9 @@ def _match_columns(frame: pd.DataFrame, roles: dict[str, list[str]]) -> dict[str
             out[f"x_{column[2:]}_match"] = ((member == job) & (member != UNKNOWN)).astype(np.float32)
     for column in roles["multi_valued"]:
         if column.startswith(MEMBER_PREFIX) and f"{JOB_PREFIX}{column[2:]}" in roles["multi_valued"]:
-            member_lengths, member = _lists(frame[column].to_numpy(), pa.string())
-            job_lengths, job = _lists(frame[f"{JOB_PREFIX}{column[2:]}"].to_numpy(), pa.string())
+            member_lengths, member = _lists(frame[column].to_numpy(), pa.string(), column)
+            job_lengths, job = _lists(frame[f"{JOB_PREFIX}{column[2:]}"].to_numpy(), pa.string(),
+                                      f"{JOB_PREFIX}{column[2:]}")
             (member_codes, job_codes), n_codes = _codes(member, job)
             rows = np.arange(len(frame))
             member_keys = np.sort(np.repeat(rows, member_lengths) * n_codes + member_codes)

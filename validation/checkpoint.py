@@ -243,6 +243,8 @@ def _columns_read(expectations: Sequence[Any]) -> set[str] | None:
     list, say), which a narrowed frame would change."""
     columns: set[str] = set()
     for expectation in expectations:
+        if getattr(expectation, "row_condition", None):  # a condition may read any column
+            return None
         if type(expectation).__name__ in _ROW_COUNT_ONLY:
             continue
         column, column_list = getattr(expectation, "column", None), getattr(expectation, "column_list", None)
@@ -271,13 +273,15 @@ def _gx_view(frame: pd.DataFrame, flags: Sequence[Flag], expectations: Sequence[
     """
     read = _columns_read(expectations)
     kept = [column for column in frame.columns if read is None or column in read]
+    vectors = [column for column in kept if frame[column].dtype == object and frame[column].first_valid_index()
+               is not None and isinstance(frame[column].at[frame[column].first_valid_index()], SEQUENCE_TYPES)]
+    if len(kept) == len(frame.columns) and not vectors and not flags:
+        return frame  # nothing to narrow, replace or add
     columns = {}
     for column in kept:
         values = frame[column]
-        if values.dtype == object:
-            first = values.first_valid_index()
-            if first is not None and isinstance(values.at[first], SEQUENCE_TYPES):
-                values = pd.Series([len(value) if isinstance(value, SEQUENCE_TYPES) else np.nan for value in values])
+        if column in vectors:
+            values = pd.Series([len(value) if isinstance(value, SEQUENCE_TYPES) else np.nan for value in values])
         columns[column] = values.array  # arrays, not Series: nothing to align, the dtype kept
     columns.update({flag.column: flag.passed.to_numpy() for flag in flags})
     return pd.DataFrame(columns, index=frame.index)

@@ -64,27 +64,35 @@ def stop_spark_session(wait_s: float = 60.0) -> None:
     """Stop the process's session and end its JVM; the next spark_session() starts a new one.
 
     `SparkSession.stop()` alone leaves the JVM running, heap and all, until Python exits (2.8 GB resident after
-    a 100x day's build), so the JVM is told to exit too: it does when its stdin closes (PySpark's gateway
-    watches it), and is killed if it has not after `wait_s` seconds.
+    a 100x day's build), so a JVM this process started is told to exit too: it does when its stdin closes
+    (PySpark's gateway watches it), and is killed if it has not after `wait_s` seconds. A JVM that started this
+    process (spark-submit) is left alone. The session is forgotten even when stopping it fails (a JVM that died).
     """
     global _session
     from pyspark import SparkContext
 
-    if _session is not None:
-        _session.stop()
-        _session = None
-    with SparkContext._lock:
-        gateway, SparkContext._gateway, SparkContext._jvm = SparkContext._gateway, None, None
-    if gateway is None:
-        return
-    process = getattr(gateway, "proc", None)
-    gateway.shutdown()  # close py4j's connections first: nothing talks to the JVM any more
-    if process is None:
-        return
-    if process.stdin is not None:
-        process.stdin.close()
     try:
-        process.wait(timeout=wait_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+        if _session is not None:
+            _session.stop()
+    finally:
+        _session = None
+        # What a failed stop (a JVM that died) leaves behind would be reused by the next getOrCreate.
+        with SparkContext._lock:
+            SparkContext._active_spark_context = None
+        SparkSession._instantiatedSession = None
+        SparkSession._activeSession = None
+        gateway = SparkContext._gateway
+        process = getattr(gateway, "proc", None)
+        if process is not None:
+            with SparkContext._lock:
+                SparkContext._gateway, SparkContext._jvm = None, None
+            try:
+                gateway.shutdown()  # close py4j's connections first: nothing talks to the JVM any more
+            finally:
+                if process.stdin is not None:
+                    process.stdin.close()
+                try:
+                    process.wait(timeout=wait_s)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()

@@ -71,12 +71,14 @@ class FakeStages:
 
     def __init__(self):
         self.calls: list[tuple[str, tuple]] = []
+        self.keywords: dict[str, dict] = {}  # the keyword arguments of each stage's last call
         self.failures: dict[str, BaseException] = {}
         self.results: dict[str, dict] = {}
 
     def _stage(self, name: str):
-        def stage(settings, *args):
+        def stage(settings, *args, **kwargs):
             self.calls.append((name, args))
+            self.keywords[name] = kwargs
             if name in self.failures:
                 raise self.failures[name]
             default = {"tag": f"{name}:1", "bento_tag": f"{name}:1", "status": "serving"}

@@ -52,6 +52,8 @@ def test_features_runs_its_three_stages_for_the_interval_day(airflow_db, fake_st
     run = run_dag("features", DAY)
     assert str(run.state) == "success"
     assert fake_stages.calls == [("validate_raw", (DAY,)), ("build_features", (DAY,)), ("materialize", (DAY,))]
+    # The task's process needs no Spark after the build: its JVM goes before the training set is made.
+    assert fake_stages.keywords["build_features"] == {"release_spark": True}
 
 
 @pytest.mark.parametrize("failure, attempts", [("validation", 1), ("connection", 2)])

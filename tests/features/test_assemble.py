@@ -59,6 +59,8 @@ def _bag(rng, longest: int, kind: str):
     if draw < 0.12:
         return float("nan")
     names = list(rng.choice(NAMES, size=rng.integers(0, longest + 1)))  # repeats allowed
+    if names and rng.random() < 0.03:
+        names[0] = None  # a null name: a None candidate matches it (==), NaN does not
     return np.array(names, dtype=object) if kind == "array" else names
 
 
@@ -77,7 +79,8 @@ def random_frame(seed: int, rows: int, longest: int) -> tuple[pd.DataFrame, np.n
         "a_skills_values": values, "a_skills_rates": rates,
         "a_industry_values": values, "a_industry_rates": rates,
         "j_skills": [_bag(rng, longest, "list") for _ in range(rows)],
-        "j_industry": [None if rng.random() < 0.1 else str(rng.choice(NAMES)) for _ in range(rows)],
+        "j_industry": [None if draw < 0.1 else float("nan") if draw < 0.15 else str(rng.choice(NAMES))
+                       for draw in rng.random(rows)],
         "m_skills": [[] if rng.random() < 0.1 else list(rng.choice(NAMES, size=rng.integers(0, 6)))
                      for _ in range(rows)],
     })
@@ -116,3 +119,17 @@ def test_a_day_with_no_affinity_or_job_rows_falls_back_for_every_row():
     out = assemble_rows(frame, roles={"categorical": [], "multi_valued": ["j_skills"], "numeric": ["m_rate_28d"]})
     np.testing.assert_array_equal(out["x_affinity_skills_mean"], np.float32([0.25, 0.0, 0.5]))
     np.testing.assert_array_equal(out["x_affinity_skills_max"], np.float32([0.25, 0.0, 0.5]))
+
+
+def test_a_list_column_holding_a_string_cell_counts_it_as_no_list_and_a_number_is_an_error_naming_the_column():
+    frame = pd.DataFrame({"a_skills_values": [np.array(["a"], dtype=object), "x|y", None],
+                          "a_skills_rates": [np.float32([0.5]), np.float32([0.1, 0.2, 0.3]), None],
+                          "j_skills": [["a"], ["x", "|"], ["a"]]})
+    fallback = np.float32([0.0, 0.25, 0.75])
+    got = _affinity_columns(frame, fallback, {"j_skills"})
+    expected = reference_affinity_columns(frame, fallback, {"j_skills"})
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    np.testing.assert_array_equal(got["x_affinity_skills_mean"], np.float32([0.5, 0.25, 0.75]))
+    with pytest.raises(ValueError, match="column a_skills_values: expected lists of string"):
+        _affinity_columns(frame.assign(a_skills_values=[[1], [2], [3]]), fallback, {"j_skills"})

@@ -106,3 +106,30 @@ def test_dask_merges_and_persists_frames_of_lists_to_the_pandas_result():
 
     for column in ("m_industry", "m_skills", "meta_embedding", "a_values"):
         assert repr([plain(v) for v in got[column]]) == repr([plain(v) for v in expected[column]]), column
+
+
+def test_an_element_freed_and_replaced_at_the_same_address_still_gives_a_new_token():
+    """The memo holds the array's objects: a freed element's address cannot be taken by its replacement."""
+    for _ in range(20):
+        cells = _objects([1, 2], None)
+        first = tokenize(cells)
+        cells[0] = None
+        cells[0] = [3, 4, 5]  # without the held objects, often at the freed list's address
+        assert tokenize(cells) != first
+
+
+def test_forgetting_an_array_inside_a_locked_block_does_not_hang():
+    """A garbage collection while the memo is locked can free a memoised array: its callback runs right there."""
+    import threading
+
+    done = threading.Event()
+
+    def forget_while_locked():
+        with dask_tokens._LOCK:
+            dask_tokens._forget(-1, None)
+            done.set()
+
+    thread = threading.Thread(target=forget_while_locked, daemon=True)
+    thread.start()
+    thread.join(5)
+    assert done.is_set()

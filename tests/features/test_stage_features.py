@@ -278,3 +278,33 @@ def test_run_range_releases_spark_only_in_the_last_days_build(monkeypatch, tmp_p
     calls.clear()
     stage.run_range(Settings(data_dir=tmp_path), days)
     assert not any(call[2] for call in calls) and len(calls) == 9
+
+
+@pytest.mark.parametrize("offline_store, released", [("file", True), ("spark", False)])
+def test_spark_is_released_only_when_the_training_set_does_not_join_through_it(monkeypatch, tmp_path, offline_store,
+                                                                                released):
+    """With `offline_store: spark`, Feast's point-in-time join runs on the process's Spark session: releasing it
+    would make Feast start a JVM of its own, without our settings. The build's Spark part is stubbed here."""
+    from datetime import date
+    from types import SimpleNamespace
+
+    import features.spark.build as spark_build
+    import features.spark.session as session
+    import features.training_set as training_set
+
+    stopped, order = [], []
+    monkeypatch.setattr(session, "spark_session", lambda settings: None)
+    monkeypatch.setattr(session, "stop_spark_session", lambda: stopped.append(True))
+    monkeypatch.setattr(spark_build, "build_day", lambda spark, paths, day: SimpleNamespace(tables={}))
+
+    class Reached(Exception):
+        pass
+
+    def training(*args, **kwargs):
+        order.append(("training set", bool(stopped)))
+        raise Reached
+
+    monkeypatch.setattr(training_set, "build_training_set", training)
+    with pytest.raises(Reached):
+        build_features(Settings(data_dir=tmp_path, offline_store=offline_store), date(2026, 1, 1), release_spark=True)
+    assert order == [("training set", released)]
