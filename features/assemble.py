@@ -69,10 +69,13 @@ def infer_roles(frame: pd.DataFrame) -> dict[str, list[str]]:
 _LIST_OR_NONE = {list, tuple, np.ndarray, type(None)}
 
 
-def _lists(cells, value_type: pa.DataType, column: str) -> tuple[np.ndarray, pa.Array]:
+def _lists(cells, value_type: pa.DataType, column: str, cache: dict | None = None) -> tuple[np.ndarray, pa.Array]:
     """An object column of lists as (length of each row's list, every element in row order). A cell that is
     not a list (None, NaN, a string) counts as an empty list; an element that is not of `value_type` is an
-    error naming the column."""
+    error naming the column. `cache`: conversions already made by this assembly, by column (a job's bag is
+    read by its affinity and by its overlap)."""
+    if cache is not None and column in cache:
+        return cache[column]
     if not set(map(type, cells)) <= _LIST_OR_NONE:  # the usual column converts as it is, in one pass
         cells = [cell if _is_list(cell) else None for cell in cells]
     try:
@@ -80,6 +83,9 @@ def _lists(cells, value_type: pa.DataType, column: str) -> tuple[np.ndarray, pa.
     except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
         raise ValueError(f"column {column}: expected lists of {value_type} ({error})") from None
     lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy().astype(np.int64)
+    if cache is not None:
+        cache[column] = lengths, lists.flatten()
+        return cache[column]
     return lengths, lists.flatten()
 
 
@@ -130,7 +136,8 @@ def _lookup(member_rows, member_codes, member_rates, keep: str, rows, codes, n_c
     return found, np.where(found, member_rates[order[at]], 0.0)
 
 
-def _affinity_columns(frame: pd.DataFrame, fallback: np.ndarray, multi_valued: set[str]) -> dict[str, np.ndarray]:
+def _affinity_columns(frame: pd.DataFrame, fallback: np.ndarray, multi_valued: set[str],
+                      cache: dict | None = None) -> dict[str, np.ndarray]:
     """x_affinity_<A> (a job categorical): the member's rate for the job's value, the first pair of that name;
     x_affinity_<A>_mean / _max (a job bag): over the job's values, each the member's rate (the last pair of
     that name) or the fallback, as np.mean / np.max of that row's list. The fallback (m_rate_28d) wherever
@@ -151,7 +158,7 @@ def _affinity_columns(frame: pd.DataFrame, fallback: np.ndarray, multi_valued: s
         member_rows, names, member_rates = _member_rates(
             frame[column].to_numpy(), frame[f"{AFFINITY_PREFIX}{attribute}_rates"].to_numpy(), attribute)
         if is_bag:
-            wanted_lengths, wanted = _lists(frame[job_column].to_numpy(), pa.string(), job_column)
+            wanted_lengths, wanted = _lists(frame[job_column].to_numpy(), pa.string(), job_column, cache)
         else:
             wanted_lengths, candidates = np.ones(n, np.int64), frame[job_column].to_numpy()
             wanted = pa.array([v if isinstance(v, str) else None for v in candidates], type=pa.string())
@@ -162,11 +169,9 @@ def _affinity_columns(frame: pd.DataFrame, fallback: np.ndarray, multi_valued: s
         found, rate = _lookup(member_rows, member_codes, member_rates, "last" if is_bag else "first",
                               wanted_rows, wanted_codes, n_codes)
         if not is_bag:
-            found &= matchable
-        values = np.where(found, rate, fallback[wanted_rows].astype(np.float64))
-        if not is_bag:
-            out[f"x_affinity_{attribute}"] = values.astype(np.float32)
+            out[f"x_affinity_{attribute}"] = np.where(found & matchable, rate, fallback).astype(np.float32)
             continue
+        values = np.where(found, rate, fallback[wanted_rows].astype(np.float64))
         means, maxima = fallback.astype(np.float32), fallback.astype(np.float32)
         starts = np.cumsum(wanted_lengths) - wanted_lengths
         for length in np.unique(wanted_lengths[wanted_lengths > 0]):
@@ -177,7 +182,7 @@ def _affinity_columns(frame: pd.DataFrame, fallback: np.ndarray, multi_valued: s
     return out
 
 
-def _match_columns(frame: pd.DataFrame, roles: dict[str, list[str]]) -> dict[str, np.ndarray]:
+def _match_columns(frame: pd.DataFrame, roles: dict[str, list[str]], cache: dict | None = None) -> dict[str, np.ndarray]:
     """x_<attr>_match: member and job share a known categorical value; x_<attr>_overlap: the share of the
     job's list (its length, duplicates counted) that is the member's distinct values it holds, i.e.
     len(set(member) & set(job)) / len(job), 0 for an empty job list."""
@@ -188,9 +193,9 @@ def _match_columns(frame: pd.DataFrame, roles: dict[str, list[str]]) -> dict[str
             out[f"x_{column[2:]}_match"] = ((member == job) & (member != UNKNOWN)).astype(np.float32)
     for column in roles["multi_valued"]:
         if column.startswith(MEMBER_PREFIX) and f"{JOB_PREFIX}{column[2:]}" in roles["multi_valued"]:
-            member_lengths, member = _lists(frame[column].to_numpy(), pa.string(), column)
+            member_lengths, member = _lists(frame[column].to_numpy(), pa.string(), column, cache)
             job_lengths, job = _lists(frame[f"{JOB_PREFIX}{column[2:]}"].to_numpy(), pa.string(),
-                                      f"{JOB_PREFIX}{column[2:]}")
+                                      f"{JOB_PREFIX}{column[2:]}", cache)
             (member_codes, job_codes), n_codes = _codes(member, job)
             rows = np.arange(len(frame))
             member_keys = np.sort(np.repeat(rows, member_lengths) * n_codes + member_codes)
@@ -244,8 +249,9 @@ def assemble_rows(frame: pd.DataFrame, spec: dict | None = None,
         known = frame[probe].notna().to_numpy() if probe is not None else np.zeros(len(frame), bool)
         dense[f"{prefix}known"] = known.astype(np.float32)
     fallback = dense.get("m_rate_28d", np.zeros(len(frame), np.float32))
-    dense.update(_affinity_columns(frame, fallback, set(roles["multi_valued"])))
-    dense.update(_match_columns(filled, roles))
+    converted: dict = {}  # a bag column's lists as Arrow, converted once for its affinity and its overlap
+    dense.update(_affinity_columns(frame, fallback, set(roles["multi_valued"]), converted))
+    dense.update(_match_columns(filled, roles, converted))
     if spec is not None:
         dense = {c: dense.get(c, np.zeros(len(frame), np.float32)) for c in spec["dense"]}
     result = pd.DataFrame({**out, **categorical, **multi, **dense}, index=frame.index)

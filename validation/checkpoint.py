@@ -257,6 +257,11 @@ def _columns_read(expectations: Sequence[Any]) -> set[str] | None:
     return columns
 
 
+def _first_value(values: pd.Series):
+    first = values.first_valid_index()
+    return None if first is None else values.at[first]
+
+
 def _gx_view(frame: pd.DataFrame, flags: Sequence[Flag], expectations: Sequence[Any] = ()) -> pd.DataFrame:
     """The frame GX validates: the data plus the flag columns, with vector columns replaced by their lengths,
     and only the columns the expectations read when each reads its own columns (or the row count).
@@ -273,8 +278,8 @@ def _gx_view(frame: pd.DataFrame, flags: Sequence[Flag], expectations: Sequence[
     """
     read = _columns_read(expectations)
     kept = [column for column in frame.columns if read is None or column in read]
-    vectors = [column for column in kept if frame[column].dtype == object and frame[column].first_valid_index()
-               is not None and isinstance(frame[column].at[frame[column].first_valid_index()], SEQUENCE_TYPES)]
+    vectors = [column for column in kept if frame[column].dtype == object
+               and isinstance(_first_value(frame[column]), SEQUENCE_TYPES)]
     if len(kept) == len(frame.columns) and not vectors and not flags:
         return frame  # nothing to narrow, replace or add
     columns = {}

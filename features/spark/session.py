@@ -77,15 +77,15 @@ def stop_spark_session(wait_s: float = 60.0) -> None:
     finally:
         _session = None
         # What a failed stop (a JVM that died) leaves behind would be reused by the next getOrCreate.
-        with SparkContext._lock:
-            SparkContext._active_spark_context = None
         SparkSession._instantiatedSession = None
         SparkSession._activeSession = None
-        gateway = SparkContext._gateway
-        process = getattr(gateway, "proc", None)
-        if process is not None:
-            with SparkContext._lock:
+        with SparkContext._lock:
+            SparkContext._active_spark_context = None
+            gateway = SparkContext._gateway
+            process = getattr(gateway, "proc", None)
+            if process is not None:
                 SparkContext._gateway, SparkContext._jvm = None, None
+        if process is not None:
             try:
                 gateway.shutdown()  # close py4j's connections first: nothing talks to the JVM any more
             finally:
