@@ -69,23 +69,39 @@ def infer_roles(frame: pd.DataFrame) -> dict[str, list[str]]:
 _LIST_OR_NONE = {list, tuple, np.ndarray, type(None)}
 
 
-def _lists(cells, value_type: pa.DataType, column: str, cache: dict | None = None) -> tuple[np.ndarray, pa.Array]:
-    """An object column of lists as (length of each row's list, every element in row order). A cell that is
-    not a list (None, NaN, a string) counts as an empty list; an element that is not of `value_type` is an
-    error naming the column. `cache`: conversions already made by this assembly, by column (a job's bag is
-    read by its affinity and by its overlap)."""
-    if cache is not None and column in cache:
-        return cache[column]
-    if not set(map(type, cells)) <= _LIST_OR_NONE:  # the usual column converts as it is, in one pass
-        cells = [cell if _is_list(cell) else None for cell in cells]
+def _arrow_lists(column: pd.Series) -> pa.Array | None:
+    """A column's lists as Arrow when pandas holds them as Arrow (pd.ArrowDtype of a list type), else None."""
+    dtype = column.dtype
+    if not (isinstance(dtype, pd.ArrowDtype) and pa.types.is_list(dtype.pyarrow_dtype)):
+        return None
+    lists = pa.array(column.array)  # through its __arrow_array__: what it holds, no copy
+    return lists.combine_chunks() if isinstance(lists, pa.ChunkedArray) else lists
+
+
+def _lists(column: pd.Series, value_type: pa.DataType, name: str,
+           cache: dict | None = None) -> tuple[np.ndarray, pa.Array]:
+    """A column of lists as (length of each row's list, every element in row order). A cell that is not a
+    list (None, NaN, a string) counts as an empty list; an element that is not of `value_type` is an error
+    naming the column. An Arrow-backed column (the training set's rows) is read as it is, with no Python
+    object per row. `cache`: conversions already made by this assembly, by column name (a job's bag is read
+    by its affinity and by its overlap)."""
+    if cache is not None and name in cache:
+        return cache[name]
+    arrow = _arrow_lists(column)
     try:
-        lists = pa.array(cells, type=pa.list_(value_type))
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
-        raise ValueError(f"column {column}: expected lists of {value_type} ({error})") from None
+        if arrow is not None:
+            lists = arrow.cast(pa.list_(value_type))
+        else:
+            cells = column.to_numpy()
+            if not set(map(type, cells)) <= _LIST_OR_NONE:  # the usual column converts as it is, in one pass
+                cells = [cell if _is_list(cell) else None for cell in cells]
+            lists = pa.array(cells, type=pa.list_(value_type))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as error:
+        raise ValueError(f"column {name}: expected lists of {value_type} ({error})") from None
     lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy().astype(np.int64)
     if cache is not None:
-        cache[column] = lengths, lists.flatten()
-        return cache[column]
+        cache[name] = lengths, lists.flatten()
+        return cache[name]
     return lengths, lists.flatten()
 
 
@@ -103,7 +119,7 @@ def _position_in_row(lengths: np.ndarray) -> np.ndarray:
     return np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
 
 
-def _member_rates(values, rates, attribute: str) -> tuple[np.ndarray, pa.Array, np.ndarray]:
+def _member_rates(values: pd.Series, rates: pd.Series, attribute: str) -> tuple[np.ndarray, pa.Array, np.ndarray]:
     """The member side of an affinity, its (name, rate) pairs in row order: (row of each pair, its name, its
     rate). Each row's two lists are zipped: the shorter one bounds its pairs."""
     value_lengths, names = _lists(values, pa.string(), f"{AFFINITY_PREFIX}{attribute}_values")
@@ -156,9 +172,9 @@ def _affinity_columns(frame: pd.DataFrame, fallback: np.ndarray, multi_valued: s
             continue
         is_bag = job_column in multi_valued
         member_rows, names, member_rates = _member_rates(
-            frame[column].to_numpy(), frame[f"{AFFINITY_PREFIX}{attribute}_rates"].to_numpy(), attribute)
+            frame[column], frame[f"{AFFINITY_PREFIX}{attribute}_rates"], attribute)
         if is_bag:
-            wanted_lengths, wanted = _lists(frame[job_column].to_numpy(), pa.string(), job_column, cache)
+            wanted_lengths, wanted = _lists(frame[job_column], pa.string(), job_column, cache)
         else:
             wanted_lengths, candidates = np.ones(n, np.int64), frame[job_column].to_numpy()
             wanted = pa.array([v if isinstance(v, str) else None for v in candidates], type=pa.string())
@@ -193,9 +209,9 @@ def _match_columns(frame: pd.DataFrame, roles: dict[str, list[str]], cache: dict
             out[f"x_{column[2:]}_match"] = ((member == job) & (member != UNKNOWN)).astype(np.float32)
     for column in roles["multi_valued"]:
         if column.startswith(MEMBER_PREFIX) and f"{JOB_PREFIX}{column[2:]}" in roles["multi_valued"]:
-            member_lengths, member = _lists(frame[column].to_numpy(), pa.string(), column, cache)
-            job_lengths, job = _lists(frame[f"{JOB_PREFIX}{column[2:]}"].to_numpy(), pa.string(),
-                                      f"{JOB_PREFIX}{column[2:]}", cache)
+            member_lengths, member = _lists(frame[column], pa.string(), column, cache)
+            job_column = f"{JOB_PREFIX}{column[2:]}"
+            job_lengths, job = _lists(frame[job_column], pa.string(), job_column, cache)
             (member_codes, job_codes), n_codes = _codes(member, job)
             rows = np.arange(len(frame))
             member_keys = np.sort(np.repeat(rows, member_lengths) * n_codes + member_codes)
@@ -234,6 +250,11 @@ def assemble_rows(frame: pd.DataFrame, spec: dict | None = None,
     multi = {}
     for column in roles["multi_valued"]:
         raw = frame[column] if column in frame.columns else pd.Series([None] * len(frame), index=frame.index)
+        arrow = _arrow_lists(raw)
+        if arrow is not None:  # the training set's rows: the lists stay Arrow, a null becomes an empty list
+            arrow = pc.fill_null(arrow, pa.scalar([], arrow.type))
+            multi[column] = pd.Series(pd.arrays.ArrowExtensionArray(arrow), index=frame.index)
+            continue
         lists = np.empty(len(frame), dtype=object)  # np.array() would make equal-length lists 2-D
         lists[:] = [list(v) if _is_list(v) else [] for v in raw]
         multi[column] = lists
@@ -265,8 +286,8 @@ def input_spec(assembled: pd.DataFrame) -> dict:
     """spec.json for an assembled frame (docs/contracts.md, "Training set")."""
     categorical = [c for c in assembled.columns if c.startswith((MEMBER_PREFIX, JOB_PREFIX))
                    and assembled[c].dtype == object and isinstance(_first_value(assembled[c]), str)]
-    multi = [c for c in assembled.columns if c.startswith((MEMBER_PREFIX, JOB_PREFIX))
-             and assembled[c].dtype == object and c not in categorical]
+    multi = [c for c in assembled.columns if c.startswith((MEMBER_PREFIX, JOB_PREFIX)) and c not in categorical
+             and (assembled[c].dtype == object or _arrow_lists(assembled[c]) is not None)]
     dense = [c for c in assembled.columns if assembled[c].dtype == np.float32 and c not in PASSTHROUGH]
     embeddings = {c: int(len(_first_value(assembled[c]))) for c in EMBEDDINGS if c in assembled.columns}
     return {"label": "label", "weight": "weight", "member": "member_id", "item": "item_id",

@@ -27,7 +27,9 @@ days, included). A day first built before rows were assembled in batches (b1aca7
 metadata in its footer: its first rebuild differs in those bytes only.
 
 Rows are assembled `BATCH_ROWS` events at a time and the day is held as Arrow (`build_training_set`): the
-same table and bytes for any batch size (checked at 2M events: 8 batches against one).
+same table and bytes for any batch size (checked at 2M events: 8 batches against one). The joined list columns
+(bags, affinity names and rates) reach assembly Arrow-backed (pd.ArrowDtype) and its bags leave it so: no Python
+object per list (a 100x day: the same bytes, 30-40 s less).
 
 Written (validated first) to features/training_set/dt=D/part-0.parquet and features/training_set/spec.json.
 """
@@ -43,7 +45,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.assemble import assemble_rows, input_spec
+from features.assemble import EMBEDDINGS, assemble_rows, input_spec
 from features.contract import PART_FILE, parquet_bytes, read_raw
 from features.spark.build import AFFINITY_TABLE, JOB_TABLE, MEMBER_TABLE
 from features.store import feature_store
@@ -145,8 +147,17 @@ class _DayRows:
                 columns |= {name: None for name in view}
             else:
                 rows, position = view
-                columns |= rows.take(position[start:stop]).to_pandas().to_dict("series")
+                taken = rows.take(position[start:stop])
+                columns |= {name: _pandas(taken.column(name), name) for name in taken.column_names}
         return events.assign(**columns)
+
+
+def _pandas(values: pa.ChunkedArray, name: str) -> pd.Series:
+    """A joined column as assembly reads it: lists (bags, affinity names and rates) stay Arrow-backed
+    (pd.ArrowDtype), so no Python object is made per row and per list; the rest as Feast's frame had it."""
+    if pa.types.is_list(values.type) and name not in EMBEDDINGS:
+        return pd.Series(pd.arrays.ArrowExtensionArray(values))
+    return values.to_pandas()
 
 
 def historical_rows(settings: Settings, day: date) -> pd.DataFrame:

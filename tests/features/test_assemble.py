@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
-from features.assemble import _affinity_columns, _is_list, _match_columns, assemble_rows
+from features.assemble import _affinity_columns, _is_list, _match_columns, assemble_rows, input_spec
+from features.training_set import _arrow_rows
 
 NAMES = [f"s{i}" for i in range(12)]
 
@@ -133,3 +135,31 @@ def test_a_list_column_holding_a_string_cell_counts_it_as_no_list_and_a_number_i
     np.testing.assert_array_equal(got["x_affinity_skills_mean"], np.float32([0.5, 0.25, 0.75]))
     with pytest.raises(ValueError, match="column a_skills_values: expected lists of string"):
         _affinity_columns(frame.assign(a_skills_values=[[1], [2], [3]]), fallback, {"j_skills"})
+
+
+def _as_arrow(column: pd.Series, value_type: pa.DataType) -> pd.Series:
+    """A list column as the training set's rows hold it: Arrow-backed (pd.ArrowDtype), a non-list cell null."""
+    lists = pa.array([list(v) if _is_list(v) else None for v in column], type=pa.list_(value_type))
+    return pd.Series(pd.arrays.ArrowExtensionArray(lists), index=column.index)
+
+
+@pytest.mark.parametrize("seed,rows,longest", [(5, 1, 2), (6, 1200, 12)])
+def test_arrow_backed_list_columns_assemble_to_the_same_rows_as_python_lists(seed, rows, longest):
+    """The training set hands assembly its bags and affinity lists Arrow-backed; the service hands Python
+    lists. The same cells give the same model inputs, spec and Arrow table either way."""
+    frame, fallback = random_frame(seed, rows, longest)
+    frame = frame.drop(columns="j_skills_filled").assign(m_rate_28d=fallback)
+    for column in ("a_skills_values", "a_industry_values", "j_skills", "m_skills"):  # NaN cells: no list
+        frame[column] = [list(v) if _is_list(v) else None for v in frame[column]]
+    for column in ("a_skills_rates", "a_industry_rates"):
+        frame[column] = [v if _is_list(v) else None for v in frame[column]]
+    arrow = frame.assign(**{c: _as_arrow(frame[c], pa.string()) for c in
+                            ("a_skills_values", "a_industry_values", "j_skills", "m_skills")},
+                         **{c: _as_arrow(frame[c], pa.float32()) for c in ("a_skills_rates", "a_industry_rates")})
+    assert isinstance(arrow["j_skills"].dtype, pd.ArrowDtype)
+    roles = {"categorical": ["j_industry"], "multi_valued": ["j_skills", "m_skills"], "numeric": ["m_rate_28d"]}
+    python_out, arrow_out = assemble_rows(frame, roles=roles), assemble_rows(arrow, roles=roles)
+    spec = input_spec(python_out)
+    assert input_spec(arrow_out) == spec and spec["multi_valued"] == ["j_skills", "m_skills"]
+    assert _arrow_rows(arrow_out, spec).equals(_arrow_rows(python_out, spec))
+    assert [list(v) for v in arrow_out["j_skills"]] == [list(v) for v in python_out["j_skills"]]
