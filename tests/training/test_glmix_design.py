@@ -12,6 +12,9 @@ def test_design_basis_names_unknown_values_and_version():
     phi = basis.design({"industry": ["software", "retail", None], "seniority": ["mid", "entry", "mid"]})
     assert phi.tolist() == [[1, 0, 1, 0, 1], [1, 0, 0, 1, 0], [1, 0, 0, 0, 1]]  # unknown / missing: no one-hot
     assert CategoricalBasis.from_names(basis.names) == basis
+    mixed = CategoricalBasis.from_vocabularies({"industry": ["3", "nan", "software"]})  # not str: named as str(v)
+    phi = mixed.design({"industry": np.array([np.str_("software"), 3, float("nan"), None, "nan", "x"], dtype=object)})
+    assert phi.tolist() == [[1, 0, 0, 1], [1, 1, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0], [1, 0, 1, 0], [1, 0, 0, 0]]
     assert CategoricalBasis.from_json(basis.to_json()).version == basis.version
     assert CategoricalBasis.from_vocabularies({"industry": ["finance"], "seniority": ["entry"]}).version != basis.version
 
