@@ -15,7 +15,7 @@ from features.synthetic import BASIS, generate
 from rankflow.config import GeneratorSettings
 from rankflow.paths import DataPaths
 from training.glmix.design import CategoricalBasis
-from training.glmix.fixed_effect import fit_fixed_effect
+from training.glmix.fixed_effect import FixedEffectModel, fit_fixed_effect
 from training.glmix.model import (
     GLMixConfig,
     GLMixEvents,
@@ -232,3 +232,16 @@ def test_the_fixed_effect_refuses_non_finite_input_naming_each_column_and_field(
     features[2, 1], labels[4] = np.inf, np.nan
     with pytest.raises(ValueError, match=r"non-finite values in feature 'second' \(1 rows\), labels \(1 rows\)"):
         fit_fixed_effect(features, labels, ["first", "second"])
+
+
+@pytest.mark.parametrize("rows", [0, 1, 1000])
+def test_the_fixed_effect_logit_a_chunk_at_a_time_is_the_whole_frames_formula_bit_for_bit(rows):
+    rng = np.random.default_rng(rows)
+    model = FixedEffectModel([f"x{i}" for i in range(5)], rng.normal(size=5), rng.uniform(0.5, 2, size=5),
+                             rng.normal(size=5), 0.25)
+    features = rng.normal(size=(rows, 5)).astype(np.float32)  # float32 as the training set holds them
+    whole = (features.astype(np.float64) - model.center) / model.scale @ model.weights + model.bias
+    for chunk_rows in (7, 1 << 15):
+        got = model.logit(features, chunk_rows=chunk_rows)
+        assert got.dtype == np.float64 and got.shape == (rows,)
+        np.testing.assert_array_equal(got, whole)
