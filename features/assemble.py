@@ -42,7 +42,7 @@ def _is_list(value: Any) -> bool:
 
 def _first_value(series: pd.Series) -> Any:
     for value in series:
-        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+        if value is not None and value is not pd.NA and not (isinstance(value, float) and math.isnan(value)):
             return value
     return None
 
@@ -69,13 +69,27 @@ def infer_roles(frame: pd.DataFrame) -> dict[str, list[str]]:
 _LIST_OR_NONE = {list, tuple, np.ndarray, type(None)}
 
 
+def is_list_type(arrow_type: pa.DataType) -> bool:
+    return pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type)
+
+
 def _arrow_lists(column: pd.Series) -> pa.Array | None:
     """A column's lists as Arrow when pandas holds them as Arrow (pd.ArrowDtype of a list type), else None."""
     dtype = column.dtype
-    if not (isinstance(dtype, pd.ArrowDtype) and pa.types.is_list(dtype.pyarrow_dtype)):
+    if not (isinstance(dtype, pd.ArrowDtype) and is_list_type(dtype.pyarrow_dtype)):
         return None
-    lists = pa.array(column.array)  # through its __arrow_array__: what it holds, no copy
+    lists = pa.array(column.array)  # through its __arrow_array__: what it holds (one copy only if chunked)
     return lists.combine_chunks() if isinstance(lists, pa.ChunkedArray) else lists
+
+
+def _element_type_fits(element: pa.DataType, value_type: pa.DataType) -> bool:
+    """Whether Arrow elements of type `element` read as `value_type` as Python's would: strings as strings,
+    numbers as floats, nulls as anything; never a number as a string or a string as a number."""
+    if pa.types.is_null(element):
+        return True
+    if pa.types.is_string(value_type):
+        return pa.types.is_string(element) or pa.types.is_large_string(element)
+    return pa.types.is_floating(element) or pa.types.is_integer(element)
 
 
 def _lists(column: pd.Series, value_type: pa.DataType, name: str,
@@ -90,6 +104,8 @@ def _lists(column: pd.Series, value_type: pa.DataType, name: str,
     arrow = _arrow_lists(column)
     try:
         if arrow is not None:
+            if not _element_type_fits(arrow.type.value_type, value_type):
+                raise pa.ArrowTypeError(f"elements are {arrow.type.value_type}")
             lists = arrow.cast(pa.list_(value_type))
         else:
             cells = column.to_numpy()

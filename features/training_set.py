@@ -45,7 +45,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.assemble import EMBEDDINGS, assemble_rows, input_spec
+from features.assemble import EMBEDDINGS, assemble_rows, input_spec, is_list_type
 from features.contract import PART_FILE, parquet_bytes, read_raw
 from features.spark.build import AFFINITY_TABLE, JOB_TABLE, MEMBER_TABLE
 from features.store import feature_store
@@ -147,17 +147,19 @@ class _DayRows:
                 columns |= {name: None for name in view}
             else:
                 rows, position = view
-                taken = rows.take(position[start:stop])
-                columns |= {name: _pandas(taken.column(name), name) for name in taken.column_names}
+                columns |= _pandas(rows.take(position[start:stop]))
         return events.assign(**columns)
 
 
-def _pandas(values: pa.ChunkedArray, name: str) -> pd.Series:
-    """A joined column as assembly reads it: lists (bags, affinity names and rates) stay Arrow-backed
-    (pd.ArrowDtype), so no Python object is made per row and per list; the rest as Feast's frame had it."""
-    if pa.types.is_list(values.type) and name not in EMBEDDINGS:
-        return pd.Series(pd.arrays.ArrowExtensionArray(values))
-    return values.to_pandas()
+def _pandas(table: pa.Table) -> dict[str, pd.Series]:
+    """Joined columns as assembly reads them, in the table's order: lists (bags, affinity names and rates) stay
+    Arrow-backed (pd.ArrowDtype), so no Python object is made per row and per list; the rest go through the
+    table's own to_pandas (its pandas metadata: the dtypes Feast's frame had)."""
+    lists = {name for name, field in zip(table.column_names, table.schema)
+             if is_list_type(field.type) and name not in EMBEDDINGS}
+    others = table.drop_columns(list(lists)).to_pandas()
+    return {name: pd.Series(pd.arrays.ArrowExtensionArray(table.column(name))) if name in lists else others[name]
+            for name in table.column_names}
 
 
 def historical_rows(settings: Settings, day: date) -> pd.DataFrame:

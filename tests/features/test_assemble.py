@@ -8,7 +8,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from features.assemble import _affinity_columns, _is_list, _match_columns, assemble_rows, input_spec
+from features.assemble import _affinity_columns, _is_list, _match_columns, assemble_rows, infer_roles, input_spec
 from features.training_set import _arrow_rows
 
 NAMES = [f"s{i}" for i in range(12)]
@@ -163,3 +163,20 @@ def test_arrow_backed_list_columns_assemble_to_the_same_rows_as_python_lists(see
     assert input_spec(arrow_out) == spec and spec["multi_valued"] == ["j_skills", "m_skills"]
     assert _arrow_rows(arrow_out, spec).equals(_arrow_rows(python_out, spec))
     assert [list(v) for v in arrow_out["j_skills"]] == [list(v) for v in python_out["j_skills"]]
+    assert isinstance(arrow_out["j_skills"].dtype, pd.ArrowDtype)  # left Arrow-backed, to be written as it is
+
+
+def test_arrow_backed_lists_of_the_wrong_element_type_are_an_error_naming_the_column_and_a_null_first_row_is_no_value():
+    frame = pd.DataFrame({"a_skills_values": _as_arrow(pd.Series([["a"], ["a"], None]), pa.string()),
+                          "a_skills_rates": _as_arrow(pd.Series([[0.5], [1], None]), pa.int64()),  # ints read as floats
+                          "j_skills": _as_arrow(pd.Series([None, ["a"], ["b", "c"]]), pa.string())})
+    fallback = np.float32([0.0, 0.25, 0.75])
+    got = _affinity_columns(frame, fallback, {"j_skills"})
+    np.testing.assert_array_equal(got["x_affinity_skills_mean"], np.float32([0.0, 1.0, 0.75]))
+    assert infer_roles(frame)["multi_valued"] == ["j_skills"]  # its first row is null (pd.NA): the next one types it
+    with pytest.raises(ValueError, match="column a_skills_values: expected lists of string"):
+        _affinity_columns(frame.assign(a_skills_values=_as_arrow(pd.Series([[1], [2], None]), pa.int64())),
+                          fallback, {"j_skills"})
+    with pytest.raises(ValueError, match="column a_skills_rates: expected lists of double"):
+        _affinity_columns(frame.assign(a_skills_rates=_as_arrow(pd.Series([["0.5"], ["1"], None]), pa.string())),
+                          fallback, {"j_skills"})

@@ -91,6 +91,7 @@ def test_window_files_are_sorted_by_key_and_read_with_the_schema_spark_infers(sh
         inferred = store.spark.read.parquet(str(folder))
         assert ours.schema == inferred.schema, folder
         files = sorted(folder.glob("*.parquet"))  # one per partition of the aggregation, each sorted by key
+        assert len(files) > 1, folder  # not coalesced into one task
         keys = [pq.read_table(f, columns=["member_id"]).column("member_id").to_pylist() for f in files]
         assert all(part == sorted(part) for part in keys), folder
         everything = [key for part in keys for key in part]

@@ -234,14 +234,20 @@ def test_the_fixed_effect_refuses_non_finite_input_naming_each_column_and_field(
         fit_fixed_effect(features, labels, ["first", "second"])
 
 
-@pytest.mark.parametrize("rows", [0, 1, 1000])
+@pytest.mark.parametrize("rows", [0, 1, 1003])
 def test_the_fixed_effect_logit_a_chunk_at_a_time_is_the_whole_frames_formula_bit_for_bit(rows):
+    """35 features, as a demo day's dense columns (with 5, any chunk size passes). 1,003 rows: too few for
+    BLAS to split the whole-array reference between threads."""
     rng = np.random.default_rng(rows)
-    model = FixedEffectModel([f"x{i}" for i in range(5)], rng.normal(size=5), rng.uniform(0.5, 2, size=5),
-                             rng.normal(size=5), 0.25)
-    features = rng.normal(size=(rows, 5)).astype(np.float32)  # float32 as the training set holds them
+    k = 35
+    model = FixedEffectModel([f"x{i}" for i in range(k)], rng.normal(size=k), rng.uniform(0.5, 2, size=k),
+                             rng.normal(size=k), 0.25)
+    features = rng.normal(size=(rows, k)).astype(np.float32)  # float32 as the training set holds them
     whole = (features.astype(np.float64) - model.center) / model.scale @ model.weights + model.bias
-    for chunk_rows in (7, 1 << 15):
+    for chunk_rows in (8, 64, 1 << 15):
         got = model.logit(features, chunk_rows=chunk_rows)
         assert got.dtype == np.float64 and got.shape == (rows,)
         np.testing.assert_array_equal(got, whole)
+    for bad in (0, -8, 7):
+        with pytest.raises(ValueError, match="chunk_rows must be a positive multiple of 8"):
+            model.logit(features, chunk_rows=bad)

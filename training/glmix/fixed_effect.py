@@ -37,7 +37,11 @@ class FixedEffectModel:
 
     def logit(self, features: np.ndarray, chunk_rows: int = 1 << 15) -> np.ndarray:
         """Rows a chunk at a time: the standardised chunk stays in cache (the whole day's two (n, k) float64
-        temporaries took 3.0 s for 2M rows x 35 features, chunks 0.11 s), each row's value the same bits."""
+        temporaries took 3.0 s for 2M rows x 35 features, chunks 0.11 s). Chunks of a multiple of 8 rows give
+        each row the bits one BLAS thread gives it over the whole array (BLAS blocks rows by 4 or 8; other sizes
+        move last bits); threads splitting the whole array could move a row's last bit, chunks do not."""
+        if chunk_rows < 8 or chunk_rows % 8:
+            raise ValueError(f"FixedEffectModel.logit: chunk_rows must be a positive multiple of 8, got {chunk_rows}")
         features = np.asarray(features)
         out = np.empty(len(features), dtype=np.float64)
         for start in range(0, len(features), chunk_rows):
