@@ -146,7 +146,9 @@ def test_concurrent_requests_are_batched_and_still_exact(service, served_setting
         assert metric(after, "rankflow_scorer_fallbacks_total") == metric(before, "rankflow_scorer_fallbacks_total")
         rows = metric(after, "rankflow_scored_batch_rows_sum") - metric(before, "rankflow_scored_batch_rows_sum")
         batches = metric(after, "rankflow_scored_batch_rows_count") - metric(before, "rankflow_scored_batch_rows_count")
-        assert rows == 16 * 50 and batches >= 1, (rows, batches)
+        # At least the burst's rows: on a slow VM the window once held 850 (17 x 50) with no fallback, a request
+        # beside the burst counted in it; what each member got is checked exactly below.
+        assert rows >= 16 * 50 and batches >= 1, (rows, batches)
         if batches < 16:  # some batch held more than one request
             break
     assert batches < 16, f"3 bursts of 16 concurrent requests were each scored one request a batch ({batches})"
